@@ -1,0 +1,108 @@
+/* IP addresses as the wrapped program sees them: what it bound, connected to, or the
+ * stand-ins we report for Unix peers. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "shim.h"
+
+socklen_t ipaddr_len(const struct ipaddr *a)
+{
+	return a->sa.sa_family == AF_INET6 ? sizeof(a->in6) : sizeof(a->in4);
+}
+
+int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_t len)
+{
+	memset(out, 0, sizeof(*out));
+	if (!sa || len < sizeof(sa_family_t))
+		return -1;
+	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+		memcpy(&out->in4, sa, sizeof(out->in4));
+		return 0;
+	}
+	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		memcpy(&out->in6, sa, sizeof(out->in6));
+		return 0;
+	}
+	return -1;
+}
+
+uint16_t ipaddr_port(const struct ipaddr *a)
+{
+	return ntohs(a->sa.sa_family == AF_INET6 ? a->in6.sin6_port : a->in4.sin_port);
+}
+
+void ipaddr_set_port(struct ipaddr *a, uint16_t port)
+{
+	if (a->sa.sa_family == AF_INET6)
+		a->in6.sin6_port = htons(port);
+	else
+		a->in4.sin_port = htons(port);
+}
+
+void ipaddr_loopback(struct ipaddr *a, int family)
+{
+	memset(a, 0, sizeof(*a));
+	a->sa.sa_family = family;
+	if (family == AF_INET6)
+		a->in6.sin6_addr = in6addr_loopback;
+	else
+		a->in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+}
+
+int ipaddr_is_any(const struct ipaddr *a)
+{
+	if (a->sa.sa_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&a->in6.sin6_addr);
+	return a->in4.sin_addr.s_addr == htonl(INADDR_ANY);
+}
+
+const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4)
+{
+	if (a->sa.sa_family == AF_INET) {
+		*v4 = 1;
+		return (const uint8_t *)&a->in4.sin_addr;
+	}
+	if (IN6_IS_ADDR_V4MAPPED(&a->in6.sin6_addr)) {
+		*v4 = 1;
+		return a->in6.sin6_addr.s6_addr + 12;
+	}
+	*v4 = 0;
+	return a->in6.sin6_addr.s6_addr;
+}
+
+void ipaddr_format(const struct ipaddr *a, char *buf, size_t size)
+{
+	const void *src = a->sa.sa_family == AF_INET6 ? (const void *)&a->in6.sin6_addr
+						      : (const void *)&a->in4.sin_addr;
+	if (!inet_ntop(a->sa.sa_family, src, buf, size) && size)
+		buf[0] = 0;
+}
+
+/* Ports we report for Unix peers and for binds to port 0: distinct, in the kernel's
+ * default ephemeral range, stable for the life of the socket they are stored in. */
+uint16_t fake_port(void)
+{
+	static atomic_uint counter;
+	unsigned n = atomic_fetch_add_explicit(&counter, 1, memory_order_relaxed);
+
+	return (uint16_t)(32768 + (n * 7919u) % (60999 - 32768 + 1));
+}
+
+/* Hand an address to the caller as the kernel does: copy at most *dstlen bytes and
+ * report the full length, so a short buffer means truncation, not overflow. */
+int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, socklen_t *dstlen)
+{
+	if (!dst || !dstlen) {
+		errno = EFAULT;
+		return -1;
+	}
+	if ((int)*dstlen < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	memcpy(dst, src, *dstlen < srclen ? *dstlen : srclen);
+	*dstlen = srclen;
+	return 0;
+}

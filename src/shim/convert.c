@@ -1,0 +1,325 @@
+/*
+ * Turning an IP socket into a Unix one.
+ *
+ * A socket's family is fixed when it is created, so converting means making a Unix
+ * socket, binding or connecting it, and moving it onto the program's fd number with
+ * dup3().  Everything the program set up on the old socket comes along: O_NONBLOCK,
+ * FD_CLOEXEC, O_ASYNC with its owner and signal, SOL_SOCKET options it set, and its
+ * epoll registrations (which the kernel drops when the old socket goes away).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+/* SOL_SOCKET options worth carrying over, if the program set them. */
+static const int copyable_options[] = {
+	SO_REUSEADDR, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, SO_RCVLOWAT, SO_SNDLOWAT,
+	SO_RCVTIMEO, SO_SNDTIMEO, SO_LINGER, SO_PASSCRED, SO_PRIORITY, SO_MARK,
+	SO_TIMESTAMP, SO_BUSY_POLL,
+};
+#define N_COPYABLE (int)(sizeof(copyable_options) / sizeof(copyable_options[0]))
+
+void copyable_option_mark(struct fd_entry *e, int level, int optname)
+{
+	if (level != SOL_SOCKET)
+		return;
+	if (optname == SO_RCVBUFFORCE)
+		optname = SO_RCVBUF;
+	else if (optname == SO_SNDBUFFORCE)
+		optname = SO_SNDBUF;
+	for (int i = 0; i < N_COPYABLE; i++) {
+		if (copyable_options[i] == optname)
+			e->opts_set |= 1u << i;
+	}
+}
+
+static void copy_options(int from, int to, uint32_t mask)
+{
+	for (int i = 0; i < N_COPYABLE; i++) {
+		char value[64];
+		socklen_t len = sizeof(value);
+		int opt = copyable_options[i];
+
+		if (!(mask & (1u << i)))
+			continue;
+		if (REAL(getsockopt)(from, SOL_SOCKET, opt, value, &len))
+			continue;
+		/* The kernel reports buffer sizes doubled; setting them doubles again. */
+		if ((opt == SO_RCVBUF || opt == SO_SNDBUF) && len == sizeof(int))
+			*(int *)value /= 2;
+		if (REAL(setsockopt)(to, SOL_SOCKET, opt, value, len))
+			ulog(LOG_DEBUG_, "option %d not carried over: %s", opt, strerror(errno));
+	}
+}
+
+struct fd_flags {
+	int status;  /* F_GETFL */
+	int fd;      /* F_GETFD */
+};
+
+/* A Unix socket ready to stand in for fd: same type, blocking mode and options. */
+static int make_unix_socket(int fd, int type, const struct fd_entry *e,
+			    struct fd_flags *flags)
+{
+	int sock;
+
+	flags->status = REAL(fcntl)(fd, F_GETFL);
+	flags->fd = REAL(fcntl)(fd, F_GETFD);
+	if (flags->status < 0 || flags->fd < 0)
+		return -1;
+	sock = REAL(socket)(AF_UNIX, type | SOCK_CLOEXEC |
+			    (flags->status & O_NONBLOCK ? SOCK_NONBLOCK : 0), 0);
+	if (sock < 0)
+		return -1;
+	if (e->opts_set)
+		copy_options(fd, sock, e->opts_set);
+	return sock;
+}
+
+static void copy_async_owner(int from, int to, int status)
+{
+	struct f_owner_ex owner;
+	int sig;
+
+	if (!(status & O_ASYNC))
+		return;
+	if (REAL(fcntl)(from, F_GETOWN_EX, &owner) == 0)
+		REAL(fcntl)(to, F_SETOWN_EX, &owner);
+	sig = REAL(fcntl)(from, F_GETSIG);
+	if (sig > 0)
+		REAL(fcntl)(to, F_SETSIG, sig);
+	REAL(fcntl)(to, F_SETFL, status);
+}
+
+/* Put sock in fd's place and record e for it.  On failure fd is left as it was. */
+static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_entry *e)
+{
+	struct fd_entry old;
+	int saved;
+
+	copy_async_owner(fd, sock, flags->status);
+	fd_snapshot(fd, &old);
+	fd_store(fd, e);
+	if (REAL(dup3)(sock, fd, flags->fd & FD_CLOEXEC ? O_CLOEXEC : 0) < 0) {
+		saved = errno;
+		fd_store(fd, &old);
+		REAL(close)(sock);
+		errno = saved;
+		return -1;
+	}
+	REAL(close)(sock);
+	for (int i = 0; i < e->n_epoll; i++) {
+		if (REAL(epoll_ctl)(e->epoll[i].epfd, EPOLL_CTL_ADD, fd, &e->epoll[i].ev) &&
+		    errno != EEXIST)
+			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
+			     strerror(errno));
+	}
+	e->n_epoll = 0;
+	fd_store(fd, e);
+	return 0;
+}
+
+static int fill_unix_addr(struct sockaddr_un *sun, const struct rule *r, const char *name)
+{
+	size_t len = strlen(name);
+	size_t off = r->action == ACT_ABSTRACT ? 1 : 0;
+
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	if (len + off >= sizeof(sun->sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(sun->sun_path + off, name, len);
+	/* abstract names are the exact bytes given, with no terminating NUL */
+	return (int)(offsetof(struct sockaddr_un, sun_path) + off + len + (off ? 0 : 1));
+}
+
+static const char *action_name(int action)
+{
+	static const char *const names[] = { "?", "path", "abstract", "reject", "blackhole",
+					     "ignore", "systemd" };
+	return action >= ACT_PATH && action <= ACT_SYSTEMD ? names[action] : "?";
+}
+
+/*
+ * The common part of bind and connect: find the rule, and if it converts, produce the
+ * expanded target.  Returns 1 when the call should go to libc unchanged, 0 when the
+ * rule converts (r and target set), -1 with errno when the call must fail.
+ */
+static int decide(int fd, const struct sock_query *q, const struct rule **r,
+		  char *target, size_t size)
+{
+	char text[INET6_ADDRSTRLEN];
+	int idx;
+
+	if (rules_state == RULES_NONE)
+		return 1;
+	if (rules_state == RULES_BROKEN) {
+		errno = EACCES;
+		return -1;
+	}
+	idx = rules_match(q);
+	ipaddr_format(q->addr, text, sizeof(text));
+	if (idx < 0) {
+		ulog(LOG_DEBUG_, "fd %d: %s %s port %u matches no rule", fd,
+		     q->dir == DIR_IN ? "bind" : "connect", text, ipaddr_port(q->addr));
+		return 1;
+	}
+	*r = rule_at(idx);
+	ulog(LOG_DEBUG_, "fd %d: %s %s port %u matches rule %d (%s)", fd,
+	     q->dir == DIR_IN ? "bind" : "connect", text, ipaddr_port(q->addr), idx + 1,
+	     action_name((*r)->action));
+	switch ((*r)->action) {
+	case ACT_IGNORE:
+		return 1;
+	case ACT_REJECT:
+		errno = (*r)->reject_errno;
+		return -1;
+	case ACT_PATH:
+	case ACT_ABSTRACT:
+		if (rule_expand(*r, q, target, size)) {
+			ulog(LOG_ERR_, "rule %d: %s for %s port %u is too long", idx + 1,
+			     action_name((*r)->action), text, ipaddr_port(q->addr));
+			return -1;
+		}
+		break;
+	case ACT_BLACKHOLE:
+		target[0] = 0;
+		break;
+	default:
+		ulog(LOG_ERR_, "rule %d: '%s' is not supported by this shim", idx + 1,
+		     action_name((*r)->action));
+		errno = EACCES;
+		return -1;
+	}
+	if (q->type != SOCK_STREAM) {
+		ulog(LOG_ERR_, "rule %d matches a datagram socket, which this version cannot "
+		     "convert; refusing it (add 'tcp' to the rule to leave UDP alone)", idx + 1);
+		errno = EACCES;
+		return -1;
+	}
+	return 0;
+}
+
+static void new_entry(struct fd_entry *e, const struct fd_entry *old, int family, int type,
+		      int role)
+{
+	*e = *old;
+	e->kind = FD_CONVERTED;
+	e->family = (uint8_t)family;
+	e->type = (uint8_t)type;
+	e->role = (uint8_t)role;
+	e->opts_set = 0;
+	e->sockfile = -1;
+}
+
+int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
+{
+	struct sock_query q = { .dir = DIR_IN, .type = type, .addr = addr };
+	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	const struct rule *r = NULL;
+	struct fd_entry old, e;
+	struct fd_flags flags;
+	int sock, d, idx = -1, saved;
+
+	d = decide(fd, &q, &r, target, sizeof(target));
+	if (d)
+		return d > 0 ? 1 : -1;
+	fd_snapshot(fd, &old);
+	sock = make_unix_socket(fd, type, &old, &flags);
+	if (sock < 0)
+		return -1;
+	if (r->action == ACT_PATH && sockfile_find(target) >= 0) {
+		ulog(LOG_INFO_, "fd %d: %s is already bound by this process; blackholing", fd,
+		     target);
+		d = sockfile_blackhole(sock);
+	} else if (r->action == ACT_PATH) {
+		idx = sockfile_bind(sock, target, r->noremove);
+		d = idx == -2 ? -1 : 0;
+	} else if (r->action == ACT_ABSTRACT) {
+		struct sockaddr_un sun;
+		int len = fill_unix_addr(&sun, r, target);
+
+		d = len < 0 ? -1 : REAL(bind)(sock, (struct sockaddr *)&sun, (socklen_t)len);
+	} else {
+		d = sockfile_blackhole(sock);
+	}
+	if (d) {
+		saved = errno;
+		REAL(close)(sock);
+		errno = saved;
+		return -1;
+	}
+	new_entry(&e, &old, family, type, ROLE_LISTENER);
+	e.local = *addr;
+	if (ipaddr_port(addr) == 0)
+		ipaddr_set_port(&e.local, fake_port());
+	e.sockfile = (int16_t)(idx >= 0 ? idx : -1);
+	if (replace_fd(fd, sock, &flags, &e)) {
+		saved = errno;
+		if (idx >= 0)
+			sockfile_release(idx);
+		errno = saved;
+		return -1;
+	}
+	ulog(LOG_INFO_, "fd %d: listening on %s%s", fd,
+	     r->action == ACT_ABSTRACT ? "@" : "", target[0] ? target : "(blackhole)");
+	return 0;
+}
+
+int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int *handled)
+{
+	struct sock_query q = { .dir = DIR_OUT, .type = type, .addr = addr };
+	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	const struct rule *r = NULL;
+	struct sockaddr_un sun;
+	struct fd_entry old, e;
+	struct fd_flags flags;
+	int sock, d, len, saved;
+
+	*handled = 1;
+	d = decide(fd, &q, &r, target, sizeof(target));
+	if (d) {
+		*handled = d < 0;
+		return -1;
+	}
+	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
+		errno = EACCES;
+		return -1;
+	}
+	len = fill_unix_addr(&sun, r, target);
+	if (len < 0)
+		return -1;
+	fd_snapshot(fd, &old);
+	sock = make_unix_socket(fd, type, &old, &flags);
+	if (sock < 0)
+		return -1;
+	/* May block (a full backlog on a blocking socket); we hold no lock here. */
+	if (REAL(connect)(sock, (struct sockaddr *)&sun, (socklen_t)len)) {
+		saved = errno == ENOENT ? ECONNREFUSED : errno;
+		ulog(LOG_INFO_, "fd %d: connecting to %s%s failed: %s", fd,
+		     r->action == ACT_ABSTRACT ? "@" : "", target, strerror(saved));
+		REAL(close)(sock);
+		errno = saved;
+		return -1;
+	}
+	new_entry(&e, &old, family, type, ROLE_CLIENT);
+	ipaddr_loopback(&e.local, family);
+	if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&addr->in6.sin6_addr)) {
+		e.local.in6.sin6_addr.s6_addr[10] = e.local.in6.sin6_addr.s6_addr[11] = 0xff;
+		e.local.in6.sin6_addr.s6_addr[12] = 127;
+		e.local.in6.sin6_addr.s6_addr[15] = 1;
+	}
+	ipaddr_set_port(&e.local, fake_port());
+	e.peer = *addr;
+	if (replace_fd(fd, sock, &flags, &e))
+		return -1;
+	ulog(LOG_INFO_, "fd %d: connected to %s%s", fd, r->action == ACT_ABSTRACT ? "@" : "",
+	     target);
+	return 0;
+}

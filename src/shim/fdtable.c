@@ -1,0 +1,209 @@
+/*
+ * What we know about file descriptors: which are IP sockets we may convert, which are
+ * Unix sockets standing in for IP ones, and the addresses we report for them.
+ *
+ * A two-level table: chunks of CHUNK entries are mapped on first use, so a process
+ * that never makes an IP socket pays nothing and one with a few sockets pays a page or
+ * two.  Lookups that find nothing take no lock.  Changes take one short spinlock that
+ * is never held across a system call that can block.  A signal handler that calls into
+ * us while its own thread holds the lock (close() in a handler, say) waits for nobody:
+ * it sees the per-thread flag and leaves the table alone.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+#define CHUNK_SHIFT 6
+#define CHUNK (1u << CHUNK_SHIFT)
+#define MAX_FDS (1u << 20) /* the kernel's default nr_open */
+#define N_CHUNKS (MAX_FDS / CHUNK)
+
+static _Atomic(struct fd_entry *) chunks[N_CHUNKS];
+static atomic_int lock_word;
+static __thread int lock_depth __attribute__((tls_model("initial-exec")));
+static pid_t owner_pid;
+
+static pid_t raw_getpid(void)
+{
+	return (pid_t)syscall(SYS_getpid);
+}
+
+/* Returns with the lock held, or -- re-entered from a signal handler on a thread that
+ * already holds it -- without, in which case lock_depth tells fd_get to find nothing. */
+void state_lock(void)
+{
+	int spins = 0;
+
+	if (lock_depth++)
+		return;
+	while (atomic_exchange_explicit(&lock_word, 1, memory_order_acquire)) {
+		if (++spins > 64) {
+			sched_yield();
+			spins = 0;
+		}
+	}
+}
+
+void state_unlock(void)
+{
+	if (lock_depth == 1)
+		atomic_store_explicit(&lock_word, 0, memory_order_release);
+	lock_depth--;
+}
+
+int state_locked_here(void)
+{
+	return lock_depth == 1;
+}
+
+int in_vfork_child(void)
+{
+	if (!owner_pid)
+		owner_pid = raw_getpid();
+	return raw_getpid() != owner_pid;
+}
+
+static void atfork_prepare(void)
+{
+	state_lock();
+}
+
+static void atfork_parent(void)
+{
+	state_unlock();
+}
+
+void fdtable_atfork_child(void)
+{
+	owner_pid = raw_getpid();
+	atomic_store(&lock_word, 0);
+	lock_depth = 0;
+}
+
+__attribute__((constructor(101))) static void fdtable_init(void)
+{
+	owner_pid = raw_getpid();
+	pthread_atfork(atfork_prepare, atfork_parent, fdtable_atfork_child);
+}
+
+int fd_tracked(int fd)
+{
+	struct fd_entry *chunk;
+
+	if (fd < 0 || (unsigned)fd >= MAX_FDS)
+		return 0;
+	chunk = atomic_load_explicit(&chunks[fd >> CHUNK_SHIFT], memory_order_acquire);
+	return chunk && atomic_load_explicit((_Atomic uint8_t *)&chunk[fd & (CHUNK - 1)].kind,
+					     memory_order_relaxed) != FD_NONE;
+}
+
+void fd_entry_init(struct fd_entry *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->sockfile = -1;
+}
+
+struct fd_entry *fd_get(int fd, int create)
+{
+	struct fd_entry *chunk;
+
+	if (!state_locked_here() || fd < 0 || (unsigned)fd >= MAX_FDS)
+		return NULL;
+	chunk = atomic_load_explicit(&chunks[fd >> CHUNK_SHIFT], memory_order_relaxed);
+	if (!chunk) {
+		if (!create)
+			return NULL;
+		chunk = mmap(NULL, CHUNK * sizeof(*chunk), PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (chunk == MAP_FAILED)
+			return NULL;
+		for (unsigned i = 0; i < CHUNK; i++)
+			chunk[i].sockfile = -1;
+		atomic_store_explicit(&chunks[fd >> CHUNK_SHIFT], chunk, memory_order_release);
+	}
+	return &chunk[fd & (CHUNK - 1)];
+}
+
+void fd_snapshot(int fd, struct fd_entry *out)
+{
+	struct fd_entry *e;
+
+	state_lock();
+	e = fd_get(fd, 0);
+	if (e && e->kind != FD_NONE)
+		*out = *e;
+	else
+		fd_entry_init(out);
+	state_unlock();
+}
+
+void fd_store(int fd, const struct fd_entry *src)
+{
+	struct fd_entry *e;
+
+	state_lock();
+	e = fd_get(fd, src->kind != FD_NONE);
+	if (e)
+		*e = *src;
+	state_unlock();
+}
+
+void fd_take(int fd, struct fd_entry *out)
+{
+	struct fd_entry *e;
+
+	fd_entry_init(out);
+	state_lock();
+	e = fd_get(fd, 0);
+	if (e && e->kind != FD_NONE) {
+		*out = *e;
+		fd_entry_init(e);
+	}
+	state_unlock();
+}
+
+int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max)
+{
+	int n = 0;
+
+	if (last >= MAX_FDS)
+		last = MAX_FDS - 1;
+	state_lock();
+	for (unsigned fd = first; fd <= last && state_locked_here(); fd++) {
+		struct fd_entry *e;
+
+		if (!atomic_load_explicit(&chunks[fd >> CHUNK_SHIFT], memory_order_relaxed)) {
+			fd |= CHUNK - 1; /* skip the whole empty chunk */
+			continue;
+		}
+		e = fd_get((int)fd, 0);
+		if (!e || e->kind == FD_NONE)
+			continue;
+		if (e->sockfile >= 0 && n < max)
+			sockfiles[n++] = e->sockfile;
+		fd_entry_init(e);
+	}
+	state_unlock();
+	return n;
+}
+
+void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg)
+{
+	for (unsigned c = 0; c < N_CHUNKS; c++) {
+		struct fd_entry *chunk = atomic_load_explicit(&chunks[c], memory_order_relaxed);
+
+		if (!chunk)
+			continue;
+		for (unsigned i = 0; i < CHUNK; i++) {
+			if (chunk[i].kind != FD_NONE && chunk[i].sockfile == sockfile)
+				fn((int)(c << CHUNK_SHIFT | i), arg);
+		}
+	}
+}

@@ -1,0 +1,493 @@
+/*
+ * The libc functions we interpose: socket setup calls and the fd calls that must keep
+ * our table right.  Each one steps aside as early as it can; a call about an fd we know
+ * nothing of costs one table lookup.  errno is what libc would leave: unchanged on
+ * success paths, the right value on failure.
+ */
+/* We define fcntl and fcntl64 both; keep the headers from renaming one to the other. */
+#undef _FILE_OFFSET_BITS
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+__attribute__((constructor(102))) static void shim_init(void)
+{
+	real_init();
+	log_init();
+	rules_init();
+}
+
+__attribute__((destructor)) static void shim_fini(void)
+{
+	if (rules_state != RULES_NONE && !in_vfork_child())
+		sockfile_exit_cleanup();
+}
+
+/* What the fd is: FD_IP (with family and type), FD_CONVERTED, or FD_NONE for anything
+ * else, including fds that are not sockets. */
+static int classify(int fd, int *family, int *type)
+{
+	struct fd_entry e;
+	socklen_t len = sizeof(int);
+	int saved = errno;
+
+	if (fd_tracked(fd)) {
+		fd_snapshot(fd, &e);
+		*family = e.family;
+		*type = e.type;
+		return e.kind;
+	}
+	/* Sockets made before we were loaded, or with syscall(2): ask the kernel. */
+	if (REAL(getsockopt)(fd, SOL_SOCKET, SO_DOMAIN, family, &len) ||
+	    (*family != AF_INET && *family != AF_INET6) ||
+	    REAL(getsockopt)(fd, SOL_SOCKET, SO_TYPE, type, &len)) {
+		errno = saved;
+		return FD_NONE;
+	}
+	errno = saved;
+	return FD_IP;
+}
+
+API int socket(int domain, int type, int protocol)
+{
+	int fd = REAL(socket)(domain, type, protocol);
+	int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+	struct fd_entry e;
+
+	if (fd < 0 || rules_state == RULES_NONE || (domain != AF_INET && domain != AF_INET6) ||
+	    (base != SOCK_STREAM && base != SOCK_DGRAM))
+		return fd;
+	fd_entry_init(&e);
+	e.kind = FD_IP;
+	e.family = (uint8_t)domain;
+	e.type = (uint8_t)base;
+	fd_store(fd, &e);
+	return fd;
+}
+
+API int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct ipaddr a;
+	int family, type, r, saved = errno;
+
+	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len) ||
+	    classify(fd, &family, &type) != FD_IP || a.sa.sa_family != family)
+		return REAL(bind)(fd, sa, len);
+	r = convert_bind(fd, &a, type, family);
+	if (r > 0) {
+		errno = saved;
+		return REAL(bind)(fd, sa, len);
+	}
+	if (r == 0)
+		errno = saved;
+	return r;
+}
+
+API int connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct ipaddr a;
+	int family, type, kind, handled, r, saved = errno;
+
+	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len))
+		return REAL(connect)(fd, sa, len);
+	kind = classify(fd, &family, &type);
+	if (kind == FD_CONVERTED) {
+		struct fd_entry e;
+
+		fd_snapshot(fd, &e);
+		if (e.role == ROLE_CLIENT || e.role == ROLE_ACCEPTED) {
+			errno = EISCONN;
+			return -1;
+		}
+	}
+	if (kind != FD_IP || a.sa.sa_family != family)
+		return REAL(connect)(fd, sa, len);
+	r = convert_connect(fd, &a, type, family, &handled);
+	if (!handled) {
+		errno = saved;
+		return REAL(connect)(fd, sa, len);
+	}
+	if (r == 0)
+		errno = saved;
+	return r;
+}
+
+static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flags, int is4)
+{
+	struct fd_entry listener, e;
+	int conn;
+
+	if (!fd_tracked(fd))
+		goto passthrough;
+	fd_snapshot(fd, &listener);
+	if (listener.kind != FD_CONVERTED)
+		goto passthrough;
+	if (addr && !len) {
+		errno = EFAULT;
+		return -1;
+	}
+	/* The Unix peer's own address says nothing useful; we report a local one. */
+	conn = is4 ? REAL(accept4)(fd, NULL, NULL, flags) : REAL(accept)(fd, NULL, NULL);
+	if (conn < 0)
+		return conn;
+	fd_entry_init(&e);
+	e.kind = FD_CONVERTED;
+	e.role = ROLE_ACCEPTED;
+	e.family = listener.family;
+	e.type = listener.type;
+	e.local = listener.local;
+	if (ipaddr_is_any(&e.local)) {
+		ipaddr_loopback(&e.local, listener.local.sa.sa_family);
+		ipaddr_set_port(&e.local, ipaddr_port(&listener.local));
+	}
+	/* Clients on a Unix socket are local clients: report them as loopback, as a
+	 * server trusting local peers expects. */
+	ipaddr_loopback(&e.peer, listener.local.sa.sa_family);
+	ipaddr_set_port(&e.peer, fake_port());
+	fd_store(conn, &e);
+	if (addr)
+		copy_out_addr(&e.peer, ipaddr_len(&e.peer), addr, len);
+	return conn;
+passthrough:
+	return is4 ? REAL(accept4)(fd, addr, len, flags) : REAL(accept)(fd, addr, len);
+}
+
+API int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	return accept_common(fd, addr, len, 0, 0);
+}
+
+API int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	return accept_common(fd, addr, len, flags, 1);
+}
+
+API int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd)) {
+		fd_snapshot(fd, &e);
+		if (e.kind == FD_CONVERTED)
+			return copy_out_addr(&e.local, ipaddr_len(&e.local), addr, len);
+	}
+	return REAL(getsockname)(fd, addr, len);
+}
+
+API int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd)) {
+		fd_snapshot(fd, &e);
+		if (e.kind == FD_CONVERTED) {
+			if (e.role != ROLE_CLIENT && e.role != ROLE_ACCEPTED) {
+				errno = ENOTCONN;
+				return -1;
+			}
+			return copy_out_addr(&e.peer, ipaddr_len(&e.peer), addr, len);
+		}
+	}
+	return REAL(getpeername)(fd, addr, len);
+}
+
+API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
+{
+	struct fd_entry *e;
+	int kind = FD_NONE;
+
+	if (!fd_tracked(fd))
+		return REAL(setsockopt)(fd, level, optname, val, len);
+	state_lock();
+	e = fd_get(fd, 0);
+	if (e) {
+		kind = e->kind;
+		if (kind == FD_IP)
+			copyable_option_mark(e, level, optname);
+	}
+	state_unlock();
+	/* IP- and TCP-level tuning has nothing to act on in a Unix socket: accept it. */
+	if (kind == FD_CONVERTED && (level == IPPROTO_TCP || level == IPPROTO_IP ||
+				     level == IPPROTO_IPV6 || level == IPPROTO_UDP))
+		return 0;
+	return REAL(setsockopt)(fd, level, optname, val, len);
+}
+
+API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
+{
+	struct fd_entry e;
+	int answer;
+
+	if (!fd_tracked(fd))
+		return REAL(getsockopt)(fd, level, optname, val, len);
+	fd_snapshot(fd, &e);
+	if (e.kind != FD_CONVERTED)
+		return REAL(getsockopt)(fd, level, optname, val, len);
+	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
+		answer = optname == SO_DOMAIN ? e.family
+			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
+	} else if (level == IPPROTO_TCP || level == IPPROTO_IP || level == IPPROTO_IPV6 ||
+		   level == IPPROTO_UDP) {
+		if (!val || !len) {
+			errno = EFAULT;
+			return -1;
+		}
+		memset(val, 0, *len);
+		return 0;
+	} else {
+		return REAL(getsockopt)(fd, level, optname, val, len);
+	}
+	if (!val || !len) {
+		errno = EFAULT;
+		return -1;
+	}
+	if (*len > sizeof(answer))
+		*len = sizeof(answer);
+	memcpy(val, &answer, *len);
+	return 0;
+}
+
+/* A sendto() with MSG_FASTOPEN connects an unconnected TCP socket. */
+static int fastopen_connect(int fd, const struct fd_entry *e, const struct sockaddr *sa,
+			    socklen_t salen, int *handled)
+{
+	struct ipaddr a;
+
+	*handled = 0;
+	if (e->kind != FD_IP || e->type != SOCK_STREAM || ipaddr_from_sockaddr(&a, sa, salen) ||
+	    a.sa.sa_family != e->family)
+		return 0;
+	return convert_connect(fd, &a, e->type, e->family, handled);
+}
+
+API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa,
+		   socklen_t salen)
+{
+	struct fd_entry e;
+	int handled;
+
+	if (!sa || !fd_tracked(fd))
+		return REAL(sendto)(fd, buf, n, flags, sa, salen);
+	fd_snapshot(fd, &e);
+	if (e.kind == FD_CONVERTED && e.type == SOCK_STREAM) /* TCP ignores the address */
+		return REAL(sendto)(fd, buf, n, flags, NULL, 0);
+	if (flags & MSG_FASTOPEN) {
+		if (fastopen_connect(fd, &e, sa, salen, &handled) < 0 && handled)
+			return -1;
+		if (handled)
+			return REAL(sendto)(fd, buf, n, flags & ~MSG_FASTOPEN, NULL, 0);
+	}
+	return REAL(sendto)(fd, buf, n, flags, sa, salen);
+}
+
+API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	struct msghdr copy;
+	struct fd_entry e;
+	int handled;
+
+	if (!msg || !msg->msg_name || !fd_tracked(fd))
+		return REAL(sendmsg)(fd, msg, flags);
+	fd_snapshot(fd, &e);
+	copy = *msg;
+	copy.msg_name = NULL;
+	copy.msg_namelen = 0;
+	if (e.kind == FD_CONVERTED && e.type == SOCK_STREAM)
+		return REAL(sendmsg)(fd, &copy, flags);
+	if (flags & MSG_FASTOPEN) {
+		if (fastopen_connect(fd, &e, msg->msg_name, msg->msg_namelen, &handled) < 0 &&
+		    handled)
+			return -1;
+		if (handled)
+			return REAL(sendmsg)(fd, &copy, flags & ~MSG_FASTOPEN);
+	}
+	return REAL(sendmsg)(fd, msg, flags);
+}
+
+API int close(int fd)
+{
+	struct fd_entry gone;
+	int r, saved;
+
+	if (!fd_tracked(fd) || in_vfork_child())
+		return REAL(close)(fd);
+	fd_take(fd, &gone);
+	r = REAL(close)(fd);
+	saved = errno;
+	if (gone.sockfile >= 0)
+		sockfile_release(gone.sockfile);
+	errno = saved;
+	return r;
+}
+
+static void release_all(const int16_t *sockfiles, int n)
+{
+	int saved = errno;
+
+	for (int i = 0; i < n; i++)
+		sockfile_release(sockfiles[i]);
+	errno = saved;
+}
+
+API int close_range(unsigned int first, unsigned int last, int flags)
+{
+	int16_t sockfiles[64];
+	int n = 0, r;
+
+	if (!(flags & CLOSE_RANGE_CLOEXEC) && !in_vfork_child())
+		n = fd_take_range(first, last, sockfiles, 64);
+	r = real.close_range ? real.close_range(first, last, flags)
+			     : (int)syscall(SYS_close_range, first, last, flags);
+	release_all(sockfiles, n);
+	return r;
+}
+
+API void closefrom(int lowfd)
+{
+	int16_t sockfiles[64];
+	int n = 0;
+
+	if (lowfd >= 0 && !in_vfork_child())
+		n = fd_take_range((unsigned)lowfd, ~0u, sockfiles, 64);
+	if (real.closefrom)
+		real.closefrom(lowfd);
+	else
+		syscall(SYS_close_range, (unsigned)lowfd, ~0u, 0);
+	release_all(sockfiles, n);
+}
+
+/* The new fd is another name for the same socket: same addresses, same file. */
+static void copy_entry(int from, int to)
+{
+	struct fd_entry *src, *dst;
+
+	state_lock();
+	src = fd_get(from, 0);
+	if (src && src->kind != FD_NONE && (dst = fd_get(to, 1))) {
+		*dst = *src;
+		dst->n_epoll = 0; /* registrations belong to the fd number */
+	}
+	state_unlock();
+}
+
+API int dup(int fd)
+{
+	int n = REAL(dup)(fd);
+
+	if (n >= 0 && fd_tracked(fd))
+		copy_entry(fd, n);
+	return n;
+}
+
+static int dup_onto(int old, int new, int flags, int is3)
+{
+	struct fd_entry gone;
+	int r, saved;
+
+	if (old == new || (!fd_tracked(old) && !fd_tracked(new)))
+		return is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
+	fd_take(new, &gone);
+	r = is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
+	saved = errno;
+	if (r >= 0) {
+		copy_entry(old, new);
+		if (gone.sockfile >= 0)
+			sockfile_release(gone.sockfile);
+	} else if (gone.kind != FD_NONE) {
+		fd_store(new, &gone); /* new was not touched */
+	}
+	errno = saved;
+	return r;
+}
+
+API int dup2(int old, int new)
+{
+	return dup_onto(old, new, 0, 0);
+}
+
+API int dup3(int old, int new, int flags)
+{
+	return dup_onto(old, new, flags, 1);
+}
+
+static int fcntl_common(int fd, int cmd, void *arg)
+{
+	int r = REAL(fcntl)(fd, cmd, arg);
+
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd))
+		copy_entry(fd, r);
+	return r;
+}
+
+/* fcntl's third argument is an int or a pointer; passing it on as a pointer is what
+ * libc itself does on every ABI we build for. */
+API int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl_common(fd, cmd, arg);
+}
+
+API int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl_common(fd, cmd, arg);
+}
+
+/* Remember where unconverted IP sockets are registered, to register the Unix socket
+ * that replaces them in the same places. */
+static void record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
+{
+	struct fd_entry *e;
+	int i, overflow = 0;
+
+	state_lock();
+	e = fd_get(fd, 0);
+	if (!e || e->kind != FD_IP)
+		goto out;
+	for (i = 0; i < e->n_epoll && e->epoll[i].epfd != epfd; i++)
+		;
+	if (op == EPOLL_CTL_DEL) {
+		if (i < e->n_epoll)
+			e->epoll[i] = e->epoll[--e->n_epoll];
+	} else if (i < e->n_epoll) {
+		e->epoll[i].ev = *ev;
+	} else if (i < MAX_EPOLL_REGS) {
+		e->epoll[i].epfd = epfd;
+		e->epoll[i].ev = *ev;
+		e->n_epoll++;
+	} else {
+		overflow = 1;
+	}
+out:
+	state_unlock();
+	if (overflow)
+		ulog(LOG_WARN_, "fd %d is in too many epoll sets to follow", fd);
+}
+
+API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	int r = REAL(epoll_ctl)(epfd, op, fd, ev);
+
+	if (r == 0 && fd_tracked(fd) && (ev || op == EPOLL_CTL_DEL))
+		record_epoll(epfd, op, fd, ev);
+	return r;
+}

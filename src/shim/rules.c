@@ -1,0 +1,378 @@
+/*
+ * Reading the rule encoding written by unixify/encoding.py and matching sockets
+ * against it.  The text syntax is parsed only in Python; here every byte of the
+ * encoding is validated, and anything unexpected marks the rules as broken, which
+ * makes every IP bind/connect fail with EACCES rather than fall back to an open port.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "shim.h"
+
+#define MAX_RULES 1024
+#define MAX_VALUE 4096
+
+enum rules_state rules_state = RULES_NONE;
+static struct rule *rules;
+static int n_rules;
+static char *arena;        /* NUL-terminated copies of string values */
+static size_t arena_used, arena_size;
+
+struct cursor {
+	const char *s;
+	size_t pos, len;
+	const char *error;
+};
+
+static int fail(struct cursor *c, const char *why)
+{
+	if (!c->error)
+		c->error = why;
+	return -1;
+}
+
+static const char *arena_copy(const char *s, size_t n)
+{
+	char *p;
+
+	if (arena_used + n + 1 > arena_size)
+		return NULL;
+	p = arena + arena_used;
+	memcpy(p, s, n);
+	p[n] = 0;
+	arena_used += n + 1;
+	return p;
+}
+
+/* Parse a decimal in [0, max] spanning exactly s[0..n). */
+static int parse_uint(const char *s, size_t n, unsigned long max, unsigned long *out)
+{
+	unsigned long v = 0;
+
+	if (n == 0 || n > 10)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (unsigned long)(s[i] - '0');
+	}
+	if (v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+static int parse_addr(struct rule *r, const char *v, size_t n)
+{
+	const char *slash = memchr(v, '/', n);
+	size_t hexlen, bytes;
+	unsigned long plen;
+
+	if (!slash)
+		return -1;
+	hexlen = (size_t)(slash - v);
+	if (hexlen != 8 && hexlen != 32)
+		return -1;
+	bytes = hexlen / 2;
+	for (size_t i = 0; i < bytes; i++) {
+		int hi = hexval(v[2 * i]), lo = hexval(v[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return -1;
+		r->addr[i] = (uint8_t)(hi << 4 | lo);
+	}
+	if (parse_uint(slash + 1, n - hexlen - 1, bytes * 8, &plen))
+		return -1;
+	r->has_addr = 1;
+	r->addr_v4 = bytes == 4;
+	r->prefix = (uint8_t)plen;
+	return 0;
+}
+
+static int parse_ports(struct rule *r, const char *v, size_t n)
+{
+	const char *dash = memchr(v, '-', n);
+	unsigned long lo, hi;
+
+	if (!dash || parse_uint(v, (size_t)(dash - v), 65535, &lo) ||
+	    parse_uint(dash + 1, n - (size_t)(dash - v) - 1, 65535, &hi) || hi < lo)
+		return -1;
+	r->has_ports = 1;
+	r->port_lo = (uint16_t)lo;
+	r->port_hi = (uint16_t)hi;
+	return 0;
+}
+
+static int parse_action(struct rule *r, const char *v, size_t n)
+{
+	static const char letters[] = "PARBIS";
+	const char *p;
+
+	if (n != 1 || !(p = memchr(letters, v[0], sizeof(letters) - 1)))
+		return -1;
+	r->action = (uint8_t)(ACT_PATH + (p - letters));
+	return 0;
+}
+
+static int set_string(const char **field, const char *v, size_t n)
+{
+	if (*field || memchr(v, 0, n))
+		return -1;
+	*field = arena_copy(v, n);
+	return *field ? 0 : -1;
+}
+
+static int apply_field(struct rule *r, char key, const char *v, size_t n)
+{
+	unsigned long num;
+
+	switch (key) {
+	case 'A':
+		return parse_action(r, v, n);
+	case 'd':
+		if (n != 1 || (v[0] != 'i' && v[0] != 'o'))
+			return -1;
+		r->dir = v[0] == 'i' ? DIR_IN : DIR_OUT;
+		return 0;
+	case 't':
+		if (n != 1 || (v[0] != 's' && v[0] != 'd'))
+			return -1;
+		r->type = v[0] == 's' ? SOCK_STREAM : SOCK_DGRAM;
+		return 0;
+	case 'a':
+		return parse_addr(r, v, n);
+	case 'p':
+		return parse_ports(r, v, n);
+	case 'e':
+		if (parse_uint(v, n, 4095, &num) || num == 0)
+			return -1;
+		r->reject_errno = (int)num;
+		return 0;
+	case 'n':
+		if (n != 1 || v[0] != '1')
+			return -1;
+		r->noremove = 1;
+		return 0;
+	case 'T':
+		return n == 0 || n >= sizeof(((struct sockaddr_un *)0)->sun_path) * 4
+			       ? -1 : set_string(&r->target, v, n);
+	case 'N':
+		return set_string(&r->systemd_name, v, n);
+	case 'u':
+		return set_string(&r->from_unix, v, n);
+	case 'b':
+		return set_string(&r->from_abstract, v, n);
+	}
+	return -1;
+}
+
+/* Fields a rule must or must not have for its action. */
+static int check_rule(const struct rule *r)
+{
+	if (!r->action)
+		return -1;
+	if ((r->action == ACT_PATH || r->action == ACT_ABSTRACT) != (r->target != NULL))
+		return -1;
+	if ((r->action == ACT_REJECT) != (r->reject_errno != 0))
+		return -1;
+	if (r->noremove && r->action != ACT_PATH)
+		return -1;
+	if (r->action == ACT_BLACKHOLE && r->dir != DIR_IN)
+		return -1;
+	if (r->action == ACT_PATH && r->target[0] != '/')
+		return -1;
+	return 0;
+}
+
+static int parse_field(struct cursor *c, struct rule *r)
+{
+	char key = c->s[c->pos++];
+	unsigned long n;
+	size_t start = c->pos;
+
+	while (c->pos < c->len && c->s[c->pos] != ':')
+		c->pos++;
+	if (c->pos >= c->len || parse_uint(c->s + start, c->pos - start, MAX_VALUE, &n))
+		return fail(c, "bad field length");
+	c->pos++; /* ':' */
+	if (n > c->len - c->pos)
+		return fail(c, "field runs past the end");
+	if (apply_field(r, key, c->s + c->pos, n))
+		return fail(c, "bad field");
+	c->pos += n;
+	return 0;
+}
+
+static int parse_encoding(struct cursor *c)
+{
+	if (c->len < 4 || memcmp(c->s, "UFY1", 4))
+		return fail(c, "unknown format or version (expected UFY1)");
+	c->pos = 4;
+	while (c->pos < c->len) {
+		struct rule *r;
+
+		if (c->s[c->pos] != '{')
+			return fail(c, "expected '{'");
+		if (n_rules >= MAX_RULES)
+			return fail(c, "too many rules");
+		r = &rules[n_rules];
+		memset(r, 0, sizeof(*r));
+		c->pos++;
+		while (c->pos < c->len && c->s[c->pos] != '}') {
+			if (parse_field(c, r))
+				return -1;
+		}
+		if (c->pos >= c->len)
+			return fail(c, "unterminated rule");
+		c->pos++;
+		if (check_rule(r))
+			return fail(c, "inconsistent rule");
+		n_rules++;
+	}
+	return 0;
+}
+
+void rules_init(void)
+{
+	const char *env = getenv("UNIXIFY_RULES");
+	struct cursor c = { 0 };
+	int saved = errno;
+	size_t len;
+
+	if (!env)
+		return;
+	len = strlen(env);
+	arena_size = len + 2 * MAX_RULES;
+	rules = mmap(NULL, MAX_RULES * sizeof(*rules) + arena_size, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (rules == MAP_FAILED) {
+		rules = NULL;
+		rules_state = RULES_BROKEN;
+		ulog(LOG_ERR_, "cannot allocate memory for rules; IP sockets will be refused");
+		errno = saved;
+		return;
+	}
+	arena = (char *)(rules + MAX_RULES);
+	c.s = env;
+	c.len = len;
+	if (parse_encoding(&c)) {
+		n_rules = 0;
+		rules_state = RULES_BROKEN;
+		ulog(LOG_ERR_, "UNIXIFY_RULES is malformed (%s at byte %zu); IP bind/connect "
+		     "will fail with EACCES. Set it only through the unixify command.",
+		     c.error, c.pos);
+	} else {
+		rules_state = RULES_OK;
+		ulog(LOG_DEBUG_, "%d rule(s) loaded", n_rules);
+	}
+	errno = saved;
+}
+
+const struct rule *rule_at(int index)
+{
+	return &rules[index];
+}
+
+static int addr_matches(const struct rule *r, const struct ipaddr *a)
+{
+	int v4;
+	const uint8_t *bytes = ipaddr_bytes(a, &v4);
+	unsigned full, rest;
+
+	if (v4 != r->addr_v4)
+		return 0;
+	full = r->prefix / 8;
+	rest = r->prefix % 8;
+	if (memcmp(bytes, r->addr, full))
+		return 0;
+	if (rest) {
+		uint8_t mask = (uint8_t)(0xff << (8 - rest));
+
+		if ((bytes[full] & mask) != (r->addr[full] & mask))
+			return 0;
+	}
+	return 1;
+}
+
+static int rule_matches(const struct rule *r, const struct sock_query *q)
+{
+	uint16_t port;
+
+	if (r->from_unix || r->from_abstract)
+		return 0; /* these match Unix sockets only */
+	if (r->dir && r->dir != q->dir)
+		return 0;
+	if (r->type && r->type != q->type)
+		return 0;
+	if (r->has_addr && !addr_matches(r, q->addr))
+		return 0;
+	port = ipaddr_port(q->addr);
+	if (r->has_ports && (port < r->port_lo || port > r->port_hi))
+		return 0;
+	return 1;
+}
+
+int rules_match(const struct sock_query *q)
+{
+	for (int i = 0; i < n_rules; i++) {
+		if (rule_matches(&rules[i], q))
+			return i;
+	}
+	return -1;
+}
+
+int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size)
+{
+	char piece[INET6_ADDRSTRLEN + 8];
+	size_t used = 0;
+
+	for (const char *p = r->target; *p; p++) {
+		const char *add = piece;
+		size_t n;
+
+		if (*p != '%') {
+			piece[0] = *p;
+			piece[1] = 0;
+		} else {
+			switch (*++p) {
+			case 'p':
+				snprintf(piece, sizeof(piece), "%u", ipaddr_port(q->addr));
+				break;
+			case 'a':
+				ipaddr_format(q->addr, piece, sizeof(piece));
+				break;
+			case 't':
+				add = q->type == SOCK_STREAM ? "tcp"
+				      : q->type == SOCK_DGRAM ? "udp" : "unknown";
+				break;
+			case '%':
+				add = "%";
+				break;
+			default: /* validated by the parser; never reached */
+				errno = EINVAL;
+				return -1;
+			}
+		}
+		n = strlen(add);
+		if (used + n >= size) {
+			errno = ENAMETOOLONG;
+			return -1;
+		}
+		memcpy(out + used, add, n);
+		used += n;
+	}
+	out[used] = 0;
+	return 0;
+}

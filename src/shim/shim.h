@@ -1,0 +1,187 @@
+/*
+ * unixify shim: internal interfaces.
+ *
+ * The shim is LD_PRELOADed into arbitrary programs.  It interposes only socket setup
+ * calls; once a socket is converted, data never passes through this code.  Everything
+ * here is hidden except the interposed libc functions (see interpose.c).
+ */
+#ifndef UNIXIFY_SHIM_H
+#define UNIXIFY_SHIM_H
+
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+
+#define API __attribute__((visibility("default")))
+#define UNUSED __attribute__((unused))
+
+/* ---- real libc functions (real.c) ---- */
+struct real_funcs {
+	int (*socket)(int, int, int);
+	int (*bind)(int, const struct sockaddr *, socklen_t);
+	int (*connect)(int, const struct sockaddr *, socklen_t);
+	int (*accept)(int, struct sockaddr *, socklen_t *);
+	int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+	int (*getsockname)(int, struct sockaddr *, socklen_t *);
+	int (*getpeername)(int, struct sockaddr *, socklen_t *);
+	int (*setsockopt)(int, int, int, const void *, socklen_t);
+	int (*getsockopt)(int, int, int, void *, socklen_t *);
+	ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+	ssize_t (*sendmsg)(int, const struct msghdr *, int);
+	int (*close)(int);
+	int (*close_range)(unsigned int, unsigned int, int);
+	void (*closefrom)(int);
+	int (*dup)(int);
+	int (*dup2)(int, int);
+	int (*dup3)(int, int, int);
+	int (*fcntl)(int, int, ...);
+	int (*epoll_ctl)(int, int, int, struct epoll_event *);
+};
+extern struct real_funcs real;
+void real_init(void);
+#define REAL(fn) (real.fn ? real.fn : (real_init(), real.fn))
+
+/* ---- logging (log.c) ---- */
+enum { LOG_ERR_ = 0, LOG_WARN_ = 1, LOG_INFO_ = 2, LOG_DEBUG_ = 3 };
+extern int log_verbosity;
+void log_init(void);
+void ulog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- IP addresses as the program sees them (addr.c) ---- */
+struct ipaddr {
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in4;
+		struct sockaddr_in6 in6;
+	};
+};
+socklen_t ipaddr_len(const struct ipaddr *a);
+int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_t len);
+uint16_t ipaddr_port(const struct ipaddr *a);
+void ipaddr_set_port(struct ipaddr *a, uint16_t port);
+void ipaddr_loopback(struct ipaddr *a, int family);
+int ipaddr_is_any(const struct ipaddr *a);
+const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4); /* v4-mapped -> 4 bytes */
+void ipaddr_format(const struct ipaddr *a, char *buf, size_t size);
+uint16_t fake_port(void);
+int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, socklen_t *dstlen);
+
+/* ---- rules (rules.c) ---- */
+enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
+		   ACT_SYSTEMD };
+enum rule_dir { DIR_ANY = 0, DIR_IN, DIR_OUT };
+
+struct rule {
+	uint8_t action;
+	uint8_t dir;
+	uint8_t type;      /* 0 (any), SOCK_STREAM or SOCK_DGRAM */
+	uint8_t noremove;
+	uint8_t has_addr;
+	uint8_t addr_v4;   /* address below is 4 bytes (IPv4) rather than 16 */
+	uint8_t prefix;
+	uint8_t has_ports;
+	uint8_t addr[16];
+	uint16_t port_lo, port_hi;
+	int reject_errno;
+	const char *target;        /* path= or abstract=, unexpanded */
+	const char *systemd_name;
+	const char *from_unix;
+	const char *from_abstract;
+};
+
+/* What a socket call is about, for matching. */
+struct sock_query {
+	int dir;
+	int type;
+	const struct ipaddr *addr;
+};
+
+enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN };
+extern enum rules_state rules_state;
+void rules_init(void);
+/* Index of the first rule matching q, or -1. */
+int rules_match(const struct sock_query *q);
+const struct rule *rule_at(int index);
+/* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
+int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
+
+/* ---- per-fd state (fdtable.c) ---- */
+enum fd_kind {
+	FD_NONE = 0,
+	FD_IP,        /* an IP socket we may still convert */
+	FD_CONVERTED, /* a Unix socket standing in for an IP socket */
+};
+enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED };
+
+#define MAX_EPOLL_REGS 4
+struct epoll_reg {
+	int epfd;
+	struct epoll_event ev;
+};
+
+struct fd_entry {
+	uint8_t kind;
+	uint8_t family;   /* AF_INET or AF_INET6, as the program created it */
+	uint8_t type;     /* SOCK_STREAM or SOCK_DGRAM */
+	uint8_t role;
+	uint8_t n_epoll;
+	int16_t sockfile; /* index into the socket file table, or -1 */
+	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
+	struct ipaddr local;
+	struct ipaddr peer;
+	struct epoll_reg epoll[MAX_EPOLL_REGS];
+};
+
+void state_lock(void);
+void state_unlock(void);
+int state_locked_here(void);
+/* Cheap lock-free test: is anything recorded for fd? */
+int fd_tracked(int fd);
+/* With the lock held: the entry for fd, allocating it if create; NULL if impossible. */
+struct fd_entry *fd_get(int fd, int create);
+/* Copy of the entry (kind FD_NONE if none).  Takes the lock. */
+void fd_snapshot(int fd, struct fd_entry *out);
+/* Store a copy.  Takes the lock. */
+void fd_store(int fd, const struct fd_entry *e);
+/* Remove and return the entry.  Takes the lock. */
+void fd_take(int fd, struct fd_entry *out);
+/* Remove entries in [first, last]; collect their socket files (at most max). */
+int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max);
+void fd_entry_init(struct fd_entry *e);
+/* Call fn for every entry referencing sockfile; with the lock held. */
+void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
+void fdtable_atfork_child(void);
+/* True in the child of vfork() (memory shared with the parent): do not touch state. */
+int in_vfork_child(void);
+
+/* ---- socket files (sockfile.c) ---- */
+struct sockfile {
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	dev_t dev;
+	ino_t ino;       /* the file we created at path */
+	ino_t sock_ino;  /* the socket bound there (sockfs inode) */
+	uint8_t used;
+	uint8_t noremove;
+};
+/* Bind sock to path; replaces a stale socket file, never a live one. */
+int sockfile_bind(int sock, const char *path, int noremove);
+/* Bind sock to a fresh path and unlink it: a socket nobody can reach. */
+int sockfile_blackhole(int sock);
+/* Index of a live record for path in this process, or -1. */
+int sockfile_find(const char *path);
+/* The socket behind record idx may have been closed: remove the file if it is dead. */
+void sockfile_release(int idx);
+void sockfile_exit_cleanup(void);
+/* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
+int unix_socket_alive(ino_t sock_ino);
+
+/* ---- conversion (convert.c) ---- */
+int convert_bind(int fd, const struct ipaddr *addr, int type, int family);
+int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int *handled);
+void copyable_option_mark(struct fd_entry *e, int level, int optname);
+
+#endif

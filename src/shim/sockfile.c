@@ -1,0 +1,342 @@
+/*
+ * The life of socket files we create.
+ *
+ * A file is created at bind.  A stale file (a socket file nobody listens on) is
+ * replaced; a live one is never taken over.  The file is removed when the last holder
+ * of the socket anywhere -- this process, a forked child, a process it was passed to --
+ * has closed it, and only if the path still names the file we created.  The kernel's
+ * unix sock_diag answers both questions: which socket is bound to a file (by the file's
+ * inode) and whether a socket still exists (by its own inode).
+ */
+#include <errno.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+#define MAX_SOCKFILES 256
+
+static struct sockfile sockfiles[MAX_SOCKFILES];
+
+/* ---- sock_diag ---- */
+
+struct diag_query {
+	uint32_t sock_ino;   /* exact lookup by socket inode, or 0 */
+	uint32_t vfs_ino;    /* else: find a socket bound to this file */
+	uint32_t vfs_dev;
+};
+
+static int diag_open_and_send(const struct diag_query *q)
+{
+	struct {
+		struct nlmsghdr nlh;
+		struct unix_diag_req req;
+	} msg;
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	int nl = REAL(socket)(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+
+	if (nl < 0)
+		return -1;
+	memset(&msg, 0, sizeof(msg));
+	msg.nlh.nlmsg_len = sizeof(msg);
+	msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+	msg.nlh.nlmsg_flags = NLM_F_REQUEST | (q->sock_ino ? 0 : NLM_F_DUMP);
+	msg.req.sdiag_family = AF_UNIX;
+	msg.req.udiag_states = ~0u;
+	msg.req.udiag_ino = q->sock_ino;
+	msg.req.udiag_show = q->sock_ino ? 0 : UDIAG_SHOW_VFS;
+	msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0u; /* no cookie check */
+	if (REAL(sendto)(nl, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel,
+			 sizeof(kernel)) < 0) {
+		REAL(close)(nl);
+		return -1;
+	}
+	return nl;
+}
+
+static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
+{
+	const struct unix_diag_msg *m = NLMSG_DATA(h);
+	int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
+	const struct nlattr *a = (const struct nlattr *)(m + 1);
+
+	while (len >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) && a->nla_len <= len) {
+		if ((a->nla_type & NLA_TYPE_MASK) == UNIX_DIAG_VFS &&
+		    a->nla_len >= NLA_HDRLEN + sizeof(struct unix_diag_vfs)) {
+			const struct unix_diag_vfs *v = (const void *)((const char *)a + NLA_HDRLEN);
+
+			if (v->udiag_vfs_ino == q->vfs_ino && v->udiag_vfs_dev == q->vfs_dev)
+				return 1;
+		}
+		len -= NLA_ALIGN(a->nla_len);
+		a = (const struct nlattr *)((const char *)a + NLA_ALIGN(a->nla_len));
+	}
+	return 0;
+}
+
+/* 1: found, 0: not found, -1: sock_diag unavailable. */
+static int diag_find(const struct diag_query *q)
+{
+	char buf[16384] __attribute__((aligned(8)));
+	int nl = diag_open_and_send(q);
+	int found = 0, done = 0;
+
+	if (nl < 0)
+		return -1;
+	while (!done) {
+		ssize_t n = recv(nl, buf, sizeof(buf), 0);
+		struct nlmsghdr *h = (struct nlmsghdr *)buf;
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			found = -1;
+			break;
+		}
+		for (; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+			if (h->nlmsg_type == NLMSG_DONE) {
+				done = 1;
+				break;
+			}
+			if (h->nlmsg_type == NLMSG_ERROR) {
+				const struct nlmsgerr *err = NLMSG_DATA(h);
+
+				found = err->error == -ENOENT ? found : -1;
+				done = 1;
+				break;
+			}
+			if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY)
+				continue;
+			if (q->sock_ino || vfs_matches(h, q))
+				found = 1;
+			if (q->sock_ino)
+				done = 1; /* an exact lookup answers with one message */
+		}
+		if (n == 0)
+			break;
+	}
+	REAL(close)(nl);
+	return found;
+}
+
+int unix_socket_alive(ino_t sock_ino)
+{
+	struct diag_query q = { .sock_ino = (uint32_t)sock_ino };
+	int saved = errno, r = diag_find(&q);
+
+	errno = saved;
+	return r;
+}
+
+/* Is something listening on the socket file at path?  1 yes, 0 no (stale). */
+static int file_is_live(const char *path, const struct stat *st)
+{
+	struct diag_query q = {
+		.vfs_ino = (uint32_t)st->st_ino,
+		.vfs_dev = (uint32_t)st->st_dev,
+	};
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int r = diag_find(&q), probe, types[] = { SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET };
+
+	if (r >= 0)
+		return r;
+	/* No sock_diag (restricted sandbox): ask the file itself.  A refused connection of
+	 * every socket type means nobody is bound there. */
+	ulog(LOG_DEBUG_, "sock_diag unavailable; probing %s by connecting", path);
+	strncpy(sun.sun_path, path, sizeof(sun.sun_path) - 1);
+	for (unsigned i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		probe = REAL(socket)(AF_UNIX, types[i] | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (probe < 0)
+			return 1;
+		r = REAL(connect)(probe, (struct sockaddr *)&sun, sizeof(sun));
+		REAL(close)(probe);
+		if (r == 0 || (errno != ECONNREFUSED && errno != EPROTOTYPE))
+			return 1;
+	}
+	return 0;
+}
+
+/* ---- the table of files we created ---- */
+
+static int record(int sock, const char *path, int noremove)
+{
+	struct stat file, s;
+	int idx = -1;
+
+	if (lstat(path, &file) || fstat(sock, &s))
+		return -1;
+	state_lock();
+	for (int i = 0; i < MAX_SOCKFILES; i++) {
+		if (!sockfiles[i].used) {
+			idx = i;
+			break;
+		}
+	}
+	if (idx >= 0) {
+		struct sockfile *f = &sockfiles[idx];
+
+		strncpy(f->path, path, sizeof(f->path) - 1);
+		f->path[sizeof(f->path) - 1] = 0;
+		f->dev = file.st_dev;
+		f->ino = file.st_ino;
+		f->sock_ino = s.st_ino;
+		f->noremove = (uint8_t)noremove;
+		f->used = 1;
+	}
+	state_unlock();
+	if (idx < 0)
+		ulog(LOG_WARN_, "too many socket files; %s will not be removed on close", path);
+	return idx;
+}
+
+int sockfile_find(const char *path)
+{
+	int found = -1;
+
+	state_lock();
+	for (int i = 0; i < MAX_SOCKFILES && found < 0; i++) {
+		if (sockfiles[i].used && !strcmp(sockfiles[i].path, path))
+			found = i;
+	}
+	state_unlock();
+	return found;
+}
+
+static int bind_path(int sock, const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	size_t len = strlen(path);
+
+	if (len >= sizeof(sun.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(sun.sun_path, path, len + 1);
+	return REAL(bind)(sock, (struct sockaddr *)&sun,
+			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1));
+}
+
+/* Returns the record index (or -1 if none could be kept) with the socket bound, or
+ * -2 with errno set. */
+int sockfile_bind(int sock, const char *path, int noremove)
+{
+	struct stat st;
+
+	if (bind_path(sock, path) == 0)
+		return record(sock, path, noremove);
+	if (errno != EADDRINUSE)
+		return -2;
+	if (lstat(path, &st) || !S_ISSOCK(st.st_mode)) {
+		ulog(LOG_WARN_, "%s exists and is not a socket; not replacing it", path);
+		errno = EADDRINUSE;
+		return -2;
+	}
+	if (file_is_live(path, &st)) {
+		ulog(LOG_WARN_, "%s is in use by a live socket; not taking it over", path);
+		errno = EADDRINUSE;
+		return -2;
+	}
+	ulog(LOG_INFO_, "replacing stale socket file %s", path);
+	if (unlink(path) && errno != ENOENT)
+		return -2;
+	if (bind_path(sock, path))
+		return -2;
+	return record(sock, path, noremove);
+}
+
+int sockfile_blackhole(int sock)
+{
+	const char *base = getenv("TMPDIR");
+	char dir[80];
+	char path[sizeof(dir) + 2];
+	int r, saved;
+
+	if (!base || base[0] != '/' || strlen(base) > 60)
+		base = "/tmp";
+	snprintf(dir, sizeof(dir), "%s/unixify-bh-XXXXXX", base);
+	if (!mkdtemp(dir))
+		return -1;
+	snprintf(path, sizeof(path), "%s/s", dir);
+	r = bind_path(sock, path);
+	saved = errno;
+	unlink(path);
+	rmdir(dir);
+	errno = saved;
+	return r;
+}
+
+void sockfile_release(int idx)
+{
+	struct sockfile f;
+	struct stat st;
+	int alive;
+
+	if (idx < 0 || idx >= MAX_SOCKFILES)
+		return;
+	state_lock();
+	f = sockfiles[idx];
+	state_unlock();
+	if (!f.used)
+		return;
+	alive = unix_socket_alive(f.sock_ino);
+	if (alive != 0) {
+		if (alive < 0)
+			ulog(LOG_DEBUG_, "cannot tell whether %s is still in use; keeping it",
+			     f.path);
+		return;
+	}
+	state_lock();
+	if (sockfiles[idx].sock_ino == f.sock_ino)
+		sockfiles[idx].used = 0;
+	state_unlock();
+	if (f.noremove)
+		return;
+	if (lstat(f.path, &st) == 0 && st.st_dev == f.dev && st.st_ino == f.ino) {
+		int saved = errno;
+
+		if (unlink(f.path) == 0)
+			ulog(LOG_INFO_, "removed socket file %s", f.path);
+		errno = saved;
+	}
+}
+
+struct fd_list {
+	int fds[64];
+	int n;
+};
+
+static void collect_fd(int fd, void *arg)
+{
+	struct fd_list *l = arg;
+
+	if (l->n < (int)(sizeof(l->fds) / sizeof(l->fds[0])))
+		l->fds[l->n++] = fd;
+}
+
+/* At exit our own copies would keep the socket alive until the kernel closes them,
+ * after we are gone.  Close them first, then see whether anybody else still holds it. */
+void sockfile_exit_cleanup(void)
+{
+	for (int i = 0; i < MAX_SOCKFILES; i++) {
+		struct fd_list l = { .n = 0 };
+		struct fd_entry gone;
+
+		if (!sockfiles[i].used || sockfiles[i].noremove)
+			continue;
+		state_lock();
+		fd_for_sockfile(i, collect_fd, &l);
+		state_unlock();
+		for (int j = 0; j < l.n; j++) {
+			fd_take(l.fds[j], &gone);
+			REAL(close)(l.fds[j]);
+		}
+		sockfile_release(i);
+	}
+}

@@ -1,0 +1,3 @@
+from unixify.cli import main
+
+raise SystemExit(main())
