@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -138,9 +139,10 @@ int unix_socket_alive(ino_t sock_ino)
 /* Is something listening on the socket file at path?  1 yes, 0 no (stale). */
 static int file_is_live(const char *path, const struct stat *st)
 {
+	/* sock_diag reports the kernel's internal dev_t: major << 20 | minor */
 	struct diag_query q = {
 		.vfs_ino = (uint32_t)st->st_ino,
-		.vfs_dev = (uint32_t)st->st_dev,
+		.vfs_dev = (uint32_t)(major(st->st_dev) << 20 | minor(st->st_dev)),
 	};
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	int r = diag_find(&q), probe, types[] = { SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET };

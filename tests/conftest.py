@@ -1,0 +1,185 @@
+"""Shared fixtures: the unixify command, helper programs compiled now, and processes."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+HELPERS = Path(__file__).parent / "helpers"
+IN_CI = bool(os.environ.get("CI"))
+
+
+def unixify_command() -> list[str]:
+    found = shutil.which("unixify")
+    return [found] if found else [sys.executable, "-m", "unixify"]
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool.  Missing in CI is a failure (.ci/run installs it), locally a skip."""
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    if IN_CI:
+        pytest.fail(f"{name} is not installed; .ci/run must install it")
+    pytest.skip(f"{name} is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_port_open(port: int, host: str = "127.0.0.1") -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def wait_for_socket(path: str | os.PathLike[str], timeout: float = 10.0) -> None:
+    wait_for(lambda: Path(path).is_socket(), timeout, f"socket file {path}")
+
+
+def unix_get(path: str | os.PathLike[str], request: bytes, timeout: float = 10.0) -> bytes:
+    """Send request on a Unix stream socket and read until the peer closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(request)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def parse_kv(text: str) -> dict[str, str]:
+    result = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            result[key] = value
+    return result
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for socket files (sun_path holds only 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ufy-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Processes:
+    """Processes started by a test, stopped at its end whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, args: list[str], **kwargs: object) -> subprocess.Popen[str]:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
+            args, text=True, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def wrapped(self, rules: list[str], program: list[str], verbose: int = 0,
+                **kwargs: object) -> subprocess.Popen[str]:
+        args = unixify_command() + ["-v"] * verbose
+        for rule in rules:
+            args += ["-r", rule]
+        return self.start(args + ["--", *program], **kwargs)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.communicate(timeout=5)
+            except (subprocess.TimeoutExpired, ValueError):
+                pass
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    p = Processes()
+    yield p
+    p.stop_all()
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 10.0) -> str:
+    """Read proc's stdout until a line equal to marker.  Returns all text read so far,
+    which may run past the marker; later output comes from proc.communicate()."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+        if marker in data.decode(errors="replace").splitlines():
+            return data.decode(errors="replace")
+    stderr = ""
+    if proc.poll() is not None and proc.stderr is not None:
+        stderr = proc.stderr.read()
+    raise AssertionError(f"no {marker!r} from {proc.args}; got {data!r} {stderr}")
+
+
+def compile_c(source: Path, output: Path, static: bool = False,
+              extra: Optional[list[str]] = None) -> Path:
+    cc = os.environ.get("CC", "cc")
+    args = [cc, "-O1", "-g", "-Wall", "-Werror", "-o", str(output), str(source)]
+    if static:
+        args.insert(1, "-static")
+    subprocess.run(args + (extra or []), check=True)
+    return output
+
+
+@pytest.fixture(scope="session")
+def helper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helpers")
+
+
+@pytest.fixture(scope="session")
+def probe(helper_dir: Path) -> str:
+    """The C probe program, dynamically linked (the shim can reach it)."""
+    return str(compile_c(HELPERS / "probe.c", helper_dir / "probe"))
+
+
+@pytest.fixture(scope="session")
+def probe_static(helper_dir: Path) -> str:
+    """The same program statically linked (the shim cannot reach it)."""
+    return str(compile_c(HELPERS / "probe.c", helper_dir / "probe-static", static=True))

@@ -1,0 +1,292 @@
+#define _GNU_SOURCE
+/*
+ * probe: a small IP-only program for the shim tests.  It prints what it observes as
+ * "key=value" lines; the tests run it wrapped by unixify and check the lines.
+ *
+ *   probe server ADDR PORT      listen (set up like a careful event-driven server), serve
+ *                               two connections, report what it saw
+ *   probe client ADDR PORT      non-blocking connect, report, read one line
+ *   probe refused ADDR PORT     report the errno of a blocking connect
+ *   probe forkserver ADDR PORT  listen, fork a child that closes its copy and exits,
+ *                               then serve one connection
+ *   probe exec-check ADDR PORT  listen with and without FD_CLOEXEC, exec a shell that
+ *                               reports which of the two fds survived
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void die(const char *what)
+{
+	printf("error=%s:%s\n", what, strerror(errno));
+	fflush(stdout);
+	exit(2);
+}
+
+static socklen_t make_addr(const char *host, int port, struct sockaddr_storage *ss)
+{
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+
+	memset(ss, 0, sizeof(*ss));
+	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons(port);
+		return sizeof(*in4);
+	}
+	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(port);
+		return sizeof(*in6);
+	}
+	fprintf(stderr, "bad address %s\n", host);
+	exit(2);
+}
+
+static void print_addr(const char *key, const struct sockaddr *sa, socklen_t len)
+{
+	char text[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+
+	if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+		const struct sockaddr_in *in4 = (const void *)sa;
+
+		inet_ntop(AF_INET, &in4->sin_addr, text, sizeof(text));
+		port = ntohs(in4->sin_port);
+	} else if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+		port = ntohs(in6->sin6_port);
+	}
+	printf("%s=%d,%s,%d,len=%u\n", key, sa->sa_family, text, port, (unsigned)len);
+}
+
+static int listen_on(const char *host, int port, int flags)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	int one = 1, fd = socket(ss.ss_family, SOCK_STREAM | flags, 0);
+
+	if (fd < 0)
+		die("socket");
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)))
+		die("setsockopt");
+	if (bind(fd, (struct sockaddr *)&ss, len))
+		die("bind");
+	if (listen(fd, 16))
+		die("listen");
+	return fd;
+}
+
+static int server(const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 12345 }, got;
+	int one = 1, rcvbuf = 65536, value, fd, ep, conn, dupfd;
+	struct sockaddr_storage peer;
+	unsigned char tiny[4];
+	socklen_t vlen = sizeof(value), plen;
+
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		die("socket");
+	printf("fd=%d\n", fd);
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	/* registered before the socket is converted */
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev))
+		die("epoll_ctl add");
+	errno = 4242;
+	if (bind(fd, (struct sockaddr *)&ss, len))
+		die("bind");
+	printf("errno_after_bind=%d\n", errno);
+	if (listen(fd, 16))
+		die("listen");
+	printf("setsockopt_nodelay=%d\n", setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+						     sizeof(one)));
+	plen = sizeof(peer);
+	getsockname(fd, (struct sockaddr *)&peer, &plen);
+	print_addr("sockname", (struct sockaddr *)&peer, plen);
+	plen = sizeof(tiny);
+	memset(tiny, 0xee, sizeof(tiny));
+	getsockname(fd, (struct sockaddr *)tiny, &plen);
+	printf("short_sockname_len=%u,family_bytes=%d\n", (unsigned)plen,
+	       tiny[0] | tiny[1] << 8);
+	getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &vlen);
+	printf("so_domain=%d\n", value);
+	vlen = sizeof(value);
+	getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, &vlen);
+	printf("so_rcvbuf=%d\n", value);
+	vlen = sizeof(value);
+	getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &value, &vlen);
+	printf("so_reuseaddr=%d\n", value);
+	printf("nonblock=%d\n", !!(fcntl(fd, F_GETFL) & O_NONBLOCK));
+	printf("cloexec=%d\n", !!(fcntl(fd, F_GETFD) & FD_CLOEXEC));
+	plen = sizeof(peer);
+	value = getpeername(fd, (struct sockaddr *)&peer, &plen);
+	printf("getpeername_listener=%d,%s\n", value, strerrorname_np(errno));
+	/* closing a duplicate must not affect the original */
+	dupfd = dup(fd);
+	close(dupfd);
+	dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+	close(dupfd);
+	ev.events = EPOLLIN;
+	printf("epoll_mod=%d\n", epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev));
+	printf("ready=1\n");
+	fflush(stdout);
+
+	/* first connection: accept(fd, NULL, NULL) */
+	if (epoll_wait(ep, &got, 1, 10000) != 1)
+		die("epoll_wait");
+	printf("event_data=%llu\n", (unsigned long long)got.data.u64);
+	conn = accept(fd, NULL, NULL);
+	if (conn < 0)
+		die("accept");
+	plen = sizeof(peer);
+	getpeername(conn, (struct sockaddr *)&peer, &plen);
+	print_addr("peer1", (struct sockaddr *)&peer, plen);
+	plen = sizeof(peer);
+	getsockname(conn, (struct sockaddr *)&peer, &plen);
+	print_addr("conn_sockname", (struct sockaddr *)&peer, plen);
+	if (write(conn, "hello\n", 6) != 6)
+		die("write");
+	close(conn);
+
+	/* second connection: accept4 with a buffer too short for the address */
+	if (epoll_wait(ep, &got, 1, 10000) != 1)
+		die("epoll_wait");
+	plen = sizeof(tiny);
+	conn = accept4(fd, (struct sockaddr *)tiny, &plen, SOCK_CLOEXEC);
+	if (conn < 0)
+		die("accept4");
+	printf("accept4_short_len=%u,cloexec=%d\n", (unsigned)plen,
+	       !!(fcntl(conn, F_GETFD) & FD_CLOEXEC));
+	if (write(conn, "bye\n", 4) != 4)
+		die("write");
+	close(conn);
+	printf("epoll_del=%d\n", epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL));
+	close(fd);
+	printf("done=1\n");
+	return 0;
+}
+
+static int client(const char *host, int port)
+{
+	struct sockaddr_storage ss, name;
+	socklen_t len = make_addr(host, port, &ss), nlen;
+	struct pollfd p;
+	int fd, r, err = -1;
+	socklen_t elen = sizeof(err);
+	char buf[64];
+	ssize_t n;
+
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	errno = 4242;
+	r = connect(fd, (struct sockaddr *)&ss, len);
+	printf("connect=%d,%s\n", r, r ? strerrorname_np(errno) : "0");
+	if (r == 0)
+		printf("errno_after_connect=%d\n", errno);
+	p.fd = fd;
+	p.events = POLLOUT;
+	poll(&p, 1, 5000);
+	getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+	printf("so_error=%d\n", err);
+	r = connect(fd, (struct sockaddr *)&ss, len);
+	printf("reconnect=%d,%s\n", r, r ? strerrorname_np(errno) : "0");
+	nlen = sizeof(name);
+	getpeername(fd, (struct sockaddr *)&name, &nlen);
+	print_addr("peername", (struct sockaddr *)&name, nlen);
+	nlen = sizeof(name);
+	getsockname(fd, (struct sockaddr *)&name, &nlen);
+	print_addr("sockname", (struct sockaddr *)&name, nlen);
+	p.events = POLLIN;
+	poll(&p, 1, 5000);
+	n = read(fd, buf, sizeof(buf) - 1);
+	buf[n > 0 ? n : 0] = 0;
+	printf("read=%s", buf);
+	close(fd);
+	return 0;
+}
+
+static int refused(const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+	int r = connect(fd, (struct sockaddr *)&ss, len);
+
+	printf("connect=%d,%s\n", r, r ? strerrorname_np(errno) : "0");
+	return 0;
+}
+
+static int forkserver(const char *host, int port)
+{
+	int fd = listen_on(host, port, 0), conn, status;
+	pid_t child = fork();
+
+	if (child == 0) {
+		close(fd);
+		exit(0); /* runs exit handlers, as a real child would */
+	}
+	waitpid(child, &status, 0);
+	printf("child_exited=1\nready=1\n");
+	fflush(stdout);
+	conn = accept(fd, NULL, NULL);
+	if (conn < 0)
+		die("accept");
+	if (write(conn, "from parent\n", 12) != 12)
+		die("write");
+	close(conn);
+	close(fd);
+	return 0;
+}
+
+static int exec_check(const char *host, int port)
+{
+	int keep = listen_on(host, port, 0);
+	int drop = listen_on(host, port + 1, SOCK_CLOEXEC);
+	char cmd[256];
+
+	snprintf(cmd, sizeof(cmd),
+		 "test -e /proc/self/fd/%d && echo keep_open=1 || echo keep_open=0; "
+		 "test -e /proc/self/fd/%d && echo drop_open=1 || echo drop_open=0", keep, drop);
+	fflush(stdout);
+	execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+	die("exec");
+	return 2;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc != 4) {
+		fprintf(stderr, "usage: probe MODE ADDR PORT\n");
+		return 2;
+	}
+	if (!strcmp(argv[1], "server"))
+		return server(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "client"))
+		return client(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "refused"))
+		return refused(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "forkserver"))
+		return forkserver(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "exec-check"))
+		return exec_check(argv[2], atoi(argv[3]));
+	fprintf(stderr, "unknown mode %s\n", argv[1]);
+	return 2;
+}
