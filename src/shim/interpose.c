@@ -15,6 +15,8 @@
 
 #include "shim.h"
 
+#define SOMAXCONN_MAX 65535
+
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -119,6 +121,23 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	if (r == 0)
 		errno = saved;
 	return r;
+}
+
+/*
+ * A TCP listener whose backlog is full lets new clients wait (their SYNs are retried); a
+ * Unix one refuses them at once with EAGAIN.  So that clients see what they saw before
+ * conversion, converted listeners get the largest backlog the system allows.
+ */
+API int listen(int fd, int backlog)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd)) {
+		fd_snapshot(fd, &e);
+		if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
+			backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
+	}
+	return REAL(listen)(fd, backlog);
 }
 
 static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flags, int is4)

@@ -18,6 +18,7 @@ void real_init(void)
 	r.socket = next("socket");
 	r.bind = next("bind");
 	r.connect = next("connect");
+	r.listen = next("listen");
 	r.accept = next("accept");
 	r.accept4 = next("accept4");
 	r.getsockname = next("getsockname");

@@ -272,9 +272,9 @@ def _parse_action(action: str, key: str, has_value: bool, value: str,
             raise ValueError(f"abstract name is {len(name.encode())} bytes; at most {MAX_PATH}")
         fields["target"] = name
     elif action == "reject":
-        fields["reject_errno"] = parse_errno(value) if has_value else errno_module.EACCES
         if has_value and value == "":
             raise ValueError("'reject=' needs an errno name or number, or no '='")
+        fields["reject_errno"] = parse_errno(value) if has_value else errno_module.EACCES
     elif action == "systemd":
         if has_value and value == "":
             raise ValueError("'systemd=' needs a file descriptor name, or no '='")

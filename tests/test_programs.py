@@ -1,0 +1,297 @@
+"""Real programs, wrapped: python's http.server, curl, nc, nginx, redis, and servers that
+thread and fork."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Processes,
+    free_port,
+    read_until,
+    require_tool,
+    tcp_port_open,
+    unix_get,
+    unixify_command,
+    wait_for,
+    wait_for_socket,
+)
+
+
+def http_get(sock: Path, path: str = "/") -> bytes:
+    return unix_get(sock, f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+
+
+@pytest.fixture
+def webroot(tmp_path: Path) -> Path:
+    (tmp_path / "hello.txt").write_text("hello from the wrapped server\n")
+    return tmp_path
+
+
+def start_http_server(procs: Processes, sock: Path, webroot: Path, port: int,
+                      extra: list[str] | None = None) -> subprocess.Popen[str]:
+    proc = procs.wrapped([f"in,path={sock}"],
+                         [sys.executable, "-m", "http.server", str(port), "--bind",
+                          "127.0.0.1", *(extra or [])], cwd=str(webroot))
+    wait_for_socket(sock)
+    return proc
+
+
+def test_http_server_and_curl(procs: Processes, sockdir: Path, webroot: Path) -> None:
+    curl = require_tool("curl")
+    port = free_port()
+    sock = sockdir / "web.sock"
+    proc = start_http_server(procs, sock, webroot, port)
+    out = subprocess.run([curl, "-sS", "--unix-socket", str(sock), "http://x/hello.txt"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout == "hello from the wrapped server\n", out.stderr
+    assert not tcp_port_open(port), "the wrapped server opened its TCP port"
+    ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
+    assert ss.stdout.strip() == ""
+    # the wrapped client side: curl believes it talks to 1.2.3.4
+    out = subprocess.run(unixify_command() + ["-r", f"out,path={sock}", curl, "-sS",
+                                              "http://1.2.3.4/hello.txt"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout == "hello from the wrapped server\n", out.stderr
+    proc.send_signal(2)  # Ctrl-C: http.server exits normally, the file goes
+    _, err = proc.communicate(timeout=10)
+    assert '"GET /hello.txt HTTP/1.1" 200' in err
+    assert err.count("127.0.0.1 - -") == 2   # clients look local
+    assert not sock.exists()
+
+
+def test_nc_listen_and_connect(procs: Processes, sockdir: Path) -> None:
+    nc = require_tool("nc")
+    sock = sockdir / "nc.sock"
+    port = free_port()
+    listener = procs.wrapped([f"in,path={sock}"], [nc, "-l", "127.0.0.1", str(port)],
+                             stdin=subprocess.DEVNULL)
+    wait_for_socket(sock)
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(str(sock))
+        c.sendall(b"through nc\n")
+    out, _ = listener.communicate(timeout=10)
+    assert out == "through nc\n"
+
+    # nc as a client of a plain Unix listener
+    sock2 = sockdir / "srv.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(str(sock2))
+        srv.listen(1)
+        client = procs.wrapped([f"out,port=7000,path={sock2}"],
+                               [nc, "-N", "127.0.0.1", "7000"], stdin=subprocess.PIPE)
+        assert client.stdin is not None
+        client.stdin.write("from nc\n")
+        client.stdin.close()
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        data = b""
+        while not data.endswith(b"\n"):
+            data += conn.recv(100)
+        conn.close()
+    assert data == b"from nc\n"
+    client.wait(timeout=10)
+
+
+def nginx_config(root: Path, listen: str, body: str) -> Path:
+    for sub in ("logs", "tmp"):
+        (root / sub).mkdir(exist_ok=True)
+    conf = root / "nginx.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        user root;
+        worker_processes 2;
+        pid {root}/nginx.pid;
+        error_log stderr info;
+        events {{ worker_connections 256; }}
+        http {{
+            access_log {root}/logs/access.log;
+            client_body_temp_path {root}/tmp/body;
+            proxy_temp_path {root}/tmp/proxy;
+            fastcgi_temp_path {root}/tmp/fastcgi;
+            uwsgi_temp_path {root}/tmp/uwsgi;
+            scgi_temp_path {root}/tmp/scgi;
+            server {{
+                listen {listen};
+                {body}
+            }}
+        }}
+        """))
+    return conf
+
+
+def test_nginx_proxies_to_wrapped_server(procs: Processes, sockdir: Path, webroot: Path,
+                                         tmp_path: Path) -> None:
+    nginx = require_tool("nginx")
+    curl = require_tool("curl")
+    sock = sockdir / "app.sock"
+    start_http_server(procs, sock, webroot, free_port())
+    front = free_port()
+    conf = nginx_config(tmp_path, f"127.0.0.1:{front}",
+                        f"location / {{ proxy_pass http://unix:{sock}:; }}")
+    procs.start([nginx, "-c", str(conf), "-g", "daemon off;"])
+    wait_for(lambda: tcp_port_open(front), 10, "nginx")
+    out = subprocess.run([curl, "-sS", f"http://127.0.0.1:{front}/hello.txt"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout == "hello from the wrapped server\n", out.stderr
+
+
+def test_wrapped_nginx_serves_on_a_unix_socket(procs: Processes, sockdir: Path,
+                                               tmp_path: Path) -> None:
+    nginx = require_tool("nginx")
+    sock = sockdir / "nginx.sock"
+    port = free_port()
+    conf = nginx_config(tmp_path, f"127.0.0.1:{port}",
+                        'location / { return 200 "addr=$remote_addr server=$server_port\\n"; }')
+    proc = procs.wrapped([f"in,port={port},path={sock}"],
+                         [nginx, "-c", str(conf), "-g", "daemon off;"])
+    wait_for_socket(sock)
+    assert not tcp_port_open(port)
+    for _ in range(20):  # both workers get some of them
+        reply = http_get(sock)
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        assert reply.endswith(f"addr=127.0.0.1 server={port}\n".encode())
+    os.killpg(proc.pid, 3)  # SIGQUIT: graceful shutdown, the master closes last
+    proc.communicate(timeout=15)
+    wait_for(lambda: not sock.exists(), 10, "nginx socket file removal")
+
+
+def test_wrapped_redis(procs: Processes, sockdir: Path, tmp_path: Path) -> None:
+    redis_server = require_tool("redis-server")
+    redis_cli = require_tool("redis-cli")
+    sock = sockdir / "redis.sock"
+    port = free_port()
+    procs.wrapped([f"in,port={port},path={sock}"],
+                  [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", str(tmp_path)])
+    wait_for_socket(sock)
+    assert not tcp_port_open(port)
+
+    def cli(*args: str) -> str:
+        return subprocess.run([redis_cli, "-s", str(sock), *args], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+
+    assert cli("ping") == "PONG"
+    assert cli("set", "k", "v") == "OK"
+    assert cli("get", "k") == "v"
+    assert f"127.0.0.1:{port}" in cli("client", "list").split("laddr=")[1]
+    # and the wrapped client: redis-cli thinks it talks TCP
+    out = subprocess.run(unixify_command() + ["-r", f"out,port={port},path={sock}",
+                                              redis_cli, "-p", str(port), "get", "k"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout.strip() == "v", out.stderr
+
+
+def test_threaded_server_under_50_concurrent_clients(procs: Processes, sockdir: Path,
+                                                     webroot: Path) -> None:
+    sock = sockdir / "threads.sock"
+    start_http_server(procs, sock, webroot, free_port())  # ThreadingHTTPServer
+    errors: list[str] = []
+    barrier = threading.Barrier(50)
+
+    def client(n: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(4):
+                reply = http_get(sock, "/hello.txt")
+                if not reply.endswith(b"hello from the wrapped server\n"):
+                    errors.append(f"client {n}: {reply[:80]!r}")
+        except Exception as exc:  # any failure is a test failure, reported below
+            errors.append(f"client {n}: {exc!r}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+
+
+FORKING_SERVER = textwrap.dedent("""\
+    import os, socket, sys
+    port = int(sys.argv[1])
+    srv = socket.socket(socket.AF_INET6)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("::1", port))
+    srv.listen(8)
+    print("ready=1", flush=True)
+    for _ in range(5):
+        conn, peer = srv.accept()
+        if os.fork() == 0:
+            srv.close()              # the child closes its copy of the listener...
+            conn.sendall(f"child {os.getpid()} peer {peer[0]}\\n".encode())
+            conn.close()
+            sys.exit(0)              # ...and exits normally
+        conn.close()
+        os.wait()
+    print("done=1", flush=True)
+""")
+
+
+def test_forking_server_children_do_not_remove_the_socket(procs: Processes,
+                                                          sockdir: Path) -> None:
+    sock = sockdir / "fork.sock"
+    proc = procs.wrapped([f"in,path={sock}"], [sys.executable, "-c", FORKING_SERVER,
+                                               str(free_port())])
+    read_until(proc, "ready=1")
+    for _ in range(5):
+        reply = unix_get(sock, b"")
+        assert reply.startswith(b"child ") and reply.endswith(b" peer ::1\n"), reply
+        wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) >= 1, 1)
+        assert sock.is_socket()
+    out, err = proc.communicate(timeout=10)
+    assert "done=1" in out, err
+    assert not sock.exists()
+
+
+def test_log_lines_use_syslog_format_when_stderr_is_a_socket(sockdir: Path) -> None:
+    parent, child = socket.socketpair()
+    sock = sockdir / "log.sock"
+    script = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()")
+    subprocess.run(unixify_command() + ["-v", "-r", f"in,path={sock}", sys.executable,
+                                        "-c", script],
+                   stderr=child, timeout=10, check=True)
+    child.close()
+    parent.settimeout(5)
+    text = parent.recv(65536).decode()
+    parent.close()
+    assert text.startswith("<6>unixify["), text
+    assert f"listening on {sock}" in text
+
+    result = subprocess.run(unixify_command() + ["-v", "-r", f"in,path={sock}",
+                                                 sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=10)
+    assert result.stderr.startswith("unixify[")
+    assert f": fd 3: listening on {sock}\n" in result.stderr
+
+
+@pytest.mark.parametrize("encoding", [
+    "UFY1{A1:P",                        # truncated
+    "UFY1{A1:PT5:/tmp}",                # length runs past the value
+    "UFY2{A1:I}",                       # unknown version
+    "UFY1{A1:Pd1:x}",                   # bad direction, no target
+    "UFY1{A1:Rz1:1}",                   # unknown key
+    "UFY1{A1:Re5:99999}",               # errno out of range
+    "UFY1{A1:Ia7:zz/8}",                # bad address
+    "UFY1{A1:Ip3:9-1}",                 # reversed ports
+    "UFY1{A99999999999:I}",             # absurd length
+    "UFY1{A1:PT9:rel/path}",            # path must be absolute
+    "garbage",
+])
+def test_corrupted_encoding_refuses_ip_sockets_without_crashing(probe: str,
+                                                                 encoding: str) -> None:
+    from unixify.shim import library_path
+
+    env = dict(os.environ, LD_PRELOAD=library_path(), UNIXIFY_RULES=encoding)
+    result = subprocess.run([probe, "refused", "127.0.0.1", "9"], env=env,
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "connect=-1,EACCES\n"
+    assert result.stderr.count("\n") == 1
+    assert "UNIXIFY_RULES is malformed" in result.stderr
