@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable
 
 import pytest
 
@@ -86,6 +87,16 @@ def parse_kv(text: str) -> dict[str, str]:
     return result
 
 
+def run_wrapped(rules: list[str], program: list[str], verbose: int = 0,
+                timeout: float = 10, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run program under unixify with rules to completion, capturing its output."""
+    args = unixify_command() + ["-v"] * verbose
+    for rule in rules:
+        args += ["-r", rule]
+    return subprocess.run([*args, "--", *program], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A short directory for socket files (sun_path holds only 107 bytes)."""
@@ -113,19 +124,15 @@ class Processes:
         args = unixify_command() + ["-v"] * verbose
         for rule in rules:
             args += ["-r", rule]
-        return self.start(args + ["--", *program], **kwargs)
+        return self.start([*args, "--", *program], **kwargs)
 
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
                 proc.communicate(timeout=5)
-            except (subprocess.TimeoutExpired, ValueError):
-                pass
 
 
 @pytest.fixture
@@ -159,7 +166,7 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 10.0) 
 
 
 def compile_c(source: Path, output: Path, static: bool = False,
-              extra: Optional[list[str]] = None) -> Path:
+              extra: list[str] | None = None) -> Path:
     cc = os.environ.get("CC", "cc")
     args = [cc, "-O1", "-g", "-Wall", "-Werror", "-o", str(output), str(source)]
     if static:

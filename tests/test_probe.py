@@ -12,9 +12,9 @@ from conftest import (
     free_port,
     parse_kv,
     read_until,
+    run_wrapped,
     tcp_port_open,
     unix_get,
-    unixify_command,
     wait_for,
 )
 
@@ -93,9 +93,7 @@ def test_connect_to_missing_or_dead_socket_is_refused(procs: Processes, probe: s
         s = socket.socket(socket.AF_UNIX)
         s.bind(str(sock))
         s.close()  # the file stays, nobody listens
-    out = subprocess.run(unixify_command() + ["-r", f"out,path={sock}", probe, "refused",
-                                              "127.0.0.1", "9"],
-                         capture_output=True, text=True, timeout=10).stdout
+    out = run_wrapped([f"out,path={sock}"], [probe, "refused", "127.0.0.1", "9"]).stdout
     assert parse_kv(out)["connect"] == "-1,ECONNREFUSED"
 
 
@@ -114,10 +112,8 @@ def test_forked_child_closing_its_copy_keeps_the_socket(procs: Processes, probe:
 
 def test_close_on_exec_follows_the_program(probe: str, sockdir: Path) -> None:
     port = free_port()
-    out = subprocess.run(
-        unixify_command() + ["-r", f"in,path={sockdir}/s-%p", probe, "exec-check",
-                             "127.0.0.1", str(port)],
-        capture_output=True, text=True, timeout=10).stdout
+    out = run_wrapped([f"in,path={sockdir}/s-%p"],
+                      [probe, "exec-check", "127.0.0.1", str(port)]).stdout
     info = parse_kv(out)
     assert info == {"keep_open": "1", "drop_open": "0"}, out
 
@@ -125,10 +121,8 @@ def test_close_on_exec_follows_the_program(probe: str, sockdir: Path) -> None:
 def test_static_program_is_refused_not_left_unconverted(probe_static: str,
                                                          sockdir: Path) -> None:
     port = free_port()
-    result = subprocess.run(
-        unixify_command() + ["-r", f"in,path={sockdir}/s", probe_static, "server",
-                             "127.0.0.1", str(port)],
-        capture_output=True, text=True, timeout=10)
+    result = run_wrapped([f"in,path={sockdir}/s"],
+                         [probe_static, "server", "127.0.0.1", str(port)])
     assert result.returncode == 1
     assert "statically linked" in result.stderr
     assert result.stderr.count("\n") == 1
@@ -141,10 +135,8 @@ def test_live_socket_file_is_not_taken_over(procs: Processes, probe: str,
     with socket.socket(socket.AF_UNIX) as owner:
         owner.bind(str(sock))
         owner.listen(1)
-        result = subprocess.run(
-            unixify_command() + ["-r", f"in,path={sock}", probe, "server", "127.0.0.1",
-                                 str(free_port())],
-            capture_output=True, text=True, timeout=10)
+        result = run_wrapped([f"in,path={sock}"],
+                             [probe, "server", "127.0.0.1", str(free_port())])
         assert "error=bind:Address already in use" in result.stdout
         assert "live socket" in result.stderr
         # still the original owner's socket
@@ -168,10 +160,8 @@ def test_stale_socket_file_is_replaced(procs: Processes, probe: str, sockdir: Pa
 def test_regular_file_at_path_is_never_replaced(probe: str, sockdir: Path) -> None:
     path = sockdir / "data.txt"
     path.write_text("precious")
-    result = subprocess.run(
-        unixify_command() + ["-r", f"in,path={path}", probe, "server", "127.0.0.1",
-                             str(free_port())],
-        capture_output=True, text=True, timeout=10)
+    result = run_wrapped([f"in,path={path}"],
+                         [probe, "server", "127.0.0.1", str(free_port())])
     assert "error=bind:Address already in use" in result.stdout
     assert path.read_text() == "precious"
 
@@ -179,10 +169,8 @@ def test_regular_file_at_path_is_never_replaced(probe: str, sockdir: Path) -> No
 def test_path_too_long_after_expansion(probe: str, sockdir: Path) -> None:
     long_dir = sockdir / ("d" * 90)
     long_dir.mkdir()
-    result = subprocess.run(
-        unixify_command() + ["-r", f"in,path={long_dir}/sock-%a-%p", probe, "server", "::1",
-                             str(free_port())],
-        capture_output=True, text=True, timeout=10)
+    result = run_wrapped([f"in,path={long_dir}/sock-%a-%p"],
+                         [probe, "server", "::1", str(free_port())])
     assert "error=bind:File name too long" in result.stdout
     assert "too long" in result.stderr
     assert not any(long_dir.iterdir())
@@ -190,18 +178,14 @@ def test_path_too_long_after_expansion(probe: str, sockdir: Path) -> None:
 
 def test_reject_and_ignore(probe: str, sockdir: Path) -> None:
     port = free_port()
-    result = subprocess.run(
-        unixify_command() + ["-r", f"in,port={port},reject=EADDRNOTAVAIL", probe, "server",
-                             "127.0.0.1", str(port)],
-        capture_output=True, text=True, timeout=10)
+    result = run_wrapped([f"in,port={port},reject=EADDRNOTAVAIL"],
+                         [probe, "server", "127.0.0.1", str(port)])
     assert "error=bind:Cannot assign requested address" in result.stdout
-    result = subprocess.run(
-        unixify_command() + ["-r", "out,port=9,ignore", "-r", f"out,path={sockdir}/x",
-                             probe, "refused", "127.0.0.1", "9"],
-        capture_output=True, text=True, timeout=10)
+    result = run_wrapped(["out,port=9,ignore", f"out,path={sockdir}/x"],
+                         [probe, "refused", "127.0.0.1", "9"], verbose=2)
     # ignored: a real TCP connect to the discard port on loopback, refused by the kernel
     assert parse_kv(result.stdout)["connect"] == "-1,ECONNREFUSED"
-    assert "matches rule" not in result.stderr
+    assert "matches rule 1 (ignore)" in result.stderr  # first match wins
 
 
 def test_dual_bind_to_same_path_blackholes_the_second(procs: Processes,

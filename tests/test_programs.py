@@ -17,6 +17,7 @@ from conftest import (
     free_port,
     read_until,
     require_tool,
+    run_wrapped,
     tcp_port_open,
     unix_get,
     unixify_command,
@@ -55,16 +56,21 @@ def test_http_server_and_curl(procs: Processes, sockdir: Path, webroot: Path) ->
     assert not tcp_port_open(port), "the wrapped server opened its TCP port"
     ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
     assert ss.stdout.strip() == ""
-    # the wrapped client side: curl believes it talks to 1.2.3.4
-    out = subprocess.run(unixify_command() + ["-r", f"out,path={sock}", curl, "-sS",
-                                              "http://1.2.3.4/hello.txt"],
-                         capture_output=True, text=True, timeout=10)
-    assert out.stdout == "hello from the wrapped server\n", out.stderr
     proc.send_signal(2)  # Ctrl-C: http.server exits normally, the file goes
     _, err = proc.communicate(timeout=10)
     assert '"GET /hello.txt HTTP/1.1" 200' in err
-    assert err.count("127.0.0.1 - -") == 2   # clients look local
+    assert "127.0.0.1 - -" in err   # clients look local
     assert not sock.exists()
+
+
+@pytest.mark.no_asan  # curl deadlocks in setlocale with libasan preloaded, shim or not
+def test_wrapped_curl_client(procs: Processes, sockdir: Path, webroot: Path) -> None:
+    curl = require_tool("curl")
+    sock = sockdir / "web.sock"
+    start_http_server(procs, sock, webroot, free_port())
+    # curl believes it talks to 1.2.3.4 over TCP
+    out = run_wrapped([f"out,path={sock}"], [curl, "-sS", "http://1.2.3.4/hello.txt"])
+    assert out.stdout == "hello from the wrapped server\n", out.stderr
 
 
 def test_nc_listen_and_connect(procs: Processes, sockdir: Path) -> None:
@@ -182,9 +188,8 @@ def test_wrapped_redis(procs: Processes, sockdir: Path, tmp_path: Path) -> None:
     assert cli("get", "k") == "v"
     assert f"127.0.0.1:{port}" in cli("client", "list").split("laddr=")[1]
     # and the wrapped client: redis-cli thinks it talks TCP
-    out = subprocess.run(unixify_command() + ["-r", f"out,port={port},path={sock}",
-                                              redis_cli, "-p", str(port), "get", "k"],
-                         capture_output=True, text=True, timeout=10)
+    out = run_wrapped([f"out,port={port},path={sock}"],
+                      [redis_cli, "-p", str(port), "get", "k"])
     assert out.stdout.strip() == "v", out.stderr
 
 
@@ -254,9 +259,8 @@ def test_log_lines_use_syslog_format_when_stderr_is_a_socket(sockdir: Path) -> N
     parent, child = socket.socketpair()
     sock = sockdir / "log.sock"
     script = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()")
-    subprocess.run(unixify_command() + ["-v", "-r", f"in,path={sock}", sys.executable,
-                                        "-c", script],
-                   stderr=child, timeout=10, check=True)
+    subprocess.run([*unixify_command(), "-v", "-r", f"in,path={sock}", sys.executable,
+                    "-c", script], stderr=child, timeout=10, check=True)
     child.close()
     parent.settimeout(5)
     text = parent.recv(65536).decode()
@@ -264,9 +268,7 @@ def test_log_lines_use_syslog_format_when_stderr_is_a_socket(sockdir: Path) -> N
     assert text.startswith("<6>unixify["), text
     assert f"listening on {sock}" in text
 
-    result = subprocess.run(unixify_command() + ["-v", "-r", f"in,path={sock}",
-                                                 sys.executable, "-c", script],
-                            capture_output=True, text=True, timeout=10)
+    result = run_wrapped([f"in,path={sock}"], [sys.executable, "-c", script], verbose=1)
     assert result.stderr.startswith("unixify[")
     assert f": fd 3: listening on {sock}\n" in result.stderr
 

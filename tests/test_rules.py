@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from unixify.encoding import encode_rule, encode_rules
 from unixify.rules import Rule, RuleError, parse_rule, parse_rules_file
 
@@ -156,7 +158,5 @@ def test_parser_raises_only_its_own_error(text: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=40))
 def test_parser_on_arbitrary_text(text: str) -> None:
-    try:
+    with contextlib.suppress(RuleError):
         parse(text)
-    except RuleError:
-        pass

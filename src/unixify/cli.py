@@ -10,7 +10,7 @@ from __future__ import annotations
 import getopt
 import os
 import sys
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 from unixify import __version__
 from unixify.encoding import ENV_RULES, ENV_VERBOSE, encode_rules
@@ -101,7 +101,7 @@ def format_table(rules: list[Rule]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def find_program(name: str) -> Optional[str]:
+def find_program(name: str) -> str | None:
     if "/" in name:
         return name if os.path.exists(name) else None
     for directory in os.get_exec_path():
@@ -210,7 +210,7 @@ def run(argv: list[str]) -> int:
         fail(f"cannot run {rest[0]}: {exc.strerror}", 126)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except (RuleError, UsageError) as err:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno as errno_module
 import ipaddress
 import os
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -52,15 +52,15 @@ class Rule(NamedTuple):
     """One parsed rule.  ``None`` for a match means "any"."""
 
     action: str
-    direction: Optional[str] = None     # "in" | "out"
-    socket_type: Optional[str] = None   # "stream" | "dgram"
-    address: Optional[IPNetwork] = None
-    ports: Optional[tuple[int, int]] = None
-    from_unix: Optional[str] = None
-    from_abstract: Optional[str] = None
-    target: Optional[str] = None        # path= (absolute) or abstract= name, unexpanded
-    reject_errno: Optional[int] = None
-    systemd_name: Optional[str] = None
+    direction: str | None = None     # "in" | "out"
+    socket_type: str | None = None   # "stream" | "dgram"
+    address: IPNetwork | None = None
+    ports: tuple[int, int] | None = None
+    from_unix: str | None = None
+    from_abstract: str | None = None
+    target: str | None = None        # path= (absolute) or abstract= name, unexpanded
+    reject_errno: int | None = None
+    systemd_name: str | None = None
     noremove: bool = False
     text: str = ""
 
@@ -175,7 +175,7 @@ def _absolute(path: str, cwd: str) -> str:
     return path if path.startswith("/") else os.path.normpath(os.path.join(cwd, path))
 
 
-def parse_rule(text: str, cwd: Optional[str] = None) -> Rule:
+def parse_rule(text: str, cwd: str | None = None) -> Rule:
     """Parse one rule.  Relative paths are made absolute against *cwd* (default: ours)."""
     if cwd is None:
         cwd = os.getcwd()
@@ -183,7 +183,7 @@ def parse_rule(text: str, cwd: Optional[str] = None) -> Rule:
     actions: list[tuple[str, _Token]] = []
     seen: dict[str, _Token] = {}
 
-    def fail(message: str, token: Optional[_Token] = None) -> RuleError:
+    def fail(message: str, token: _Token | None = None) -> RuleError:
         return RuleError(message, text, token.column if token else 0)
 
     if not text.strip():
@@ -283,7 +283,7 @@ def _parse_action(action: str, key: str, has_value: bool, value: str,
         _no_value(key, has_value)
 
 
-def parse_rules_file(content: str, origin: str, cwd: Optional[str] = None) -> list[Rule]:
+def parse_rules_file(content: str, origin: str, cwd: str | None = None) -> list[Rule]:
     """One rule per line; blank lines and ``#`` comment lines are ignored."""
     rules = []
     for number, line in enumerate(content.splitlines(), 1):
@@ -298,7 +298,7 @@ def parse_rules_file(content: str, origin: str, cwd: Optional[str] = None) -> li
 
 
 # Features parsed now but implemented by a later part of the shim.
-def unsupported_reason(rule: Rule) -> Optional[str]:
+def unsupported_reason(rule: Rule) -> str | None:
     """Why this rule cannot be applied yet, or None if it can."""
     if rule.socket_type == "dgram":
         return "datagram (udp) rules are not supported yet"

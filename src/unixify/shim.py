@@ -7,8 +7,16 @@ import os
 LIBRARY_NAME = "libunixify.so"
 
 
+ENV_OVERRIDE = "UNIXIFY_SHIM"
+
+
 def library_path() -> str:
-    """Absolute path of the shim shipped inside this package."""
+    """What to preload: the shim shipped inside this package, or the value of
+    ``UNIXIFY_SHIM`` (for testing another build, e.g. one with sanitizers, whose runtime
+    must come first: ``UNIXIFY_SHIM="libasan.so.8 /path/libunixify.so"``)."""
+    override = os.environ.get(ENV_OVERRIDE)
+    if override:
+        return override
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
     if os.path.exists(here):
         return here
