@@ -37,6 +37,7 @@ def test_server_keeps_everything_set_before_conversion(procs: Processes, probe: 
     assert info["short_sockname_len"].startswith("16,") or family == 10
     assert info["short_sockname_len"].endswith(f"family_bytes={family}")
     assert info["so_domain"] == str(family)
+    assert info["v6only"] == ("1" if family == 10 else "-1")
     assert int(info["so_rcvbuf"]) == 2 * 65536         # carried over, not doubled twice
     assert info["so_reuseaddr"] == "1"
     assert info["nonblock"] == "1"
@@ -64,13 +65,45 @@ def test_server_keeps_everything_set_before_conversion(procs: Processes, probe: 
     assert not sock.exists()                            # removed when closed
 
 
-def test_nonblocking_client(procs: Processes, probe: str, sockdir: Path) -> None:
+def tcp_read(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=10) as c:
+        return c.recv(100)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_mispredicted_socket_becomes_the_ip_socket_it_was(procs: Processes, probe: str,
+                                                          sockdir: Path, host: str) -> None:
+    # Every outgoing connection converts, so sockets start as Unix ones; this one binds
+    # instead, no rule converts it, and it must end up a real TCP listener with all
+    # that was set up on it.
+    port = free_port()
+    proc = run_probe(procs, probe, "server", host, port, [f"out,path={sockdir}/never"])
+    info = parse_kv(read_until(proc, "ready=1"))
+    family = 10 if ":" in host else 2
+    assert info["sockname"].startswith(f"{family},{host},{port},")
+    assert info["v6only"] == ("1" if family == 10 else "-1")   # replayed on the IP socket
+    assert int(info["so_rcvbuf"]) >= 65536
+    assert info["so_reuseaddr"] == "1"
+    assert (info["nonblock"], info["cloexec"], info["epoll_mod"]) == ("1", "1", "0")
+    assert tcp_port_open(port, host)
+    assert tcp_read(host, port) == b"bye\n"    # the probe of tcp_port_open was the first
+    out, err = proc.communicate(timeout=10)
+    info.update(parse_kv(out))
+    assert info["event_data"] == "12345"       # epoll registration carried over
+    assert info["done"] == "1", err
+
+
+# The first rule converts some connections: the IP socket is replaced at connect.  The
+# second converts all of them: the socket is a Unix one from the start.
+@pytest.mark.parametrize("rule", ["out,addr=192.0.2.0/24,port=4711,path={sock}",
+                                  "out,path={sock}"])
+def test_nonblocking_client(procs: Processes, probe: str, sockdir: Path, rule: str) -> None:
     sock = sockdir / "c.sock"
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(sock))
         listener.listen(1)
         proc = run_probe(procs, probe, "client", "192.0.2.7", 4711,
-                         [f"out,addr=192.0.2.0/24,port=4711,path={sock}"])
+                         [rule.format(sock=sock)])
         conn, _ = listener.accept()
         conn.sendall(b"hi there\n")
         out, err = proc.communicate(timeout=10)

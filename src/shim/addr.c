@@ -41,10 +41,15 @@ void ipaddr_set_port(struct ipaddr *a, uint16_t port)
 		a->in4.sin_port = htons(port);
 }
 
-void ipaddr_loopback(struct ipaddr *a, int family)
+void ipaddr_any(struct ipaddr *a, int family)
 {
 	memset(a, 0, sizeof(*a));
 	a->sa.sa_family = family;
+}
+
+void ipaddr_loopback(struct ipaddr *a, int family)
+{
+	ipaddr_any(a, family);
 	if (family == AF_INET6)
 		a->in6.sin6_addr = in6addr_loopback;
 	else

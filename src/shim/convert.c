@@ -61,9 +61,10 @@ struct fd_flags {
 	int fd;      /* F_GETFD */
 };
 
-/* A Unix socket ready to stand in for fd: same type, blocking mode and options. */
-static int make_unix_socket(int fd, int type, const struct fd_entry *e,
-			    struct fd_flags *flags)
+/* A socket of another family ready to stand in for fd: same type, blocking mode and
+ * socket options. */
+static int make_socket(int fd, int family, int type, const struct fd_entry *e,
+		       struct fd_flags *flags)
 {
 	int sock;
 
@@ -71,13 +72,29 @@ static int make_unix_socket(int fd, int type, const struct fd_entry *e,
 	flags->fd = REAL(fcntl)(fd, F_GETFD);
 	if (flags->status < 0 || flags->fd < 0)
 		return -1;
-	sock = REAL(socket)(AF_UNIX, type | SOCK_CLOEXEC |
+	sock = REAL(socket)(family, type | SOCK_CLOEXEC |
 			    (flags->status & O_NONBLOCK ? SOCK_NONBLOCK : 0), 0);
 	if (sock < 0)
 		return -1;
 	if (e->opts_set)
 		copy_options(fd, sock, e->opts_set);
 	return sock;
+}
+
+/* The Unix socket to set up: a pending fd already is one; else a new one that will be
+ * moved into fd's place by install(). */
+static int unix_socket_for(int fd, int type, const struct fd_entry *e, struct fd_flags *flags)
+{
+	return e->kind == FD_PENDING ? fd : make_socket(fd, AF_UNIX, type, e, flags);
+}
+
+static void discard(int fd, int sock)
+{
+	int saved = errno;
+
+	if (sock != fd)
+		REAL(close)(sock);
+	errno = saved;
 }
 
 static void copy_async_owner(int from, int to, int status)
@@ -121,6 +138,41 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 	e->n_epoll = 0;
 	fd_store(fd, e);
 	return 0;
+}
+
+/* Record e for fd, moving sock into fd's place unless it is fd already. */
+static int install(int fd, int sock, const struct fd_flags *flags, struct fd_entry *e)
+{
+	if (sock == fd) {
+		e->n_epoll = 0;
+		fd_store(fd, e);
+		return 0;
+	}
+	return replace_fd(fd, sock, flags, e);
+}
+
+int materialize(int fd)
+{
+	struct fd_entry e;
+	struct fd_flags flags;
+	int sock;
+
+	fd_snapshot(fd, &e);
+	if (e.kind != FD_PENDING)
+		return 0;
+	sock = make_socket(fd, e.family, e.type, &e, &flags);
+	if (sock < 0)
+		return -1;
+	for (int i = 0; i < e.n_opts; i++) {
+		const struct pending_opt *o = &e.opts[i];
+
+		if (REAL(setsockopt)(sock, o->level, o->name, o->value, o->len))
+			ulog(LOG_DEBUG_, "fd %d: option %d/%d not carried over: %s", fd, o->level,
+			     o->name, strerror(errno));
+	}
+	ulog(LOG_DEBUG_, "fd %d: no rule converts it; making it the IP socket it was", fd);
+	e.kind = FD_IP;
+	return replace_fd(fd, sock, &flags, &e);
 }
 
 static int fill_unix_addr(struct sockaddr_un *sun, const struct rule *r, const char *name)
@@ -228,10 +280,12 @@ int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
 	int sock, d, idx = -1, saved;
 
 	d = decide(fd, &q, &r, target, sizeof(target));
-	if (d)
-		return d > 0 ? 1 : -1;
+	if (d > 0)
+		return materialize(fd) ? -1 : 1;
+	if (d < 0)
+		return -1;
 	fd_snapshot(fd, &old);
-	sock = make_unix_socket(fd, type, &old, &flags);
+	sock = unix_socket_for(fd, type, &old, &flags);
 	if (sock < 0)
 		return -1;
 	if (r->action == ACT_PATH && sockfile_find(target) >= 0) {
@@ -250,9 +304,7 @@ int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
 		d = sockfile_blackhole(sock);
 	}
 	if (d) {
-		saved = errno;
-		REAL(close)(sock);
-		errno = saved;
+		discard(fd, sock);
 		return -1;
 	}
 	new_entry(&e, &old, family, type, ROLE_LISTENER);
@@ -260,7 +312,7 @@ int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
 	if (ipaddr_port(addr) == 0)
 		ipaddr_set_port(&e.local, fake_port());
 	e.sockfile = (int16_t)(idx >= 0 ? idx : -1);
-	if (replace_fd(fd, sock, &flags, &e)) {
+	if (install(fd, sock, &flags, &e)) {
 		saved = errno;
 		if (idx >= 0)
 			sockfile_release(idx);
@@ -284,10 +336,12 @@ int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int
 
 	*handled = 1;
 	d = decide(fd, &q, &r, target, sizeof(target));
-	if (d) {
-		*handled = d < 0;
+	if (d > 0) {
+		*handled = materialize(fd) != 0;
 		return -1;
 	}
+	if (d < 0)
+		return -1;
 	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
 		errno = EACCES;
 		return -1;
@@ -296,7 +350,7 @@ int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int
 	if (len < 0)
 		return -1;
 	fd_snapshot(fd, &old);
-	sock = make_unix_socket(fd, type, &old, &flags);
+	sock = unix_socket_for(fd, type, &old, &flags);
 	if (sock < 0)
 		return -1;
 	/* May block (a full backlog on a blocking socket); we hold no lock here. */
@@ -304,7 +358,7 @@ int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int
 		saved = errno == ENOENT ? ECONNREFUSED : errno;
 		ulog(LOG_INFO_, "fd %d: connecting to %s%s failed: %s", fd,
 		     r->action == ACT_ABSTRACT ? "@" : "", target, strerror(saved));
-		REAL(close)(sock);
+		discard(fd, sock);
 		errno = saved;
 		return -1;
 	}
@@ -317,7 +371,7 @@ int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int
 	}
 	ipaddr_set_port(&e.local, fake_port());
 	e.peer = *addr;
-	if (replace_fd(fd, sock, &flags, &e))
+	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: connected to %s%s", fd, r->action == ACT_ABSTRACT ? "@" : "",
 	     target);

@@ -15,8 +15,6 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include "shim.h"
 
@@ -28,12 +26,6 @@
 static _Atomic(struct fd_entry *) chunks[N_CHUNKS];
 static atomic_int lock_word;
 static __thread int lock_depth __attribute__((tls_model("initial-exec")));
-static pid_t owner_pid;
-
-static pid_t raw_getpid(void)
-{
-	return (pid_t)syscall(SYS_getpid);
-}
 
 /* Returns with the lock held, or -- re-entered from a signal handler on a thread that
  * already holds it -- without, in which case lock_depth tells fd_get to find nothing. */
@@ -63,13 +55,6 @@ int state_locked_here(void)
 	return lock_depth == 1;
 }
 
-int in_vfork_child(void)
-{
-	if (!owner_pid)
-		owner_pid = raw_getpid();
-	return raw_getpid() != owner_pid;
-}
-
 static void atfork_prepare(void)
 {
 	state_lock();
@@ -80,17 +65,15 @@ static void atfork_parent(void)
 	state_unlock();
 }
 
-void fdtable_atfork_child(void)
+static void atfork_child(void)
 {
-	owner_pid = raw_getpid();
 	atomic_store(&lock_word, 0);
 	lock_depth = 0;
 }
 
 __attribute__((constructor(101))) static void fdtable_init(void)
 {
-	owner_pid = raw_getpid();
-	pthread_atfork(atfork_prepare, atfork_parent, fdtable_atfork_child);
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 int fd_tracked(int fd)

@@ -30,7 +30,7 @@ __attribute__((constructor(102))) static void shim_init(void)
 
 __attribute__((destructor)) static void shim_fini(void)
 {
-	if (rules_state != RULES_NONE && !in_vfork_child())
+	if (rules_state != RULES_NONE)
 		sockfile_exit_cleanup();
 }
 
@@ -59,17 +59,35 @@ static int classify(int fd, int *family, int *type)
 	return FD_IP;
 }
 
+/*
+ * vfork() shares memory with the parent: a child calling close() before exec would
+ * change the parent's fd table.  fork() has the same semantics for everything a vfork
+ * child may do, and gives the child its own copy.
+ */
+API pid_t vfork(void)
+{
+	return fork();
+}
+
+static int predicted(int domain, int base, int protocol)
+{
+	return predict_stream_out && rules_state == RULES_OK && base == SOCK_STREAM &&
+	       (protocol == 0 || protocol == IPPROTO_TCP) &&
+	       (domain == AF_INET || domain == AF_INET6);
+}
+
 API int socket(int domain, int type, int protocol)
 {
-	int fd = REAL(socket)(domain, type, protocol);
 	int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+	int pending = predicted(domain, base, protocol);
+	int fd = pending ? REAL(socket)(AF_UNIX, type, 0) : REAL(socket)(domain, type, protocol);
 	struct fd_entry e;
 
 	if (fd < 0 || rules_state == RULES_NONE || (domain != AF_INET && domain != AF_INET6) ||
 	    (base != SOCK_STREAM && base != SOCK_DGRAM))
 		return fd;
 	fd_entry_init(&e);
-	e.kind = FD_IP;
+	e.kind = pending ? FD_PENDING : FD_IP;
 	e.family = (uint8_t)domain;
 	e.type = (uint8_t)base;
 	fd_store(fd, &e);
@@ -79,10 +97,14 @@ API int socket(int domain, int type, int protocol)
 API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	struct ipaddr a;
-	int family, type, r, saved = errno;
+	int family, type, kind, r, saved = errno;
 
-	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len) ||
-	    classify(fd, &family, &type) != FD_IP || a.sa.sa_family != family)
+	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len))
+		return REAL(bind)(fd, sa, len);
+	kind = classify(fd, &family, &type);
+	if (kind == FD_PENDING && a.sa.sa_family != family && materialize(fd))
+		return -1;
+	if ((kind != FD_IP && kind != FD_PENDING) || a.sa.sa_family != family)
 		return REAL(bind)(fd, sa, len);
 	r = convert_bind(fd, &a, type, family);
 	if (r > 0) {
@@ -111,7 +133,9 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 			return -1;
 		}
 	}
-	if (kind != FD_IP || a.sa.sa_family != family)
+	if (kind == FD_PENDING && a.sa.sa_family != family && materialize(fd))
+		return -1;
+	if ((kind != FD_IP && kind != FD_PENDING) || a.sa.sa_family != family)
 		return REAL(connect)(fd, sa, len);
 	r = convert_connect(fd, &a, type, family, &handled);
 	if (!handled) {
@@ -136,6 +160,8 @@ API int listen(int fd, int backlog)
 		fd_snapshot(fd, &e);
 		if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 			backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
+		if (e.kind == FD_PENDING && materialize(fd)) /* listen without bind: IP */
+			return -1;
 	}
 	return REAL(listen)(fd, backlog);
 }
@@ -196,7 +222,9 @@ API int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 
 	if (fd_tracked(fd)) {
 		fd_snapshot(fd, &e);
-		if (e.kind == FD_CONVERTED)
+		if (e.kind == FD_PENDING) /* not bound yet: the unspecified address, port 0 */
+			ipaddr_any(&e.local, e.family);
+		if (e.kind == FD_CONVERTED || e.kind == FD_PENDING)
 			return copy_out_addr(&e.local, ipaddr_len(&e.local), addr, len);
 	}
 	return REAL(getsockname)(fd, addr, len);
@@ -208,7 +236,7 @@ API int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 
 	if (fd_tracked(fd)) {
 		fd_snapshot(fd, &e);
-		if (e.kind == FD_CONVERTED) {
+		if (e.kind == FD_CONVERTED || e.kind == FD_PENDING) {
 			if (e.role != ROLE_CLIENT && e.role != ROLE_ACCEPTED) {
 				errno = ENOTCONN;
 				return -1;
@@ -219,10 +247,48 @@ API int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 	return REAL(getpeername)(fd, addr, len);
 }
 
+static int ip_level(int level)
+{
+	return level == IPPROTO_TCP || level == IPPROTO_IP || level == IPPROTO_IPV6 ||
+	       level == IPPROTO_UDP;
+}
+
+/* Keep an option the Unix socket cannot take, to answer getsockopt and to replay it if
+ * the socket turns out to be an IP one after all.  With the lock held. */
+static int log_option(struct fd_entry *e, int level, int name, const void *val, socklen_t len)
+{
+	int i;
+
+	if (!val || len > sizeof(e->opts[0].value))
+		return -1;
+	for (i = 0; i < e->n_opts; i++) {
+		if (e->opts[i].level == level && e->opts[i].name == name)
+			break;
+	}
+	if (i == MAX_PENDING_OPTS)
+		return -1;
+	if (i == e->n_opts)
+		e->n_opts++;
+	e->opts[i].level = level;
+	e->opts[i].name = name;
+	e->opts[i].len = (uint8_t)len;
+	memcpy(e->opts[i].value, val, len);
+	return 0;
+}
+
+static const struct pending_opt *find_option(const struct fd_entry *e, int level, int name)
+{
+	for (int i = 0; i < e->n_opts; i++) {
+		if (e->opts[i].level == level && e->opts[i].name == name)
+			return &e->opts[i];
+	}
+	return NULL;
+}
+
 API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
 {
 	struct fd_entry *e;
-	int kind = FD_NONE;
+	int kind = FD_NONE, r, logged = -1, saved = errno;
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
@@ -230,48 +296,70 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 	e = fd_get(fd, 0);
 	if (e) {
 		kind = e->kind;
-		if (kind == FD_IP)
+		if (kind == FD_IP || kind == FD_PENDING)
 			copyable_option_mark(e, level, optname);
+		/* IP- and TCP-level tuning has nothing to act on in a Unix socket; keep it
+		 * to answer getsockopt after conversion */
+		if (ip_level(level))
+			logged = log_option(e, level, optname, val, len);
 	}
 	state_unlock();
-	/* IP- and TCP-level tuning has nothing to act on in a Unix socket: accept it. */
-	if (kind == FD_CONVERTED && (level == IPPROTO_TCP || level == IPPROTO_IP ||
-				     level == IPPROTO_IPV6 || level == IPPROTO_UDP))
+	if (kind == FD_CONVERTED && ip_level(level))
 		return 0;
-	return REAL(setsockopt)(fd, level, optname, val, len);
+	if (kind == FD_PENDING && ip_level(level)) {
+		if (logged)
+			ulog(LOG_WARN_, "fd %d: option %d/%d not kept for a later IP socket", fd,
+			     level, optname);
+		return 0;
+	}
+	r = REAL(setsockopt)(fd, level, optname, val, len);
+	if (r && kind == FD_PENDING) {
+		/* a socket-level option only IP sockets take (SO_REUSEPORT, say) */
+		state_lock();
+		e = fd_get(fd, 0);
+		logged = e && e->kind == FD_PENDING ? log_option(e, level, optname, val, len) : -1;
+		state_unlock();
+		if (logged == 0) {
+			errno = saved;
+			return 0;
+		}
+	}
+	return r;
 }
 
 API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 {
+	const struct pending_opt *o;
 	struct fd_entry e;
 	int answer;
 
 	if (!fd_tracked(fd))
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	fd_snapshot(fd, &e);
-	if (e.kind != FD_CONVERTED)
+	if (e.kind != FD_CONVERTED && e.kind != FD_PENDING)
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
 		answer = optname == SO_DOMAIN ? e.family
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
-	} else if (level == IPPROTO_TCP || level == IPPROTO_IP || level == IPPROTO_IPV6 ||
-		   level == IPPROTO_UDP) {
-		if (!val || !len) {
-			errno = EFAULT;
-			return -1;
-		}
-		memset(val, 0, *len);
-		return 0;
-	} else {
+		o = NULL;
+	} else if ((o = find_option(&e, level, optname)) == NULL && !ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
 	if (!val || !len) {
 		errno = EFAULT;
 		return -1;
 	}
-	if (*len > sizeof(answer))
-		*len = sizeof(answer);
-	memcpy(val, &answer, *len);
+	if (o) { /* what the program set */
+		if (*len > o->len)
+			*len = o->len;
+		memcpy(val, o->value, *len);
+	} else if (level == SOL_SOCKET) {
+		if (*len > sizeof(answer))
+			*len = sizeof(answer);
+		memcpy(val, &answer, *len);
+	} else { /* an IP-level option never set: zero, as for a fresh socket's flags */
+		memset(val, 0, *len);
+	}
 	return 0;
 }
 
@@ -282,7 +370,8 @@ static int fastopen_connect(int fd, const struct fd_entry *e, const struct socka
 	struct ipaddr a;
 
 	*handled = 0;
-	if (e->kind != FD_IP || e->type != SOCK_STREAM || ipaddr_from_sockaddr(&a, sa, salen) ||
+	if ((e->kind != FD_IP && e->kind != FD_PENDING) || e->type != SOCK_STREAM ||
+	    ipaddr_from_sockaddr(&a, sa, salen) ||
 	    a.sa.sa_family != e->family)
 		return 0;
 	return convert_connect(fd, &a, e->type, e->family, handled);
@@ -337,7 +426,7 @@ API int close(int fd)
 	struct fd_entry gone;
 	int r, saved;
 
-	if (!fd_tracked(fd) || in_vfork_child())
+	if (!fd_tracked(fd))
 		return REAL(close)(fd);
 	fd_take(fd, &gone);
 	r = REAL(close)(fd);
@@ -362,7 +451,7 @@ API int close_range(unsigned int first, unsigned int last, int flags)
 	int16_t sockfiles[64];
 	int n = 0, r;
 
-	if (!(flags & CLOSE_RANGE_CLOEXEC) && !in_vfork_child())
+	if (!(flags & CLOSE_RANGE_CLOEXEC))
 		n = fd_take_range(first, last, sockfiles, 64);
 	r = real.close_range ? real.close_range(first, last, flags)
 			     : (int)syscall(SYS_close_range, first, last, flags);
@@ -375,7 +464,7 @@ API void closefrom(int lowfd)
 	int16_t sockfiles[64];
 	int n = 0;
 
-	if (lowfd >= 0 && !in_vfork_child())
+	if (lowfd >= 0)
 		n = fd_take_range((unsigned)lowfd, ~0u, sockfiles, 64);
 	if (real.closefrom)
 		real.closefrom(lowfd);
@@ -480,7 +569,7 @@ static void record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 
 	state_lock();
 	e = fd_get(fd, 0);
-	if (!e || e->kind != FD_IP)
+	if (!e || (e->kind != FD_IP && e->kind != FD_PENDING))
 		goto out;
 	for (i = 0; i < e->n_epoll && e->epoll[i].epfd != epfd; i++)
 		;

@@ -16,6 +16,7 @@
 #define MAX_VALUE 4096
 
 enum rules_state rules_state = RULES_NONE;
+int predict_stream_out;
 static struct rule *rules;
 static int n_rules;
 static char *arena;        /* NUL-terminated copies of string values */
@@ -244,6 +245,25 @@ static int parse_encoding(struct cursor *c)
 	return 0;
 }
 
+/*
+ * When the first rule that can match an outgoing stream connection has no address or
+ * port condition and converts, every connect() of a stream socket will convert.  Then
+ * socket() can make the Unix socket straight away and spare the program the cost of an
+ * IP socket made only to be thrown away.
+ */
+static void predict(void)
+{
+	for (int i = 0; i < n_rules; i++) {
+		const struct rule *r = &rules[i];
+
+		if (r->from_unix || r->from_abstract || r->dir == DIR_IN || r->type == SOCK_DGRAM)
+			continue;
+		predict_stream_out = !r->has_addr && !r->has_ports &&
+				     (r->action == ACT_PATH || r->action == ACT_ABSTRACT);
+		return;
+	}
+}
+
 void rules_init(void)
 {
 	const char *env = getenv("UNIXIFY_RULES");
@@ -275,7 +295,9 @@ void rules_init(void)
 		     c.error, c.pos);
 	} else {
 		rules_state = RULES_OK;
-		ulog(LOG_DEBUG_, "%d rule(s) loaded", n_rules);
+		predict();
+		ulog(LOG_DEBUG_, "%d rule(s) loaded%s", n_rules,
+		     predict_stream_out ? "; stream sockets start as Unix sockets" : "");
 	}
 	errno = saved;
 }

@@ -64,6 +64,7 @@ socklen_t ipaddr_len(const struct ipaddr *a);
 int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_t len);
 uint16_t ipaddr_port(const struct ipaddr *a);
 void ipaddr_set_port(struct ipaddr *a, uint16_t port);
+void ipaddr_any(struct ipaddr *a, int family);
 void ipaddr_loopback(struct ipaddr *a, int family);
 int ipaddr_is_any(const struct ipaddr *a);
 const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4); /* v4-mapped -> 4 bytes */
@@ -103,6 +104,8 @@ struct sock_query {
 
 enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN };
 extern enum rules_state rules_state;
+/* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
+extern int predict_stream_out;
 void rules_init(void);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
@@ -115,6 +118,8 @@ enum fd_kind {
 	FD_NONE = 0,
 	FD_IP,        /* an IP socket we may still convert */
 	FD_CONVERTED, /* a Unix socket standing in for an IP socket */
+	FD_PENDING,   /* a Unix socket made at socket() because the rules predict
+			 conversion; becomes FD_CONVERTED, or an IP socket if wrong */
 };
 enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED };
 
@@ -124,17 +129,27 @@ struct epoll_reg {
 	struct epoll_event ev;
 };
 
+/* IP- and TCP-level options set on a pending socket, replayed if it becomes IP. */
+#define MAX_PENDING_OPTS 8
+struct pending_opt {
+	int level, name;
+	uint8_t len;
+	uint8_t value[16];
+};
+
 struct fd_entry {
 	uint8_t kind;
 	uint8_t family;   /* AF_INET or AF_INET6, as the program created it */
 	uint8_t type;     /* SOCK_STREAM or SOCK_DGRAM */
 	uint8_t role;
 	uint8_t n_epoll;
+	uint8_t n_opts;
 	int16_t sockfile; /* index into the socket file table, or -1 */
 	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
 	struct ipaddr local;
 	struct ipaddr peer;
 	struct epoll_reg epoll[MAX_EPOLL_REGS];
+	struct pending_opt opts[MAX_PENDING_OPTS];
 };
 
 void state_lock(void);
@@ -155,9 +170,6 @@ int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max);
 void fd_entry_init(struct fd_entry *e);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
-void fdtable_atfork_child(void);
-/* True in the child of vfork() (memory shared with the parent): do not touch state. */
-int in_vfork_child(void);
 
 /* ---- socket files (sockfile.c) ---- */
 struct sockfile {
@@ -184,5 +196,7 @@ int unix_socket_alive(ino_t sock_ino);
 int convert_bind(int fd, const struct ipaddr *addr, int type, int family);
 int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int *handled);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
+/* Turn a pending socket into the IP socket the program asked for. */
+int materialize(int fd);
 
 #endif

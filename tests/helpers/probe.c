@@ -106,6 +106,9 @@ static int server(const char *host, int port)
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	if (ss.ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)))
+		die("setsockopt v6only");
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	/* registered before the socket is converted */
 	if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev))
@@ -128,6 +131,11 @@ static int server(const char *host, int port)
 	       tiny[0] | tiny[1] << 8);
 	getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &vlen);
 	printf("so_domain=%d\n", value);
+	vlen = sizeof(value);
+	value = -1;
+	if (ss.ss_family == AF_INET6)
+		getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &value, &vlen);
+	printf("v6only=%d\n", value);
 	vlen = sizeof(value);
 	getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, &vlen);
 	printf("so_rcvbuf=%d\n", value);

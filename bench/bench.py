@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""unixify benchmarks: ratios measured side by side in one run.
+
+    python3 bench/bench.py [datapath|setup|launcher|all] [--rounds N] [--quick]
+
+datapath  redis-benchmark against one redis-server build reached four ways: its own
+          Unix socket (native), converted by unixify, plain TCP, and socat in front.
+setup     connect+close loops against a C accept loop: native Unix client vs an IPv4
+          client converted by unixify (plus plain TCP for scale).
+launcher  `unixify -r ... true` vs `python3 -c pass`.
+
+Variants run interleaved, round after round, and the median of the rounds is compared,
+so drift on a busy machine hits all of them alike.  The targets of the foundation issue
+are checked; the exit status is 1 if one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+
+
+def unixify() -> list[str]:
+    found = shutil.which("unixify")
+    return [found] if found else [sys.executable, "-m", "unixify"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def tcp_ready(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def background(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, measure in variants.items():
+            samples[name].append(measure())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def report(title: str, unit: str, results: dict[str, float], base: str) -> None:
+    print(f"\n{title} (median, {unit}; ratio to {base})")
+    for name, value in results.items():
+        print(f"  {name:<22} {value:>14.1f}   {value / results[base]:6.3f}x")
+
+
+class Targets:
+    def __init__(self) -> None:
+        self.missed: list[str] = []
+
+    def check(self, label: str, value: float, op: str, bound: float) -> None:
+        ok = value >= bound if op == ">=" else value <= bound
+        print(f"  target {label}: {value:.3f} {op} {bound}  {'ok' if ok else 'MISSED'}")
+        if not ok:
+            self.missed.append(label)
+
+
+def bench_datapath(rounds: int, quick: bool, targets: Targets) -> None:
+    server = shutil.which("redis-server")
+    client = shutil.which("redis-benchmark")
+    socat = shutil.which("socat")
+    if not server or not client:
+        print("datapath: redis-server/redis-benchmark not installed; skipped")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
+    requests = "20000" if quick else "100000"
+    common = ["--save", "", "--appendonly", "no", "--dir", str(tmp)]
+    native_sock, conv_sock, socat_sock = tmp / "native.sock", tmp / "conv.sock", tmp / "s.sock"
+    tcp_port, conv_port = free_port(), free_port()
+
+    def run(target: list[str]) -> float:
+        out = subprocess.run([client, *target, "-n", requests, "-c", "50", "-t", "get,set",
+                              "--csv", "-q"], capture_output=True, text=True, check=True).stdout
+        rates = [float(line.split(",")[1].strip('"')) for line in out.splitlines()[1:]]
+        return statistics.mean(rates)
+
+    with background([server, "--port", "0", "--unixsocket", str(native_sock), *common]), \
+         background([*unixify(), "-r", f"in,port={conv_port},path={conv_sock}", server,
+                     "--port", str(conv_port), "--bind", "127.0.0.1", *common]), \
+         background([server, "--port", str(tcp_port), "--bind", "127.0.0.1", *common]):
+        wait_until(native_sock.is_socket, "native redis")
+        wait_until(conv_sock.is_socket, "converted redis")
+        wait_until(lambda: tcp_ready(tcp_port), "tcp redis")
+        variants: dict[str, Callable[[], float]] = {
+            "native unix": lambda: run(["-s", str(native_sock)]),
+            "unixify": lambda: run(["-s", str(conv_sock)]),
+            "plain tcp": lambda: run(["-h", "127.0.0.1", "-p", str(tcp_port)]),
+        }
+        if socat:
+            socat_proc = subprocess.Popen(
+                [socat, f"UNIX-LISTEN:{socat_sock},fork,backlog=4096", f"TCP:127.0.0.1:{tcp_port}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            wait_until(socat_sock.is_socket, "socat")
+            variants["socat unix->tcp"] = lambda: run(["-s", str(socat_sock)])
+        try:
+            results = interleave(variants, rounds)
+        finally:
+            if socat:
+                os.killpg(socat_proc.pid, signal.SIGKILL)
+                socat_proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+    report(f"data path: redis-benchmark get+set, {requests} requests, 50 clients",
+           "requests/s", results, "native unix")
+    targets.check("unixify / native unix", results["unixify"] / results["native unix"],
+                  ">=", 0.98)
+    if "socat unix->tcp" in results:
+        targets.check("unixify / socat", results["unixify"] / results["socat unix->tcp"],
+                      ">=", 2.0)
+
+
+def build_connloop(tmp: Path) -> str:
+    binary = tmp / "connloop"
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(binary),
+                    str(HERE / "connloop.c")], check=True)
+    return str(binary)
+
+
+def bench_setup(rounds: int, quick: bool, targets: Targets) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
+    loop = build_connloop(tmp)
+    sock = tmp / "accept.sock"
+    count = "5000" if quick else "20000"
+    port = free_port()
+
+    def run(args: list[str]) -> float:
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        return float(out.strip())
+
+    with background([loop, "server", str(sock)]), \
+         background([sys.executable, "-c", ACCEPT_LOOP, str(port)]):
+        wait_until(sock.is_socket, "accept loop")
+        wait_until(lambda: tcp_ready(port), "tcp accept loop")
+        results = interleave({
+            "native unix": lambda: run([loop, "unix", str(sock), count]),
+            "unixify (ipv4->unix)": lambda: run([*unixify(), "-r", f"out,path={sock}", loop,
+                                                 "tcp", "127.0.0.1", "9", count]),
+            "plain tcp": lambda: run([loop, "tcp", "127.0.0.1", str(port), count]),
+        }, rounds)
+    shutil.rmtree(tmp, ignore_errors=True)
+    report(f"connection setup: {count} x socket+connect+close", "ns per connection",
+           results, "native unix")
+    targets.check("unixify / native unix (time)",
+                  results["unixify (ipv4->unix)"] / results["native unix"], "<=", 1.15)
+
+
+# A TCP accept loop for scale only (Python is fast enough: accept and close).
+ACCEPT_LOOP = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4096)
+while True:
+    s.accept()[0].close()
+"""
+
+
+def bench_launcher(rounds: int, quick: bool, targets: Targets) -> None:
+    runs = 10 if quick else 30
+
+    def timed(args: list[str]) -> Callable[[], float]:
+        def measure() -> float:
+            start = time.perf_counter()
+            for _ in range(runs):
+                subprocess.run(args, check=True)
+            return (time.perf_counter() - start) / runs * 1000
+        return measure
+
+    results = interleave({
+        "python3 -c pass": timed([sys.executable, "-c", "pass"]),
+        "unixify ... true": timed([*unixify(), "-r", "in,path=/tmp/unused.sock", "true"]),
+    }, rounds)
+    report(f"launcher start ({runs} runs a round)", "ms", results, "python3 -c pass")
+    targets.check("unixify start / python start",
+                  results["unixify ... true"] / results["python3 -c pass"], "<=", 1.5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", default="all",
+                        choices=["datapath", "setup", "launcher", "all"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (for CI)")
+    args = parser.parse_args()
+    targets = Targets()
+    benches = {"datapath": bench_datapath, "setup": bench_setup, "launcher": bench_launcher}
+    for name, bench in benches.items():
+        if args.which in (name, "all"):
+            bench(args.rounds, args.quick, targets)
+    if targets.missed:
+        print(f"\nmissed targets: {', '.join(targets.missed)}")
+        return 1
+    print("\nall targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
