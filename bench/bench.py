@@ -172,8 +172,13 @@ def bench_setup(rounds: int, quick: bool, targets: Targets) -> None:
         wait_until(lambda: tcp_ready(port), "tcp accept loop")
         results = interleave({
             "native unix": lambda: run([loop, "unix", str(sock), count]),
+            # every connection converts: sockets start as Unix sockets
             "unixify (ipv4->unix)": lambda: run([*unixify(), "-r", f"out,path={sock}", loop,
                                                  "tcp", "127.0.0.1", "9", count]),
+            # a rule with conditions: the IP socket is made, then replaced at connect
+            "unixify, addr= rule": lambda: run([*unixify(), "-r",
+                                                f"out,addr=127.0.0.0/8,path={sock}", loop,
+                                                "tcp", "127.0.0.1", "9", count]),
             "plain tcp": lambda: run([loop, "tcp", "127.0.0.1", str(port), count]),
         }, rounds)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -216,7 +216,9 @@ static int decide(int fd, const struct sock_query *q, const struct rule **r,
 		return -1;
 	}
 	idx = rules_match(q);
-	ipaddr_format(q->addr, text, sizeof(text));
+	text[0] = 0;
+	if (log_verbosity >= LOG_DEBUG_) /* formatting costs more than the rest */
+		ipaddr_format(q->addr, text, sizeof(text));
 	if (idx < 0) {
 		ulog(LOG_DEBUG_, "fd %d: %s %s port %u matches no rule", fd,
 		     q->dir == DIR_IN ? "bind" : "connect", text, ipaddr_port(q->addr));
@@ -235,6 +237,7 @@ static int decide(int fd, const struct sock_query *q, const struct rule **r,
 	case ACT_PATH:
 	case ACT_ABSTRACT:
 		if (rule_expand(*r, q, target, size)) {
+			ipaddr_format(q->addr, text, sizeof(text));
 			ulog(LOG_ERR_, "rule %d: %s for %s port %u is too long", idx + 1,
 			     action_name((*r)->action), text, ipaddr_port(q->addr));
 			return -1;

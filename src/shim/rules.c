@@ -355,45 +355,51 @@ int rules_match(const struct sock_query *q)
 	return -1;
 }
 
+static int append(char *out, size_t size, size_t *used, const char *s, size_t n)
+{
+	if (*used + n >= size) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(out + *used, s, n);
+	*used += n;
+	return 0;
+}
+
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size)
 {
 	char piece[INET6_ADDRSTRLEN + 8];
+	const char *p = r->target;
 	size_t used = 0;
 
-	for (const char *p = r->target; *p; p++) {
+	for (;;) {
+		const char *pct = strchr(p, '%');
 		const char *add = piece;
-		size_t n;
 
-		if (*p != '%') {
-			piece[0] = *p;
-			piece[1] = 0;
-		} else {
-			switch (*++p) {
-			case 'p':
-				snprintf(piece, sizeof(piece), "%u", ipaddr_port(q->addr));
-				break;
-			case 'a':
-				ipaddr_format(q->addr, piece, sizeof(piece));
-				break;
-			case 't':
-				add = q->type == SOCK_STREAM ? "tcp"
-				      : q->type == SOCK_DGRAM ? "udp" : "unknown";
-				break;
-			case '%':
-				add = "%";
-				break;
-			default: /* validated by the parser; never reached */
-				errno = EINVAL;
-				return -1;
-			}
-		}
-		n = strlen(add);
-		if (used + n >= size) {
-			errno = ENAMETOOLONG;
+		if (append(out, size, &used, p, pct ? (size_t)(pct - p) : strlen(p)))
+			return -1;
+		if (!pct)
+			break;
+		switch (pct[1]) {
+		case 'p':
+			snprintf(piece, sizeof(piece), "%u", ipaddr_port(q->addr));
+			break;
+		case 'a':
+			ipaddr_format(q->addr, piece, sizeof(piece));
+			break;
+		case 't':
+			add = q->type == SOCK_STREAM ? "tcp" : q->type == SOCK_DGRAM ? "udp" : "unknown";
+			break;
+		case '%':
+			add = "%";
+			break;
+		default: /* the parser lets no other placeholder through */
+			errno = EINVAL;
 			return -1;
 		}
-		memcpy(out + used, add, n);
-		used += n;
+		if (append(out, size, &used, add, strlen(add)))
+			return -1;
+		p = pct + 2;
 	}
 	out[used] = 0;
 	return 0;
