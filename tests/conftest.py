@@ -70,7 +70,7 @@ def unix_get(path: str | os.PathLike[str], request: bytes, timeout: float = 10.0
         s.settimeout(timeout)
         s.connect(str(path))
         s.sendall(request)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = s.recv(65536)
             if not data:
@@ -162,7 +162,7 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 10.0) 
     stderr = ""
     if proc.poll() is not None and proc.stderr is not None:
         stderr = proc.stderr.read()
-    raise AssertionError(f"no {marker!r} from {proc.args}; got {data!r} {stderr}")
+    raise AssertionError(f"no {marker!r} from {proc.args!r}; got {data!r} {stderr}")
 
 
 def compile_c(source: Path, output: Path, static: bool = False,

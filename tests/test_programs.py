@@ -260,7 +260,7 @@ def test_log_lines_use_syslog_format_when_stderr_is_a_socket(sockdir: Path) -> N
     sock = sockdir / "log.sock"
     script = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()")
     subprocess.run([*unixify_command(), "-v", "-r", f"in,path={sock}", sys.executable,
-                    "-c", script], stderr=child, timeout=10, check=True)
+                    "-c", script], stderr=child.fileno(), timeout=10, check=True)
     child.close()
     parent.settimeout(5)
     text = parent.recv(65536).decode()

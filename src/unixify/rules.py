@@ -153,10 +153,10 @@ def parse_errno(value: str) -> int:
         if not 1 <= number <= 4095:
             raise ValueError(f"errno {value} is out of range (1-4095)")
         return number
-    number = getattr(errno_module, value.upper(), None)
-    if not isinstance(number, int) or not value.upper().startswith("E"):
+    found: object = getattr(errno_module, value.upper(), None)
+    if not isinstance(found, int) or not value.upper().startswith("E"):
         raise ValueError(f"unknown errno name {value!r}")
-    return number
+    return found
 
 
 def _check_template(value: str, what: str) -> None:
@@ -189,7 +189,8 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
     if not text.strip():
         raise fail("empty rule")
     for token in _split(text):
-        key, has_value, value = token.text.partition("=")
+        key, equals, value = token.text.partition("=")
+        has_value = bool(equals)
         key = key.strip()
         if not key:
             raise fail("empty option (doubled or trailing comma?)" if not has_value
