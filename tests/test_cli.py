@@ -82,6 +82,7 @@ def test_rule_files_mix_with_rules(tmp_path: Path) -> None:
     (["-r", "in,path=/a,ignore", "true"], "conflicting actions"),
     (["-r", "in,udp,path=/x", "true"], "datagram (udp) rules are not supported yet"),
     (["-r", "in,systemd", "true"], "not supported yet"),
+    (["-r", "from-unix=/run/*.sock,path=/x", "true"], "not supported yet"),
     (["-f", "/nonexistent/rules", "true"], "cannot read rule file '/nonexistent/rules'"),
     (["true"], "no rules given"),
     (["-r", "in,path=/x"], "no program to run"),

@@ -255,6 +255,35 @@ def test_forking_server_children_do_not_remove_the_socket(procs: Processes,
     assert not sock.exists()
 
 
+def test_abstract_sockets_both_ways(procs: Processes) -> None:
+    port = free_port()
+    name = f"unixify-test-{os.getpid()}-{port}"
+    script = textwrap.dedent(f"""\
+        import socket
+        s = socket.socket(); s.bind(("127.0.0.1", {port})); s.listen()
+        print("ready=1", flush=True)
+        c, peer = s.accept(); c.sendall(f"hi {{peer[0]}}".encode()); c.close()
+        """)
+    proc = procs.wrapped(["in,abstract=unixify-test-%(pid)d-%%p" % {"pid": os.getpid()}],
+                         [sys.executable, "-c", script])
+    read_until(proc, "ready=1")
+    assert unix_get("\0" + name, b"") == b"hi 127.0.0.1"
+    proc.wait(timeout=10)
+
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind("\0" + name)
+        srv.listen()
+        client = procs.wrapped([f"out,abstract={name}"], [
+            sys.executable, "-c",
+            "import socket; c = socket.create_connection(('10.9.8.7', 1)); "
+            "print(c.getpeername(), c.recv(10).decode())"])
+        conn, _ = srv.accept()
+        conn.sendall(b"over")
+        conn.close()
+        out, err = client.communicate(timeout=10)
+    assert out == "('10.9.8.7', 1) over\n", err
+
+
 def test_log_lines_use_syslog_format_when_stderr_is_a_socket(sockdir: Path) -> None:
     parent, child = socket.socketpair()
     sock = sockdir / "log.sock"
