@@ -264,7 +264,7 @@ def test_abstract_sockets_both_ways(procs: Processes) -> None:
         print("ready=1", flush=True)
         c, peer = s.accept(); c.sendall(f"hi {{peer[0]}}".encode()); c.close()
         """)
-    proc = procs.wrapped(["in,abstract=unixify-test-%(pid)d-%%p" % {"pid": os.getpid()}],
+    proc = procs.wrapped([f"in,abstract=unixify-test-{os.getpid()}-%p"],
                          [sys.executable, "-c", script])
     read_until(proc, "ready=1")
     assert unix_get("\0" + name, b"") == b"hi 127.0.0.1"
