@@ -151,6 +151,47 @@ def test_close_on_exec_follows_the_program(probe: str, sockdir: Path) -> None:
     assert info == {"keep_open": "1", "drop_open": "0"}, out
 
 
+def test_fd_operations_keep_the_table_right(probe: str, sockdir: Path) -> None:
+    sock = sockdir / "ops.sock"
+    result = run_wrapped([f"in,path={sock}"],
+                         [probe, "fdops", "127.0.0.1", str(free_port()), str(sock)])
+    info = parse_kv(result.stdout)
+    assert (info["owner_is_self"], info["sig"], info["async"]) == ("1", "10", "1"), result
+    assert info["after_vfork_family"] == "2,exists=1"   # the child's close changed nothing
+    assert info["after_spawn_family"] == "2,exists=1"
+    assert info["after_close_original_family"] == "2,exists=1"  # the dup keeps it alive
+    assert info["after_close_range_exists"] == "0"      # the last copy closed: file removed
+
+
+def test_blackhole_listens_where_nobody_can_reach(procs: Processes, sockdir: Path) -> None:
+    port = free_port()
+    script = (
+        "import os, socket\n"
+        f"s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\n"
+        "print('sockname=%s:%d' % s.getsockname())\n"
+        "print('listening=%d' % s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))\n"
+        "print('ready=1', flush=True)\n"
+        "input()\n")
+    proc = procs.wrapped([f"in,port={port},blackhole"], ["python3", "-c", script],
+                         stdin=subprocess.PIPE)
+    info = parse_kv(read_until(proc, "ready=1"))
+    assert info["sockname"] == f"127.0.0.1:{port}"
+    assert info["listening"] == "1"
+    assert not tcp_port_open(port)
+    assert not any(Path("/tmp").glob("unixify-bh-*")), "blackhole left its directory"
+
+
+def test_noremove_keeps_the_file(sockdir: Path) -> None:
+    sock = sockdir / "kept.sock"
+    script = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()"
+    assert run_wrapped([f"in,path={sock},noremove"], ["python3", "-c", script]).returncode == 0
+    assert sock.is_socket()
+    # without noremove the same program's exit removes it
+    other = sockdir / "gone.sock"
+    assert run_wrapped([f"in,path={other}"], ["python3", "-c", script]).returncode == 0
+    assert not other.exists()
+
+
 def test_static_program_is_refused_not_left_unconverted(probe_static: str,
                                                          sockdir: Path) -> None:
     port = free_port()

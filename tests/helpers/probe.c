@@ -11,6 +11,8 @@
  *                               then serve one connection
  *   probe exec-check ADDR PORT  listen with and without FD_CLOEXEC, exec a shell that
  *                               reports which of the two fds survived
+ *   probe fdops ADDR PORT SOCK  O_ASYNC owner and signal, vfork and posix_spawn children,
+ *                               dup2 then close, close_range; reports whether SOCK exists
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,10 +20,13 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -278,9 +283,65 @@ static int exec_check(const char *host, int port)
 	return 2;
 }
 
+static int family_of(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	return getsockname(fd, (struct sockaddr *)&ss, &len) ? -1 : ss.ss_family;
+}
+
+static int exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+static int fdops(const char *host, int port, const char *sock)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	char *argv[] = { "true", NULL };
+	int fd = socket(ss.ss_family, SOCK_STREAM, 0), status;
+	pid_t child;
+
+	fcntl(fd, F_SETOWN, getpid());
+	fcntl(fd, F_SETSIG, SIGUSR1);
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC);
+	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 4))
+		die("bind");
+	printf("owner_is_self=%d\n", fcntl(fd, F_GETOWN) == getpid());
+	printf("sig=%d\n", fcntl(fd, F_GETSIG));
+	printf("async=%d\n", !!(fcntl(fd, F_GETFL) & O_ASYNC));
+
+	child = vfork();
+	if (child == 0) {
+		close(fd); /* the child's copy only */
+		_exit(0);
+	}
+	waitpid(child, &status, 0);
+	printf("after_vfork_family=%d,exists=%d\n", family_of(fd), exists(sock));
+	if (posix_spawnp(&child, "true", NULL, NULL, argv, NULL))
+		die("posix_spawn");
+	waitpid(child, &status, 0);
+	printf("after_spawn_family=%d,exists=%d\n", family_of(fd), exists(sock));
+
+	if (dup2(fd, 50) != 50)
+		die("dup2");
+	close(fd);
+	printf("after_close_original_family=%d,exists=%d\n", family_of(50), exists(sock));
+	if (close_range(40, 60, 0))
+		die("close_range");
+	printf("after_close_range_exists=%d\n", exists(sock));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 5 && !strcmp(argv[1], "fdops"))
+		return fdops(argv[2], atoi(argv[3]), argv[4]);
 	if (argc != 4) {
 		fprintf(stderr, "usage: probe MODE ADDR PORT\n");
 		return 2;
