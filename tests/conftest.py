@@ -69,7 +69,8 @@ def unix_get(path: str | os.PathLike[str], request: bytes, timeout: float = 10.0
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
         s.connect(str(path))
-        s.sendall(request)
+        if request:  # the server may have answered and closed already
+            s.sendall(request)
         chunks: list[bytes] = []
         while True:
             data = s.recv(65536)
