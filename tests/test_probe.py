@@ -181,6 +181,33 @@ def test_blackhole_listens_where_nobody_can_reach(procs: Processes, sockdir: Pat
     assert not any(Path("/tmp").glob("unixify-bh-*")), "blackhole left its directory"
 
 
+RELOAD = '''\
+import os, socket, sys
+a = socket.socket(); a.bind(("127.0.0.1", int(sys.argv[1]))); a.listen()
+r, w = os.pipe()
+child = os.fork()
+if child == 0:                      # a worker holding the listener...
+    os.read(r, 1)
+    os._exit(0)
+a.close()                           # ...so closing it here leaves the file in place
+os.write(w, b"x")
+os.waitpid(child, 0)                # the worker is gone: so is the old socket
+b = socket.socket(); b.bind(("127.0.0.1", int(sys.argv[1]))); b.listen()
+print("ready=1", flush=True)
+c, _ = b.accept(); c.sendall(b"new listener"); c.close()
+'''
+
+
+def test_rebinding_a_path_after_the_old_socket_died(procs: Processes, sockdir: Path) -> None:
+    sock = sockdir / "reload.sock"
+    proc = procs.wrapped([f"in,path={sock}"], ["python3", "-c", RELOAD, str(free_port())])
+    read_until(proc, "ready=1")
+    assert unix_get(sock, b"") == b"new listener"   # not blackholed as a duplicate
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert not sock.exists()
+
+
 def test_noremove_keeps_the_file(sockdir: Path) -> None:
     sock = sockdir / "kept.sock"
     script = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()"

@@ -184,7 +184,7 @@ struct sockfile {
 int sockfile_bind(int sock, const char *path, int noremove);
 /* Bind sock to a fresh path and unlink it: a socket nobody can reach. */
 int sockfile_blackhole(int sock);
-/* Index of a live record for path in this process, or -1. */
+/* Index of the record for path if this process holds its socket open, or -1. */
 int sockfile_find(const char *path);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
 void sockfile_release(int idx);

@@ -176,10 +176,11 @@ static int record(int sock, const char *path, int noremove)
 		return -1;
 	state_lock();
 	for (int i = 0; i < MAX_SOCKFILES; i++) {
-		if (!sockfiles[i].used) {
+		/* an older record for this path names a file that is gone now */
+		if (sockfiles[i].used && !strcmp(sockfiles[i].path, path))
+			sockfiles[i].used = 0;
+		if (!sockfiles[i].used && idx < 0)
 			idx = i;
-			break;
-		}
 	}
 	if (idx >= 0) {
 		struct sockfile *f = &sockfiles[idx];
@@ -198,13 +199,25 @@ static int record(int sock, const char *path, int noremove)
 	return idx;
 }
 
+static void count_fd(int fd UNUSED, void *arg)
+{
+	++*(int *)arg;
+}
+
+/* A record outlives our own fds while another process (a forked child) still holds the
+ * socket; only a socket this process still has open counts as bound by it. */
 int sockfile_find(const char *path)
 {
 	int found = -1;
 
 	state_lock();
 	for (int i = 0; i < MAX_SOCKFILES && found < 0; i++) {
-		if (sockfiles[i].used && !strcmp(sockfiles[i].path, path))
+		int holders = 0;
+
+		if (!sockfiles[i].used || strcmp(sockfiles[i].path, path))
+			continue;
+		fd_for_sockfile(i, count_fd, &holders);
+		if (holders)
 			found = i;
 	}
 	state_unlock();
