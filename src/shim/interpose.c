@@ -527,38 +527,25 @@ API int dup3(int old, int new, int flags)
 	return dup_onto(old, new, flags, 1);
 }
 
-static int fcntl_common(int fd, int cmd, void *arg)
-{
-	int r = REAL(fcntl)(fd, cmd, arg);
-
-	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd))
-		copy_entry(fd, r);
-	return r;
-}
-
 /* fcntl's third argument is an int or a pointer; passing it on as a pointer is what
  * libc itself does on every ABI we build for. */
 API int fcntl(int fd, int cmd, ...)
 {
 	va_list ap;
 	void *arg;
+	int r;
 
 	va_start(ap, cmd);
 	arg = va_arg(ap, void *);
 	va_end(ap);
-	return fcntl_common(fd, cmd, arg);
+	r = REAL(fcntl)(fd, cmd, arg);
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd))
+		copy_entry(fd, r);
+	return r;
 }
 
-API int fcntl64(int fd, int cmd, ...)
-{
-	va_list ap;
-	void *arg;
-
-	va_start(ap, cmd);
-	arg = va_arg(ap, void *);
-	va_end(ap);
-	return fcntl_common(fd, cmd, arg);
-}
+/* The same function under the name large-file builds call. */
+API int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
 
 /* Remember where unconverted IP sockets are registered, to register the Unix socket
  * that replaces them in the same places. */
