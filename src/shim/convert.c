@@ -261,24 +261,21 @@ static int decide(int fd, const struct sock_query *q, const struct rule **r,
 	return 0;
 }
 
-static void new_entry(struct fd_entry *e, const struct fd_entry *old, int family, int type,
-		      int role)
+static void new_entry(struct fd_entry *e, const struct fd_entry *old, int role)
 {
 	*e = *old;
 	e->kind = FD_CONVERTED;
-	e->family = (uint8_t)family;
-	e->type = (uint8_t)type;
 	e->role = (uint8_t)role;
 	e->opts_set = 0;
 	e->sockfile = -1;
 }
 
-int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
+int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 {
-	struct sock_query q = { .dir = DIR_IN, .type = type, .addr = addr };
+	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = addr };
 	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	const struct rule *r = NULL;
-	struct fd_entry old, e;
+	struct fd_entry e;
 	struct fd_flags flags;
 	int sock, d, idx = -1, saved;
 
@@ -287,8 +284,7 @@ int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
 		return materialize(fd) ? -1 : 1;
 	if (d < 0)
 		return -1;
-	fd_snapshot(fd, &old);
-	sock = unix_socket_for(fd, type, &old, &flags);
+	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
 	if (r->action == ACT_PATH && sockfile_find(target) >= 0) {
@@ -310,7 +306,7 @@ int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
 		discard(fd, sock);
 		return -1;
 	}
-	new_entry(&e, &old, family, type, ROLE_LISTENER);
+	new_entry(&e, old, ROLE_LISTENER);
 	e.local = *addr;
 	if (ipaddr_port(addr) == 0)
 		ipaddr_set_port(&e.local, fake_port());
@@ -327,15 +323,16 @@ int convert_bind(int fd, const struct ipaddr *addr, int type, int family)
 	return 0;
 }
 
-int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int *handled)
+int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+		    int *handled)
 {
-	struct sock_query q = { .dir = DIR_OUT, .type = type, .addr = addr };
+	struct sock_query q = { .dir = DIR_OUT, .type = old->type, .addr = addr };
 	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	const struct rule *r = NULL;
 	struct sockaddr_un sun;
-	struct fd_entry old, e;
+	struct fd_entry e;
 	struct fd_flags flags;
-	int sock, d, len, saved;
+	int family = old->family, sock, d, len, saved;
 
 	*handled = 1;
 	d = decide(fd, &q, &r, target, sizeof(target));
@@ -352,8 +349,7 @@ int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int
 	len = fill_unix_addr(&sun, r, target);
 	if (len < 0)
 		return -1;
-	fd_snapshot(fd, &old);
-	sock = unix_socket_for(fd, type, &old, &flags);
+	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
 	/* May block (a full backlog on a blocking socket); we hold no lock here. */
@@ -365,7 +361,7 @@ int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int
 		errno = saved;
 		return -1;
 	}
-	new_entry(&e, &old, family, type, ROLE_CLIENT);
+	new_entry(&e, old, ROLE_CLIENT);
 	ipaddr_loopback(&e.local, family);
 	if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&addr->in6.sin6_addr)) {
 		e.local.in6.sin6_addr.s6_addr[10] = e.local.in6.sin6_addr.s6_addr[11] = 0xff;

@@ -34,29 +34,36 @@ __attribute__((destructor)) static void shim_fini(void)
 		sockfile_exit_cleanup();
 }
 
-/* What the fd is: FD_IP (with family and type), FD_CONVERTED, or FD_NONE for anything
- * else, including fds that are not sockets. */
-static int classify(int fd, int *family, int *type)
+/* What we know of fd, in e: its kind (FD_NONE for anything but an IP socket, including
+ * fds that are not sockets), and for sockets of ours the family and type. */
+static void classify(int fd, struct fd_entry *e)
 {
-	struct fd_entry e;
 	socklen_t len = sizeof(int);
-	int saved = errno;
+	int family, type, saved = errno;
 
 	if (fd_tracked(fd)) {
-		fd_snapshot(fd, &e);
-		*family = e.family;
-		*type = e.type;
-		return e.kind;
+		fd_snapshot(fd, e);
+		return;
 	}
+	fd_entry_init(e);
 	/* Sockets made before we were loaded, or with syscall(2): ask the kernel. */
-	if (REAL(getsockopt)(fd, SOL_SOCKET, SO_DOMAIN, family, &len) ||
-	    (*family != AF_INET && *family != AF_INET6) ||
-	    REAL(getsockopt)(fd, SOL_SOCKET, SO_TYPE, type, &len)) {
-		errno = saved;
-		return FD_NONE;
+	if (REAL(getsockopt)(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) == 0 &&
+	    (family == AF_INET || family == AF_INET6) &&
+	    REAL(getsockopt)(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) {
+		e->kind = FD_IP;
+		e->family = (uint8_t)family;
+		e->type = (uint8_t)type;
 	}
 	errno = saved;
-	return FD_IP;
+}
+
+/* An unconverted IP socket of the address's family; a pending socket asked about another
+ * family first becomes the IP socket it stands for, and the kernel answers. */
+static int convertible(int fd, const struct fd_entry *e, const struct ipaddr *a)
+{
+	if (e->kind == FD_PENDING && a->sa.sa_family != e->family)
+		return materialize(fd) ? -1 : 0;
+	return (e->kind == FD_IP || e->kind == FD_PENDING) && a->sa.sa_family == e->family;
 }
 
 /*
@@ -96,17 +103,17 @@ API int socket(int domain, int type, int protocol)
 
 API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
+	struct fd_entry e;
 	struct ipaddr a;
-	int family, type, kind, r, saved = errno;
+	int r, saved = errno;
 
 	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len))
 		return REAL(bind)(fd, sa, len);
-	kind = classify(fd, &family, &type);
-	if (kind == FD_PENDING && a.sa.sa_family != family && materialize(fd))
-		return -1;
-	if ((kind != FD_IP && kind != FD_PENDING) || a.sa.sa_family != family)
-		return REAL(bind)(fd, sa, len);
-	r = convert_bind(fd, &a, type, family);
+	classify(fd, &e);
+	r = convertible(fd, &e, &a);
+	if (r <= 0)
+		return r < 0 ? -1 : REAL(bind)(fd, sa, len);
+	r = convert_bind(fd, &a, &e);
 	if (r > 0) {
 		errno = saved;
 		return REAL(bind)(fd, sa, len);
@@ -118,26 +125,21 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 
 API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
+	struct fd_entry e;
 	struct ipaddr a;
-	int family, type, kind, handled, r, saved = errno;
+	int handled, r, saved = errno;
 
 	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len))
 		return REAL(connect)(fd, sa, len);
-	kind = classify(fd, &family, &type);
-	if (kind == FD_CONVERTED) {
-		struct fd_entry e;
-
-		fd_snapshot(fd, &e);
-		if (e.role == ROLE_CLIENT || e.role == ROLE_ACCEPTED) {
-			errno = EISCONN;
-			return -1;
-		}
-	}
-	if (kind == FD_PENDING && a.sa.sa_family != family && materialize(fd))
+	classify(fd, &e);
+	if (e.kind == FD_CONVERTED && (e.role == ROLE_CLIENT || e.role == ROLE_ACCEPTED)) {
+		errno = EISCONN;
 		return -1;
-	if ((kind != FD_IP && kind != FD_PENDING) || a.sa.sa_family != family)
-		return REAL(connect)(fd, sa, len);
-	r = convert_connect(fd, &a, type, family, &handled);
+	}
+	r = convertible(fd, &e, &a);
+	if (r <= 0)
+		return r < 0 ? -1 : REAL(connect)(fd, sa, len);
+	r = convert_connect(fd, &a, &e, &handled);
 	if (!handled) {
 		errno = saved;
 		return REAL(connect)(fd, sa, len);
@@ -374,7 +376,7 @@ static int fastopen_connect(int fd, const struct fd_entry *e, const struct socka
 	    ipaddr_from_sockaddr(&a, sa, salen) ||
 	    a.sa.sa_family != e->family)
 		return 0;
-	return convert_connect(fd, &a, e->type, e->family, handled);
+	return convert_connect(fd, &a, e, handled);
 }
 
 API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa,

@@ -193,8 +193,10 @@ void sockfile_exit_cleanup(void);
 int unix_socket_alive(ino_t sock_ino);
 
 /* ---- conversion (convert.c) ---- */
-int convert_bind(int fd, const struct ipaddr *addr, int type, int family);
-int convert_connect(int fd, const struct ipaddr *addr, int type, int family, int *handled);
+/* old: what we know of fd (its kind, family and type at least). */
+int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old);
+int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+		    int *handled);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
