@@ -92,6 +92,8 @@ def test_other_actions() -> None:
     ("port=70000,path=/x", "out of range", 1),
     ("port=90-80,path=/x", "reversed", 1),
     ("port=eighty,path=/x", "not a number", 1),
+    ("in,port=80-,path=/x", "port range '80-' needs both ends", 4),
+    ("port=-80,path=/x", "needs both ends", 1),
     ("port=,path=/x", "needs a value", 1),
     ("reject=ENOTANERRNO", "unknown errno name", 1),
     ("reject=99999", "out of range", 1),

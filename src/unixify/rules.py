@@ -123,6 +123,8 @@ def _parse_port(value: str) -> int:
 
 def _parse_ports(value: str) -> tuple[int, int]:
     low_text, dash, high_text = value.partition("-")
+    if dash and not (low_text and high_text):
+        raise ValueError(f"port range {value!r} needs both ends (LOW-HIGH)")
     low = _parse_port(low_text)
     high = _parse_port(high_text) if dash else low
     if high < low:
