@@ -77,6 +77,20 @@ static void print_addr(const char *key, const struct sockaddr *sa, socklen_t len
 	printf("%s=%d,%s,%d,len=%u\n", key, sa->sa_family, text, port, (unsigned)len);
 }
 
+/* Print fd's own address (or its peer's) as print_addr does. */
+static void print_name(const char *key, int fd, int peer)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (peer)
+		getpeername(fd, (struct sockaddr *)&ss, &len);
+	else
+		getsockname(fd, (struct sockaddr *)&ss, &len);
+	print_addr(key, (struct sockaddr *)&ss, len);
+}
+
 static int listen_on(const char *host, int port, int flags)
 {
 	struct sockaddr_storage ss;
@@ -126,9 +140,7 @@ static int server(const char *host, int port)
 		die("listen");
 	printf("setsockopt_nodelay=%d\n", setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
 						     sizeof(one)));
-	plen = sizeof(peer);
-	getsockname(fd, (struct sockaddr *)&peer, &plen);
-	print_addr("sockname", (struct sockaddr *)&peer, plen);
+	print_name("sockname", fd, 0);
 	plen = sizeof(tiny);
 	memset(tiny, 0xee, sizeof(tiny));
 	getsockname(fd, (struct sockaddr *)tiny, &plen);
@@ -169,12 +181,8 @@ static int server(const char *host, int port)
 	conn = accept(fd, NULL, NULL);
 	if (conn < 0)
 		die("accept");
-	plen = sizeof(peer);
-	getpeername(conn, (struct sockaddr *)&peer, &plen);
-	print_addr("peer1", (struct sockaddr *)&peer, plen);
-	plen = sizeof(peer);
-	getsockname(conn, (struct sockaddr *)&peer, &plen);
-	print_addr("conn_sockname", (struct sockaddr *)&peer, plen);
+	print_name("peer1", conn, 1);
+	print_name("conn_sockname", conn, 0);
 	if (write(conn, "hello\n", 6) != 6)
 		die("write");
 	close(conn);
@@ -199,8 +207,8 @@ static int server(const char *host, int port)
 
 static int client(const char *host, int port)
 {
-	struct sockaddr_storage ss, name;
-	socklen_t len = make_addr(host, port, &ss), nlen;
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
 	struct pollfd p;
 	int fd, r, err = -1;
 	socklen_t elen = sizeof(err);
@@ -220,12 +228,8 @@ static int client(const char *host, int port)
 	printf("so_error=%d\n", err);
 	r = connect(fd, (struct sockaddr *)&ss, len);
 	printf("reconnect=%d,%s\n", r, r ? strerrorname_np(errno) : "0");
-	nlen = sizeof(name);
-	getpeername(fd, (struct sockaddr *)&name, &nlen);
-	print_addr("peername", (struct sockaddr *)&name, nlen);
-	nlen = sizeof(name);
-	getsockname(fd, (struct sockaddr *)&name, &nlen);
-	print_addr("sockname", (struct sockaddr *)&name, nlen);
+	print_name("peername", fd, 1);
+	print_name("sockname", fd, 0);
 	p.events = POLLIN;
 	poll(&p, 1, 5000);
 	n = read(fd, buf, sizeof(buf) - 1);
