@@ -191,3 +191,9 @@ def probe(helper_dir: Path) -> str:
 def probe_static(helper_dir: Path) -> str:
     """The same program statically linked (the shim cannot reach it)."""
     return str(compile_c(HELPERS / "probe.c", helper_dir / "probe-static", static=True))
+
+
+@pytest.fixture(scope="session")
+def dgram_helper(helper_dir: Path) -> str:
+    """The C datagram program (tests/helpers/dgram.c)."""
+    return str(compile_c(HELPERS / "dgram.c", helper_dir / "dgram"))

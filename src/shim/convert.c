@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -140,15 +141,24 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 	return 0;
 }
 
-/* Record e for fd, moving sock into fd's place unless it is fd already. */
+/* Record e for fd, moving sock into fd's place unless it is fd already.  On failure the
+ * socket file made for sock, if any, goes with it. */
 static int install(int fd, int sock, const struct fd_flags *flags, struct fd_entry *e)
 {
+	int saved;
+
 	if (sock == fd) {
 		e->n_epoll = 0;
 		fd_store(fd, e);
 		return 0;
 	}
-	return replace_fd(fd, sock, flags, e);
+	if (replace_fd(fd, sock, flags, e) == 0)
+		return 0;
+	saved = errno;
+	if (e->sockfile >= 0)
+		sockfile_release(e->sockfile);
+	errno = saved;
+	return -1;
 }
 
 int materialize(int fd)
@@ -252,12 +262,25 @@ static int decide(int fd, const struct sock_query *q, const struct rule **r,
 		errno = EACCES;
 		return -1;
 	}
-	if (q->type != SOCK_STREAM) {
-		ulog(LOG_ERR_, "rule %d matches a datagram socket, which this version cannot "
-		     "convert; refusing it (add 'tcp' to the rule to leave UDP alone)", idx + 1);
+	return 0;
+}
+
+int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len)
+{
+	char target[sizeof(sun->sun_path)];
+	const struct rule *r = NULL;
+	int d = decide(fd, q, &r, target, sizeof(target)), n;
+
+	if (d)
+		return d;
+	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
 		errno = EACCES;
 		return -1;
 	}
+	n = fill_unix_addr(sun, r, target);
+	if (n < 0)
+		return -1;
+	*len = (socklen_t)n;
 	return 0;
 }
 
@@ -277,7 +300,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	const struct rule *r = NULL;
 	struct fd_entry e;
 	struct fd_flags flags;
-	int sock, d, idx = -1, saved;
+	int sock, d, idx = -1;
 
 	d = decide(fd, &q, &r, target, sizeof(target));
 	if (d > 0)
@@ -311,68 +334,113 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	if (ipaddr_port(addr) == 0)
 		ipaddr_set_port(&e.local, fake_port());
 	e.sockfile = (int16_t)(idx >= 0 ? idx : -1);
-	if (install(fd, sock, &flags, &e)) {
-		saved = errno;
-		if (idx >= 0)
-			sockfile_release(idx);
-		errno = saved;
+	if (install(fd, sock, &flags, &e))
 		return -1;
-	}
 	ulog(LOG_INFO_, "fd %d: listening on %s%s", fd,
 	     r->action == ACT_ABSTRACT ? "@" : "", target[0] ? target : "(blackhole)");
 	return 0;
+}
+
+/* How a log line names a Unix address. */
+static const char *unix_name(const struct sockaddr_un *sun, char *buf, size_t size)
+{
+	if (sun->sun_path[0])
+		return sun->sun_path;
+	snprintf(buf, size, "@%s", sun->sun_path + 1);
+	return buf;
+}
+
+/* A local address to report for a socket we connected: loopback of its family (the
+ * IPv4-mapped one when it talks to an IPv4-mapped address), with a port of its own. */
+static void client_local(struct ipaddr *local, int family, const struct ipaddr *peer)
+{
+	ipaddr_loopback(local, family);
+	if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&peer->in6.sin6_addr)) {
+		local->in6.sin6_addr.s6_addr[10] = local->in6.sin6_addr.s6_addr[11] = 0xff;
+		local->in6.sin6_addr.s6_addr[12] = 127;
+		local->in6.sin6_addr.s6_addr[15] = 1;
+	}
+	ipaddr_set_port(local, fake_port());
+}
+
+/* A datagram socket needs an address of its own for replies to reach it. */
+static int private_address(int fd, int sock, const struct fd_entry *old)
+{
+	int idx;
+
+	if (old->type != SOCK_DGRAM)
+		return -1;
+	idx = dgram_private_bind(sock);
+	if (idx == -2)
+		discard(fd, sock);
+	return idx;
 }
 
 int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		    int *handled)
 {
 	struct sock_query q = { .dir = DIR_OUT, .type = old->type, .addr = addr };
-	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	const struct rule *r = NULL;
+	char name[sizeof(((struct sockaddr_un *)0)->sun_path) + 2];
 	struct sockaddr_un sun;
 	struct fd_entry e;
 	struct fd_flags flags;
-	int family = old->family, sock, d, len, saved;
+	socklen_t len;
+	int sock, d, idx, saved;
 
 	*handled = 1;
-	d = decide(fd, &q, &r, target, sizeof(target));
+	d = rule_target(fd, &q, &sun, &len);
 	if (d > 0) {
 		*handled = materialize(fd) != 0;
 		return -1;
 	}
 	if (d < 0)
 		return -1;
-	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
-		errno = EACCES;
-		return -1;
-	}
-	len = fill_unix_addr(&sun, r, target);
-	if (len < 0)
-		return -1;
 	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
+	idx = private_address(fd, sock, old);
+	if (idx == -2)
+		return -1;
 	/* May block (a full backlog on a blocking socket); we hold no lock here. */
-	if (REAL(connect)(sock, (struct sockaddr *)&sun, (socklen_t)len)) {
+	if (REAL(connect)(sock, (struct sockaddr *)&sun, len)) {
 		saved = errno == ENOENT ? ECONNREFUSED : errno;
-		ulog(LOG_INFO_, "fd %d: connecting to %s%s failed: %s", fd,
-		     r->action == ACT_ABSTRACT ? "@" : "", target, strerror(saved));
+		ulog(LOG_INFO_, "fd %d: connecting to %s failed: %s", fd,
+		     unix_name(&sun, name, sizeof(name)), strerror(saved));
 		discard(fd, sock);
+		if (idx >= 0)
+			sockfile_release(idx);
 		errno = saved;
 		return -1;
 	}
 	new_entry(&e, old, ROLE_CLIENT);
-	ipaddr_loopback(&e.local, family);
-	if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&addr->in6.sin6_addr)) {
-		e.local.in6.sin6_addr.s6_addr[10] = e.local.in6.sin6_addr.s6_addr[11] = 0xff;
-		e.local.in6.sin6_addr.s6_addr[12] = 127;
-		e.local.in6.sin6_addr.s6_addr[15] = 1;
-	}
-	ipaddr_set_port(&e.local, fake_port());
+	client_local(&e.local, old->family, addr);
 	e.peer = *addr;
+	e.sockfile = (int16_t)idx;
+	if (old->type == SOCK_DGRAM)
+		peers_remember(&sun, len, addr);
 	if (install(fd, sock, &flags, &e))
 		return -1;
-	ulog(LOG_INFO_, "fd %d: connected to %s%s", fd, r->action == ACT_ABSTRACT ? "@" : "",
-	     target);
+	ulog(LOG_INFO_, "fd %d: connected to %s", fd, unix_name(&sun, name, sizeof(name)));
+	return 0;
+}
+
+int convert_sender(int fd, const struct fd_entry *old)
+{
+	struct fd_entry e;
+	struct fd_flags flags;
+	int sock, idx;
+
+	sock = unix_socket_for(fd, SOCK_DGRAM, old, &flags);
+	if (sock < 0)
+		return -1;
+	idx = private_address(fd, sock, old);
+	if (idx == -2)
+		return -1;
+	new_entry(&e, old, ROLE_NONE);
+	client_local(&e.local, old->family, &old->local);
+	e.sockfile = (int16_t)idx;
+	if (install(fd, sock, &flags, &e))
+		return -1;
+	ulog(LOG_INFO_, "fd %d: datagram socket converted for sending", fd);
 	return 0;
 }

@@ -190,3 +190,12 @@ void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg)
 		}
 	}
 }
+
+const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name)
+{
+	for (int i = 0; i < e->n_opts; i++) {
+		if (e->opts[i].level == level && e->opts[i].name == name)
+			return &e->opts[i];
+	}
+	return NULL;
+}

@@ -11,6 +11,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -30,8 +31,10 @@ __attribute__((constructor(102))) static void shim_init(void)
 
 __attribute__((destructor)) static void shim_fini(void)
 {
-	if (rules_state != RULES_NONE)
-		sockfile_exit_cleanup();
+	if (rules_state == RULES_NONE)
+		return;
+	sockfile_exit_cleanup();
+	dgram_exit_cleanup();
 }
 
 /* What we know of fd, in e: its kind (FD_NONE for anything but an IP socket, including
@@ -123,15 +126,36 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	return r;
 }
 
+/* connect() to AF_UNSPEC dissolves a datagram socket's association. */
+static int disconnect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct fd_entry *e;
+	int r = REAL(connect)(fd, sa, len);
+
+	if (r == 0) {
+		state_lock();
+		e = fd_get(fd, 0);
+		if (e && e->kind == FD_CONVERTED && e->type == SOCK_DGRAM)
+			e->role = ROLE_NONE;
+		state_unlock();
+	}
+	return r;
+}
+
 API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	struct fd_entry e;
 	struct ipaddr a;
 	int handled, r, saved = errno;
 
-	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len))
+	if (rules_state == RULES_NONE)
 		return REAL(connect)(fd, sa, len);
+	if (ipaddr_from_sockaddr(&a, sa, len))
+		return sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC && fd_tracked(fd)
+		       ? disconnect(fd, sa, len) : REAL(connect)(fd, sa, len);
 	classify(fd, &e);
+	if (e.kind == FD_CONVERTED && e.type == SOCK_DGRAM)
+		return a.sa.sa_family == e.family ? dgram_connect(fd, &a) : REAL(connect)(fd, sa, len);
 	if (e.kind == FD_CONVERTED && (e.role == ROLE_CLIENT || e.role == ROLE_ACCEPTED)) {
 		errno = EISCONN;
 		return -1;
@@ -278,15 +302,6 @@ static int log_option(struct fd_entry *e, int level, int name, const void *val, 
 	return 0;
 }
 
-static const struct pending_opt *find_option(const struct fd_entry *e, int level, int name)
-{
-	for (int i = 0; i < e->n_opts; i++) {
-		if (e->opts[i].level == level && e->opts[i].name == name)
-			return &e->opts[i];
-	}
-	return NULL;
-}
-
 API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
 {
 	struct fd_entry *e;
@@ -344,7 +359,7 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 		answer = optname == SO_DOMAIN ? e.family
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
 		o = NULL;
-	} else if ((o = find_option(&e, level, optname)) == NULL && !ip_level(level)) {
+	} else if ((o = fd_option(&e, level, optname)) == NULL && !ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
 	if (!val || !len) {
@@ -390,6 +405,13 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 	fd_snapshot(fd, &e);
 	if (e.kind == FD_CONVERTED && e.type == SOCK_STREAM) /* TCP ignores the address */
 		return REAL(sendto)(fd, buf, n, flags, NULL, 0);
+	if (e.type == SOCK_DGRAM && (e.kind == FD_IP || e.kind == FD_CONVERTED)) {
+		struct iovec iov = { .iov_base = (void *)buf, .iov_len = n };
+		struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen,
+				      .msg_iov = &iov, .msg_iovlen = 1 };
+
+		return dgram_sendmsg(fd, &e, &msg, flags);
+	}
 	if (flags & MSG_FASTOPEN) {
 		if (fastopen_connect(fd, &e, sa, salen, &handled) < 0 && handled)
 			return -1;
@@ -408,6 +430,8 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (!msg || !msg->msg_name || !fd_tracked(fd))
 		return REAL(sendmsg)(fd, msg, flags);
 	fd_snapshot(fd, &e);
+	if (e.type == SOCK_DGRAM && (e.kind == FD_IP || e.kind == FD_CONVERTED))
+		return dgram_sendmsg(fd, &e, msg, flags);
 	copy = *msg;
 	copy.msg_name = NULL;
 	copy.msg_namelen = 0;

@@ -27,6 +27,11 @@ void real_init(void)
 	r.getsockopt = next("getsockopt");
 	r.sendto = next("sendto");
 	r.sendmsg = next("sendmsg");
+	r.sendmmsg = next("sendmmsg");
+	r.recvfrom = next("recvfrom");
+	r.recvfrom_chk = next("__recvfrom_chk");
+	r.recvmsg = next("recvmsg");
+	r.recvmmsg = next("recvmmsg");
 	r.close = next("close");
 	r.close_range = next("close_range");  /* glibc >= 2.34; may be NULL */
 	r.closefrom = next("closefrom");      /* glibc >= 2.34; may be NULL */

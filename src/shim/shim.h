@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <time.h>
 
 #define API __attribute__((visibility("default")))
 #define UNUSED __attribute__((unused))
@@ -33,6 +34,12 @@ struct real_funcs {
 	int (*getsockopt)(int, int, int, void *, socklen_t *);
 	ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 	ssize_t (*sendmsg)(int, const struct msghdr *, int);
+	int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
+	ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+	ssize_t (*recvfrom_chk)(int, void *, size_t, size_t, int, struct sockaddr *,
+				socklen_t *);
+	ssize_t (*recvmsg)(int, struct msghdr *, int);
+	int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
 	int (*close)(int);
 	int (*close_range)(unsigned int, unsigned int, int);
 	void (*closefrom)(int);
@@ -121,6 +128,8 @@ enum fd_kind {
 	FD_PENDING,   /* a Unix socket made at socket() because the rules predict
 			 conversion; becomes FD_CONVERTED, or an IP socket if wrong */
 };
+/* A converted datagram socket is a LISTENER when a rule bound it, a CLIENT while it is
+ * connected, and NONE when it only sends to addresses it names. */
 enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED };
 
 #define MAX_EPOLL_REGS 4
@@ -168,6 +177,8 @@ void fd_take(int fd, struct fd_entry *out);
 /* Remove entries in [first, last]; collect their socket files (at most max). */
 int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max);
 void fd_entry_init(struct fd_entry *e);
+/* An IP-level option the program set, as it set it, or NULL. */
+const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
 
@@ -197,8 +208,30 @@ int unix_socket_alive(ino_t sock_ino);
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old);
 int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		    int *handled);
+/* Turn an IP datagram socket into a Unix one with a private address, unconnected. */
+int convert_sender(int fd, const struct fd_entry *old);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
+/* Which Unix address the rules send q to: 0 with sun and len set; 1 when no rule
+ * converts it (the call goes to libc unchanged); -1 with errno when it must fail. */
+int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+
+/* ---- datagram peers (peers.c) ---- */
+/* Pair a Unix address with the IP address the program knows it by. */
+void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct ipaddr *ip);
+/* The IP stand-in for a Unix sender, made up at first sight.  -1 if out of memory. */
+int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct ipaddr *out);
+/* The Unix address behind ip: 0 found, 1 an unnamed sender (no reply possible), -1 none. */
+int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len);
+
+/* ---- datagram sockets (dgram.c) ---- */
+/* Bind sock to a new file in the private directory; a sockfile index as sockfile_bind. */
+int dgram_private_bind(int sock);
+void dgram_exit_cleanup(void);
+/* sendmsg() on an IP or converted datagram socket with a destination in msg. */
+ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg, int flags);
+/* connect() of a converted datagram socket to another IP address. */
+int dgram_connect(int fd, const struct ipaddr *a);
 
 #endif

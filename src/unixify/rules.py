@@ -303,8 +303,6 @@ def parse_rules_file(content: str, origin: str, cwd: str | None = None) -> list[
 # Features parsed now but implemented by a later part of the shim.
 def unsupported_reason(rule: Rule) -> str | None:
     """Why this rule cannot be applied yet, or None if it can."""
-    if rule.socket_type == "dgram":
-        return "datagram (udp) rules are not supported yet"
     if rule.action == "systemd":
         return "'systemd' socket activation is not supported yet"
     if rule.from_unix is not None or rule.from_abstract is not None:

@@ -1,0 +1,374 @@
+/*
+ * Datagram sockets after conversion.
+ *
+ * A stream socket is connected once and its data path needs nothing from us.  A
+ * datagram socket names its peer in every sendto() and learns it in every recvfrom(), so
+ * those calls translate addresses: IP destinations go to the Unix address a rule (or an
+ * earlier datagram) names, and Unix senders are reported as the IP stand-ins of
+ * peers.c.  recv(), send() and read()/write() on connected sockets still go straight to
+ * the kernel.
+ *
+ * A converted client needs an address of its own, or the server could not reply: it is
+ * bound to a file in a private directory (mode 0700, one per process tree), which is
+ * removed with the socket.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+#define RECV_BATCH 32
+
+static char rundir[80];
+static atomic_uint private_counter;
+
+/* A fresh private directory; published under the lock unless another thread won. */
+static int make_rundir(void)
+{
+	const char *base = getenv("XDG_RUNTIME_DIR");
+	char dir[sizeof(rundir)];
+
+	if (!base || base[0] != '/' || strlen(base) > 40 || access(base, W_OK | X_OK))
+		base = "/tmp";
+	snprintf(dir, sizeof(dir), "%s/unixify.%d.XXXXXX", base, (int)getpid());
+	if (!mkdtemp(dir)) /* mode 0700 */
+		return -1;
+	state_lock();
+	if (!rundir[0]) {
+		memcpy(rundir, dir, sizeof(rundir));
+		dir[0] = 0;
+	}
+	state_unlock();
+	if (dir[0])
+		rmdir(dir);
+	return 0;
+}
+
+int dgram_private_bind(int sock)
+{
+	char path[sizeof(rundir) + 24];
+	int idx;
+
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (!rundir[0] && make_rundir()) {
+			ulog(LOG_ERR_, "cannot create a private directory for datagram replies: %s",
+			     strerror(errno));
+			return -2;
+		}
+		/* the pid keeps names apart in a directory shared with forked children */
+		snprintf(path, sizeof(path), "%s/%d.%x", rundir, (int)getpid(),
+			 atomic_fetch_add(&private_counter, 1));
+		idx = sockfile_bind(sock, path, 0);
+		if (idx != -2 || errno != ENOENT)
+			return idx;
+		rundir[0] = 0; /* removed under us (by a child's exit, say): make another */
+	}
+	return -2;
+}
+
+void dgram_exit_cleanup(void)
+{
+	if (rundir[0])
+		rmdir(rundir); /* only when empty: a child may still use it */
+}
+
+/*
+ * Where a datagram to a goes from a socket that is a Unix socket now: the Unix address
+ * of a known peer, or of the rule that matches a.  0 with sun set, or -1 with errno.
+ */
+static int resolve(int fd, const struct ipaddr *a, struct sockaddr_un *sun, socklen_t *len)
+{
+	struct sock_query q = { .dir = DIR_OUT, .type = SOCK_DGRAM, .addr = a };
+	char text[INET6_ADDRSTRLEN];
+	int r = peers_to_unix(a, sun, len);
+
+	if (r == 0)
+		return 0;
+	ipaddr_format(a, text, sizeof(text));
+	if (r == 1) {
+		ulog(LOG_WARN_, "fd %d: cannot send to %s port %u: that peer is a Unix datagram "
+		     "socket without an address, which cannot be replied to", fd, text,
+		     ipaddr_port(a));
+		errno = EDESTADDRREQ;
+		return -1;
+	}
+	r = rule_target(fd, &q, sun, len);
+	if (r > 0) {
+		ulog(LOG_WARN_, "fd %d: no rule converts datagrams to %s port %u, and this "
+		     "socket is a Unix socket now", fd, text, ipaddr_port(a));
+		errno = ENETUNREACH;
+	}
+	return r ? -1 : 0;
+}
+
+static size_t iov_total(const struct msghdr *msg)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < (size_t)msg->msg_iovlen; i++)
+		n += msg->msg_iov[i].iov_len;
+	return n;
+}
+
+ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg, int flags)
+{
+	struct sockaddr_un sun;
+	struct msghdr copy;
+	struct ipaddr a;
+	socklen_t len;
+	ssize_t r;
+	int saved = errno;
+
+	if (ipaddr_from_sockaddr(&a, msg->msg_name, msg->msg_namelen) ||
+	    a.sa.sa_family != e->family)
+		return REAL(sendmsg)(fd, msg, flags);
+	if (e->kind == FD_IP) {
+		struct sock_query q = { .dir = DIR_OUT, .type = SOCK_DGRAM, .addr = &a };
+
+		r = rule_target(fd, &q, &sun, &len);
+		if (r > 0)
+			return REAL(sendmsg)(fd, msg, flags);
+		if (r < 0 || convert_sender(fd, e))
+			return -1;
+		peers_remember(&sun, len, &a);
+	} else if (resolve(fd, &a, &sun, &len)) {
+		return -1;
+	}
+	copy = *msg;
+	copy.msg_name = &sun;
+	copy.msg_namelen = len;
+	r = REAL(sendmsg)(fd, &copy, flags);
+	if (r < 0 && (errno == ECONNREFUSED || errno == ENOENT) && e->role != ROLE_CLIENT) {
+		/* UDP drops a datagram nobody listens for without telling the sender */
+		ulog(LOG_DEBUG_, "fd %d: nobody listens at %s; datagram dropped", fd,
+		     sun.sun_path[0] ? sun.sun_path : "(abstract)");
+		errno = saved;
+		return (ssize_t)iov_total(msg);
+	}
+	return r;
+}
+
+int dgram_connect(int fd, const struct ipaddr *a)
+{
+	struct sockaddr_un sun;
+	struct fd_entry *e;
+	socklen_t len;
+
+	if (resolve(fd, a, &sun, &len) || REAL(connect)(fd, (struct sockaddr *)&sun, len))
+		return -1;
+	state_lock();
+	if ((e = fd_get(fd, 0)) != NULL) {
+		e->role = ROLE_CLIENT;
+		e->peer = *a;
+	}
+	state_unlock();
+	return 0;
+}
+
+/* Tell the program who sent a datagram: the IP stand-in for the Unix sender. */
+static void report_sender(const struct fd_entry *e, const struct sockaddr_un *sun,
+			  socklen_t sunlen, struct sockaddr *addr, socklen_t *alen)
+{
+	struct ipaddr ip;
+	int saved = errno;
+
+	if (e->role == ROLE_CLIENT) /* a connected socket hears only from its peer */
+		ip = e->peer;
+	else if (peers_to_ip(sun, sunlen, e->family, &ip))
+		ipaddr_loopback(&ip, e->family);
+	copy_out_addr(&ip, ipaddr_len(&ip), addr, alen);
+	errno = saved;
+}
+
+static int option_on(const struct fd_entry *e, int level, int name)
+{
+	const struct pending_opt *o = fd_option(e, level, name);
+
+	return o && o->len >= sizeof(int) && *(const int *)o->value;
+}
+
+/*
+ * Servers bound to a wildcard address learn which local address a datagram came in on
+ * from IP_PKTINFO / IPV6_PKTINFO, and drop datagrams without it.  A Unix socket has no
+ * such thing, so we say what a local datagram on loopback would say.  cap is the
+ * control buffer's size; msg_controllen is what the kernel used of it.
+ */
+static void add_pktinfo(const struct fd_entry *e, struct msghdr *msg, size_t cap)
+{
+	int v6 = e->family == AF_INET6;
+	size_t room = v6 ? CMSG_SPACE(sizeof(struct in6_pktinfo))
+			 : CMSG_SPACE(sizeof(struct in_pktinfo));
+	size_t used = CMSG_ALIGN(msg->msg_controllen);
+	struct ipaddr local = e->local;
+	struct cmsghdr *c;
+
+	if (!(v6 ? option_on(e, IPPROTO_IPV6, IPV6_RECVPKTINFO) : option_on(e, IPPROTO_IP, IP_PKTINFO)))
+		return;
+	if (!msg->msg_control || used + room > cap) {
+		msg->msg_flags |= MSG_CTRUNC;
+		return;
+	}
+	if (ipaddr_is_any(&local))
+		ipaddr_loopback(&local, e->family);
+	c = (struct cmsghdr *)((char *)msg->msg_control + used);
+	memset(c, 0, room);
+	if (v6) {
+		struct in6_pktinfo pi = { .ipi6_addr = local.in6.sin6_addr, .ipi6_ifindex = 1 };
+
+		c->cmsg_level = IPPROTO_IPV6;
+		c->cmsg_type = IPV6_PKTINFO;
+		c->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+	} else {
+		struct in_pktinfo pi = { .ipi_ifindex = 1, .ipi_spec_dst = local.in4.sin_addr,
+					 .ipi_addr = local.in4.sin_addr };
+
+		c->cmsg_level = IPPROTO_IP;
+		c->cmsg_type = IP_PKTINFO;
+		c->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(c), &pi, sizeof(pi));
+	}
+	msg->msg_controllen = used + room;
+}
+
+/* A converted socket, about which recvfrom/recvmsg must translate the sender. */
+static int translating(int fd, struct fd_entry *e)
+{
+	if (!fd_tracked(fd))
+		return 0;
+	fd_snapshot(fd, e);
+	return e->kind == FD_CONVERTED;
+}
+
+API ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr,
+		     socklen_t *alen)
+{
+	struct sockaddr_un sun;
+	socklen_t sunlen = sizeof(sun);
+	struct fd_entry e;
+	ssize_t r;
+
+	if (!addr || !alen || !translating(fd, &e))
+		return REAL(recvfrom)(fd, buf, n, flags, addr, alen);
+	if (e.type != SOCK_DGRAM) {
+		/* TCP reports no sender; a Unix stream socket would report its path */
+		r = REAL(recvfrom)(fd, buf, n, flags, NULL, NULL);
+		if (r >= 0)
+			*alen = 0;
+		return r;
+	}
+	r = REAL(recvfrom)(fd, buf, n, flags, (struct sockaddr *)&sun, &sunlen);
+	if (r >= 0)
+		report_sender(&e, &sun, sunlen, addr, alen);
+	return r;
+}
+
+/* Fortified builds call this instead of recvfrom; glibc's own goes around us. */
+API ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags,
+			   struct sockaddr *addr, socklen_t *alen);
+API ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags,
+			   struct sockaddr *addr, socklen_t *alen)
+{
+	if (n > buflen) /* let libc report the overflow */
+		return REAL(recvfrom_chk)(fd, buf, n, buflen, flags, addr, alen);
+	return recvfrom(fd, buf, n, flags, addr, alen);
+}
+
+API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	struct sockaddr_un sun;
+	struct msghdr copy;
+	struct fd_entry e;
+	ssize_t r;
+
+	if (!msg || (!msg->msg_name && !msg->msg_control) || !translating(fd, &e))
+		return REAL(recvmsg)(fd, msg, flags);
+	copy = *msg;
+	copy.msg_name = msg->msg_name && e.type == SOCK_DGRAM ? &sun : NULL;
+	copy.msg_namelen = copy.msg_name ? sizeof(sun) : 0;
+	r = REAL(recvmsg)(fd, &copy, flags);
+	if (r < 0)
+		return r;
+	msg->msg_flags = copy.msg_flags;
+	if (e.type == SOCK_DGRAM) {
+		if (msg->msg_name)
+			report_sender(&e, &sun, copy.msg_namelen, msg->msg_name,
+				      &msg->msg_namelen);
+		add_pktinfo(&e, &copy, msg->msg_controllen);
+		msg->msg_flags = copy.msg_flags;
+	} else {
+		msg->msg_namelen = 0;
+	}
+	msg->msg_controllen = copy.msg_controllen;
+	return r;
+}
+
+/* At most RECV_BATCH at a time: recvmmsg may always return fewer than asked for. */
+API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
+		 struct timespec *timeout)
+{
+	struct sockaddr_un names[RECV_BATCH];
+	void *orig[RECV_BATCH];
+	socklen_t origlen[RECV_BATCH];
+	size_t cap[RECV_BATCH];
+	struct fd_entry e;
+	int r;
+
+	if (!vec || !translating(fd, &e))
+		return REAL(recvmmsg)(fd, vec, vlen, flags, timeout);
+	if (vlen > RECV_BATCH)
+		vlen = RECV_BATCH;
+	for (unsigned i = 0; i < vlen; i++) {
+		struct msghdr *h = &vec[i].msg_hdr;
+
+		orig[i] = h->msg_name;
+		origlen[i] = h->msg_namelen;
+		cap[i] = h->msg_controllen;
+		h->msg_name = orig[i] && e.type == SOCK_DGRAM ? &names[i] : NULL;
+		h->msg_namelen = h->msg_name ? sizeof(names[i]) : 0;
+	}
+	r = REAL(recvmmsg)(fd, vec, vlen, flags, timeout);
+	for (unsigned i = 0; i < vlen; i++) {
+		struct msghdr *h = &vec[i].msg_hdr;
+		socklen_t got = h->msg_namelen;
+
+		h->msg_name = orig[i];
+		h->msg_namelen = origlen[i];
+		if ((int)i >= r)
+			continue;
+		if (e.type != SOCK_DGRAM)
+			h->msg_namelen = 0;
+		else if (orig[i])
+			report_sender(&e, &names[i], got, orig[i], &h->msg_namelen);
+		if (e.type == SOCK_DGRAM)
+			add_pktinfo(&e, h, cap[i]);
+	}
+	return r;
+}
+
+/* One message at a time through sendmsg(), which knows where each one goes. */
+API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
+{
+	struct fd_entry e;
+	unsigned i;
+
+	if (!vec || !fd_tracked(fd))
+		return REAL(sendmmsg)(fd, vec, vlen, flags);
+	fd_snapshot(fd, &e);
+	if (e.kind != FD_CONVERTED && !(e.kind == FD_IP && e.type == SOCK_DGRAM))
+		return REAL(sendmmsg)(fd, vec, vlen, flags);
+	for (i = 0; i < vlen; i++) {
+		ssize_t r = sendmsg(fd, &vec[i].msg_hdr, flags);
+
+		if (r < 0)
+			return i ? (int)i : -1;
+		vec[i].msg_len = (unsigned)r;
+	}
+	return (int)i;
+}

@@ -1,0 +1,213 @@
+/*
+ * Datagram peers: which IP address the program sees for which Unix address.
+ *
+ * A converted datagram socket receives from Unix addresses (a wrapped client's private
+ * path, a native client's path or abstract name) and the program expects IP addresses
+ * it can send replies to.  Each Unix address seen gets a stable stand-in (loopback with
+ * a port of its own), and sending to that stand-in goes back to the Unix address.
+ * Destinations a rule converted are recorded the other way round, so that a reply from
+ * the rule's path reports the IP address the program sent to.
+ *
+ * One table per process, hashed both ways, recycled oldest first when full.  It lives
+ * in one mmap made at the first datagram, and is used with the state lock held only
+ * for the lookup itself.
+ */
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "shim.h"
+
+#define MAX_PEERS 1024 /* a power of two */
+#define NO_PEER (-1)
+
+struct peer {
+	struct ipaddr ip;
+	int16_t next_ip, next_unix; /* hash chains */
+	uint8_t used;
+	uint8_t len;                /* bytes of path used; 0: an unnamed socket */
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+};
+
+struct peer_table {
+	int16_t head_ip[MAX_PEERS], head_unix[MAX_PEERS];
+	unsigned clock;             /* next slot to recycle */
+	struct peer peers[MAX_PEERS];
+};
+
+static struct peer_table *table;
+
+static unsigned hash_bytes(const void *p, size_t n, unsigned h)
+{
+	const unsigned char *b = p;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ b[i]) * 16777619u; /* FNV-1a */
+	return h;
+}
+
+static unsigned hash_ip(const struct ipaddr *a)
+{
+	return hash_bytes(a, ipaddr_len(a), 2166136261u) & (MAX_PEERS - 1);
+}
+
+static unsigned hash_unix(const char *path, size_t len, int family)
+{
+	return hash_bytes(path, len, 2166136261u ^ (unsigned)family) & (MAX_PEERS - 1);
+}
+
+static int ip_equal(const struct ipaddr *a, const struct ipaddr *b)
+{
+	return a->sa.sa_family == b->sa.sa_family && !memcmp(a, b, ipaddr_len(a));
+}
+
+/* With the lock held: make sure the table exists. */
+static int table_ready(void)
+{
+	struct peer_table *t;
+
+	if (table)
+		return 0;
+	t = mmap(NULL, sizeof(*t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (t == MAP_FAILED)
+		return -1;
+	memset(t->head_ip, 0xff, sizeof(t->head_ip));
+	memset(t->head_unix, 0xff, sizeof(t->head_unix));
+	table = t;
+	return 0;
+}
+
+static void unlink_chain(int16_t *head, int idx, int by_ip)
+{
+	for (int16_t *p = head; *p != NO_PEER;) {
+		struct peer *e = &table->peers[*p];
+
+		if (*p == idx) {
+			*p = by_ip ? e->next_ip : e->next_unix;
+			return;
+		}
+		p = by_ip ? &e->next_ip : &e->next_unix;
+	}
+}
+
+static int find_unix(const char *path, size_t len, int family)
+{
+	int i = table->head_unix[hash_unix(path, len, family)];
+
+	for (; i != NO_PEER; i = table->peers[i].next_unix) {
+		const struct peer *e = &table->peers[i];
+
+		if (e->len == len && e->ip.sa.sa_family == family && !memcmp(e->path, path, len))
+			return i;
+	}
+	return NO_PEER;
+}
+
+static int find_ip(const struct ipaddr *a)
+{
+	int i = table->head_ip[hash_ip(a)];
+
+	for (; i != NO_PEER; i = table->peers[i].next_ip) {
+		if (ip_equal(&table->peers[i].ip, a))
+			return i;
+	}
+	return NO_PEER;
+}
+
+static void forget(int idx)
+{
+	struct peer *e = &table->peers[idx];
+
+	if (!e->used)
+		return;
+	unlink_chain(&table->head_ip[hash_ip(&e->ip)], idx, 1);
+	unlink_chain(&table->head_unix[hash_unix(e->path, e->len, e->ip.sa.sa_family)], idx, 0);
+	e->used = 0;
+}
+
+/* With the lock held: record path <-> ip, replacing older pairings of either. */
+static void insert(const char *path, size_t len, const struct ipaddr *ip)
+{
+	int idx;
+	struct peer *e;
+
+	if ((idx = find_unix(path, len, ip->sa.sa_family)) != NO_PEER)
+		forget(idx);
+	if ((idx = find_ip(ip)) != NO_PEER)
+		forget(idx);
+	idx = (int)(table->clock++ & (MAX_PEERS - 1));
+	forget(idx);
+	e = &table->peers[idx];
+	e->ip = *ip;
+	e->len = (uint8_t)len;
+	memcpy(e->path, path, len);
+	e->used = 1;
+	e->next_ip = table->head_ip[hash_ip(ip)];
+	table->head_ip[hash_ip(ip)] = (int16_t)idx;
+	e->next_unix = table->head_unix[hash_unix(path, len, ip->sa.sa_family)];
+	table->head_unix[hash_unix(path, len, ip->sa.sa_family)] = (int16_t)idx;
+}
+
+static size_t path_len(const struct sockaddr_un *sun, socklen_t len)
+{
+	size_t off = offsetof(struct sockaddr_un, sun_path);
+
+	if (len <= off)
+		return 0;
+	len -= (socklen_t)off;
+	if (len > sizeof(sun->sun_path))
+		len = sizeof(sun->sun_path);
+	/* a path may come with its terminating NUL or without; compare without */
+	if (sun->sun_path[0])
+		return strnlen(sun->sun_path, len);
+	return len;
+}
+
+void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct ipaddr *ip)
+{
+	size_t n = path_len(sun, len);
+
+	state_lock();
+	if (table_ready() == 0)
+		insert(sun->sun_path, n, ip);
+	state_unlock();
+}
+
+int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct ipaddr *out)
+{
+	size_t n = path_len(sun, len);
+	int idx, r = 0;
+
+	state_lock();
+	if (table_ready()) {
+		r = -1;
+	} else if ((idx = find_unix(sun->sun_path, n, family)) != NO_PEER) {
+		*out = table->peers[idx].ip;
+	} else {
+		ipaddr_loopback(out, family);
+		ipaddr_set_port(out, fake_port());
+		insert(sun->sun_path, n, out);
+	}
+	state_unlock();
+	return r;
+}
+
+int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len)
+{
+	const struct peer *e;
+	int idx, r = -1;
+
+	state_lock();
+	if (table && (idx = find_ip(ip)) != NO_PEER) {
+		e = &table->peers[idx];
+		memset(sun, 0, sizeof(*sun));
+		sun->sun_family = AF_UNIX;
+		memcpy(sun->sun_path, e->path, e->len);
+		/* a path goes with its NUL if there is room; an abstract name never */
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + e->len +
+				   (e->len && e->path[0] && e->len < sizeof(e->path) ? 1 : 0));
+		r = e->len ? 0 : 1;
+	}
+	state_unlock();
+	return r;
+}
