@@ -254,6 +254,7 @@ static int decide(int fd, const struct sock_query *q, const struct rule **r,
 		}
 		break;
 	case ACT_BLACKHOLE:
+	case ACT_SYSTEMD:
 		target[0] = 0;
 		break;
 	default:
@@ -293,6 +294,53 @@ static void new_entry(struct fd_entry *e, const struct fd_entry *old, int role)
 	e->sockfile = -1;
 }
 
+/* The address a converted listener reports: what it asked for, with a port if it
+ * asked for any port. */
+static void listener_local(struct ipaddr *local, const struct ipaddr *addr)
+{
+	*local = *addr;
+	if (ipaddr_port(addr) == 0)
+		ipaddr_set_port(local, fake_port());
+}
+
+/* A 'systemd' rule: the passed socket takes the place of fd instead of a bind. */
+static int use_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+		      const struct rule *r)
+{
+	struct fd_flags flags;
+	struct fd_entry e;
+	int family, sock, status;
+
+	sock = systemd_claim((int)(r - rule_at(0)), r, old->type, &family);
+	if (sock == -2) { /* this rule's socket is in place already: blackhole this one */
+		sock = make_socket(fd, AF_UNIX, old->type, old, &flags);
+		if (sock < 0 || sockfile_blackhole(sock)) {
+			discard(fd, sock < 0 ? fd : sock);
+			return -1;
+		}
+		family = AF_UNIX;
+	} else if (sock < 0) {
+		return -1;
+	} else {
+		flags.status = REAL(fcntl)(fd, F_GETFL);
+		flags.fd = REAL(fcntl)(fd, F_GETFD);
+		status = REAL(fcntl)(sock, F_GETFL);
+		if (flags.status < 0 || flags.fd < 0 || status < 0) {
+			discard(fd, sock);
+			return -1;
+		}
+		/* one open file: blocking mode is the program's, as on the socket it made */
+		REAL(fcntl)(sock, F_SETFL, (status & ~O_NONBLOCK) | (flags.status & O_NONBLOCK));
+	}
+	new_entry(&e, old, ROLE_LISTENER);
+	listener_local(&e.local, addr);
+	/* A passed IP socket is what the program would have made itself: nothing to
+	 * translate.  A passed Unix socket is a converted listener. */
+	if (family != AF_UNIX)
+		e.kind = FD_NONE;
+	return install(fd, sock, &flags, &e);
+}
+
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 {
 	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = addr };
@@ -307,6 +355,8 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		return materialize(fd) ? -1 : 1;
 	if (d < 0)
 		return -1;
+	if (r->action == ACT_SYSTEMD)
+		return use_passed(fd, addr, old, r);
 	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
@@ -330,9 +380,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		return -1;
 	}
 	new_entry(&e, old, ROLE_LISTENER);
-	e.local = *addr;
-	if (ipaddr_port(addr) == 0)
-		ipaddr_set_port(&e.local, fake_port());
+	listener_local(&e.local, addr);
 	e.sockfile = (int16_t)(idx >= 0 ? idx : -1);
 	if (install(fd, sock, &flags, &e))
 		return -1;

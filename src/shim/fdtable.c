@@ -167,7 +167,7 @@ int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max)
 			continue;
 		}
 		e = fd_get((int)fd, 0);
-		if (!e || e->kind == FD_NONE)
+		if (!e || e->kind == FD_NONE || e->kind == FD_PASSED)
 			continue;
 		if (e->sockfile >= 0 && n < max)
 			sockfiles[n++] = e->sockfile;

@@ -18,15 +18,12 @@
 
 #define SOMAXCONN_MAX 65535
 
-#ifndef CLOSE_RANGE_CLOEXEC
-#define CLOSE_RANGE_CLOEXEC (1U << 2)
-#endif
-
 __attribute__((constructor(102))) static void shim_init(void)
 {
 	real_init();
 	log_init();
 	rules_init();
+	systemd_init();
 }
 
 __attribute__((destructor)) static void shim_fini(void)
@@ -454,6 +451,8 @@ API int close(int fd)
 
 	if (!fd_tracked(fd))
 		return REAL(close)(fd);
+	if (systemd_hidden(fd))
+		return 0; /* kept for a 'systemd' rule; the program never knew of it */
 	fd_take(fd, &gone);
 	r = REAL(close)(fd);
 	saved = errno;
@@ -472,6 +471,12 @@ static void release_all(const int16_t *sockfiles, int n)
 	errno = saved;
 }
 
+static int real_close_range(unsigned first, unsigned last, int flags)
+{
+	return real.close_range ? real.close_range(first, last, flags)
+				: (int)syscall(SYS_close_range, first, last, flags);
+}
+
 API int close_range(unsigned int first, unsigned int last, int flags)
 {
 	int16_t sockfiles[64];
@@ -479,24 +484,15 @@ API int close_range(unsigned int first, unsigned int last, int flags)
 
 	if (!(flags & CLOSE_RANGE_CLOEXEC))
 		n = fd_take_range(first, last, sockfiles, 64);
-	r = real.close_range ? real.close_range(first, last, flags)
-			     : (int)syscall(SYS_close_range, first, last, flags);
+	r = systemd_close_range(first, last, flags, real_close_range);
 	release_all(sockfiles, n);
 	return r;
 }
 
 API void closefrom(int lowfd)
 {
-	int16_t sockfiles[64];
-	int n = 0;
-
 	if (lowfd >= 0)
-		n = fd_take_range((unsigned)lowfd, ~0u, sockfiles, 64);
-	if (real.closefrom)
-		real.closefrom(lowfd);
-	else
-		syscall(SYS_close_range, (unsigned)lowfd, ~0u, 0);
-	release_all(sockfiles, n);
+		close_range((unsigned)lowfd, ~0u, 0);
 }
 
 /* The new fd is another name for the same socket: same addresses, same file. */
@@ -529,6 +525,7 @@ static int dup_onto(int old, int new, int flags, int is3)
 
 	if (old == new || (!fd_tracked(old) && !fd_tracked(new)))
 		return is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
+	systemd_evict(new);
 	fd_take(new, &gone);
 	r = is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
 	saved = errno;

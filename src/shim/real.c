@@ -34,7 +34,6 @@ void real_init(void)
 	r.recvmmsg = next("recvmmsg");
 	r.close = next("close");
 	r.close_range = next("close_range");  /* glibc >= 2.34; may be NULL */
-	r.closefrom = next("closefrom");      /* glibc >= 2.34; may be NULL */
 	r.dup = next("dup");
 	r.dup2 = next("dup2");
 	r.dup3 = next("dup3");

@@ -17,6 +17,7 @@
 
 enum rules_state rules_state = RULES_NONE;
 int predict_stream_out;
+int rules_use_systemd;
 static struct rule *rules;
 static int n_rules;
 static char *arena;        /* NUL-terminated copies of string values */
@@ -240,6 +241,7 @@ static int parse_encoding(struct cursor *c)
 		c->pos++;
 		if (check_rule(r))
 			return fail(c, "inconsistent rule");
+		rules_use_systemd |= r->action == ACT_SYSTEMD;
 		n_rules++;
 	}
 	return 0;
@@ -336,6 +338,8 @@ static int rule_matches(const struct rule *r, const struct sock_query *q)
 		return 0; /* these match Unix sockets only */
 	if (r->dir && r->dir != q->dir)
 		return 0;
+	if (r->action == ACT_SYSTEMD && q->dir != DIR_IN)
+		return 0; /* passed sockets stand in for listeners only */
 	if (r->type && r->type != q->type)
 		return 0;
 	if (r->has_addr && !addr_matches(r, q->addr))

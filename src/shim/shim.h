@@ -42,7 +42,6 @@ struct real_funcs {
 	int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
 	int (*close)(int);
 	int (*close_range)(unsigned int, unsigned int, int);
-	void (*closefrom)(int);
 	int (*dup)(int);
 	int (*dup2)(int, int);
 	int (*dup3)(int, int, int);
@@ -113,6 +112,8 @@ enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN };
 extern enum rules_state rules_state;
 /* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
 extern int predict_stream_out;
+/* Some rule has the 'systemd' action. */
+extern int rules_use_systemd;
 void rules_init(void);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
@@ -127,6 +128,7 @@ enum fd_kind {
 	FD_CONVERTED, /* a Unix socket standing in for an IP socket */
 	FD_PENDING,   /* a Unix socket made at socket() because the rules predict
 			 conversion; becomes FD_CONVERTED, or an IP socket if wrong */
+	FD_PASSED,    /* a socket passed by the service manager, kept for a rule */
 };
 /* A converted datagram socket is a LISTENER when a rule bound it, a CLIENT while it is
  * connected, and NONE when it only sends to addresses it names. */
@@ -216,6 +218,23 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname);
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+
+/* ---- sockets passed by the service manager (systemd.c) ---- */
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+void systemd_init(void);
+/* fd is a passed socket no rule has used yet: the program's close() must not close it. */
+int systemd_hidden(int fd);
+/* Move a waiting passed socket off fd, which the program is about to reuse. */
+void systemd_evict(int fd);
+/* close_range() by closer() over [first, last] except waiting passed sockets. */
+int systemd_close_range(unsigned first, unsigned last, int flags,
+			int (*closer)(unsigned, unsigned, int));
+/* The passed socket for a bind matching rule r (index rule) on a socket of type:
+ * its fd (no longer hidden), with *family set; -2 when this rule already took one
+ * (blackhole the bind); -1 with errno and a log line when there is none. */
+int systemd_claim(int rule, const struct rule *r, int type, int *family);
 
 /* ---- datagram peers (peers.c) ---- */
 /* Pair a Unix address with the IP address the program knows it by. */

@@ -79,6 +79,21 @@ def check_supported(rules: list[Rule]) -> None:
             raise UsageError(f"rule {number} {rule.text!r}: {reason}")
 
 
+def check_passed_sockets(rules: list[Rule]) -> None:
+    """A 'systemd' rule needs sockets passed to us by LISTEN_FDS/LISTEN_PID."""
+    number = next((n for n, rule in enumerate(rules, 1) if rule.action == "systemd"), 0)
+    if not number:
+        return
+    where = f"rule {number} {rules[number - 1].text!r}"
+    if "LISTEN_FDS" not in os.environ:
+        raise UsageError(f"{where}: no sockets were passed (LISTEN_FDS is not set); run "
+                         "under systemd socket activation or systemd-socket-activate")
+    pid = os.environ.get("LISTEN_PID", "")
+    if pid != str(os.getpid()):
+        raise UsageError(f"{where}: LISTEN_PID is {pid or 'unset'}, not this process "
+                         f"({os.getpid()}); the passed sockets are not ours")
+
+
 def format_table(rules: list[Rule]) -> str:
     rows = [("#", "dir", "type", "match", "action")]
     for number, rule in enumerate(rules, 1):
@@ -195,6 +210,7 @@ def run(argv: list[str]) -> int:
         return 0
     if not rest:
         raise UsageError("no program to run (see 'unixify --help')")
+    check_passed_sockets(rules)
     program = find_program(rest[0])
     if program is None:
         fail(f"{rest[0]}: command not found", 127)

@@ -235,6 +235,9 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
     action, action_token = actions[0]
     if action == "blackhole" and fields.get("direction") != "in":
         raise fail("'blackhole' applies only to 'in' rules; add 'in'", action_token)
+    if action == "systemd" and fields.get("direction") == "out":
+        raise fail("'systemd' stands in for listening sockets; it applies to 'in' only",
+                   action_token)
     if fields.get("noremove") and action != "path":
         raise fail("'noremove' needs a 'path=' action", seen["noremove"])
     if "from_unix" in fields and "from_abstract" in fields:
@@ -303,8 +306,6 @@ def parse_rules_file(content: str, origin: str, cwd: str | None = None) -> list[
 # Features parsed now but implemented by a later part of the shim.
 def unsupported_reason(rule: Rule) -> str | None:
     """Why this rule cannot be applied yet, or None if it can."""
-    if rule.action == "systemd":
-        return "'systemd' socket activation is not supported yet"
     if rule.from_unix is not None or rule.from_abstract is not None:
         return "'from-unix'/'from-abstract' are not supported yet"
     return None

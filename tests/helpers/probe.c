@@ -11,6 +11,9 @@
  *                               then serve one connection
  *   probe exec-check ADDR PORT  listen with and without FD_CLOEXEC, exec a shell that
  *                               reports which of the two fds survived
+ *   probe closeall ADDR PORT    close fds 3..1023 one by one, then closefrom(3), as daemons
+ *                               do at start-up; then listen, report what a child shell
+ *                               inherits, and greet one connection
  *   probe fdops ADDR PORT SOCK  O_ASYNC owner and signal, vfork and posix_spawn children,
  *                               dup2 then close, close_range; reports whether SOCK exists
  */
@@ -341,6 +344,30 @@ static int fdops(const char *host, int port, const char *sock)
 	return 0;
 }
 
+static int closeall(const char *host, int port)
+{
+	int fd, conn;
+
+	for (fd = 3; fd < 1024; fd++)
+		close(fd);
+	closefrom(3);
+	fd = listen_on(host, port, 0);
+	printf("listening_fd=%d\n", fd);
+	fflush(stdout);
+	/* what a child inherits: no LISTEN_* and no socket but the listener */
+	if (system("echo child_listen_fds=${LISTEN_FDS:-none}; "
+		   "echo child_sockets=$(ls -l /proc/$$/fd | grep -c socket:)") != 0)
+		die("system");
+	printf("ready\n");
+	conn = accept(fd, NULL, NULL);
+	if (conn < 0)
+		die("accept");
+	if (write(conn, "hello\n", 6) != 6)
+		die("write");
+	close(conn);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -358,6 +385,8 @@ int main(int argc, char **argv)
 		return refused(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "forkserver"))
 		return forkserver(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "closeall"))
+		return closeall(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "exec-check"))
 		return exec_check(argv[2], atoi(argv[3]));
 	fprintf(stderr, "unknown mode %s\n", argv[1]);
