@@ -80,7 +80,6 @@ def test_rule_files_mix_with_rules(tmp_path: Path) -> None:
     (["-r", "out,blackhole", "true"], "only to 'in'"),
     (["-r", "in,ignore,noremove", "true"], "needs a 'path='"),
     (["-r", "in,path=/a,ignore", "true"], "conflicting actions"),
-    (["-r", "from-unix=/run/*.sock,path=/x", "true"], "not supported yet"),
     (["-f", "/nonexistent/rules", "true"], "cannot read rule file '/nonexistent/rules'"),
     (["true"], "no rules given"),
     (["-r", "in,path=/x"], "no program to run"),

@@ -185,7 +185,7 @@ int materialize(int fd)
 	return replace_fd(fd, sock, &flags, &e);
 }
 
-static int fill_unix_addr(struct sockaddr_un *sun, const struct rule *r, const char *name)
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
 {
 	size_t len = strlen(name);
 	size_t off = r->action == ACT_ABSTRACT ? 1 : 0;
@@ -208,15 +208,28 @@ static const char *action_name(int action)
 	return action >= ACT_PATH && action <= ACT_SYSTEMD ? names[action] : "?";
 }
 
+/* What a log line says the socket call is about. */
+static void query_text(const struct sock_query *q, char *buf, size_t size)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	if (q->unix_name) {
+		snprintf(buf, size, "%s%s", q->abstract ? "@" : "", q->unix_name);
+		return;
+	}
+	ipaddr_format(q->addr, ip, sizeof(ip));
+	snprintf(buf, size, "%s port %u", ip, ipaddr_port(q->addr));
+}
+
 /*
  * The common part of bind and connect: find the rule, and if it converts, produce the
  * expanded target.  Returns 1 when the call should go to libc unchanged, 0 when the
  * rule converts (r and target set), -1 with errno when the call must fail.
  */
-static int decide(int fd, const struct sock_query *q, const struct rule **r,
-		  char *target, size_t size)
+int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
+		char *target, size_t size)
 {
-	char text[INET6_ADDRSTRLEN];
+	char text[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
 	int idx;
 
 	if (rules_state == RULES_NONE)
@@ -228,16 +241,15 @@ static int decide(int fd, const struct sock_query *q, const struct rule **r,
 	idx = rules_match(q);
 	text[0] = 0;
 	if (log_verbosity >= LOG_DEBUG_) /* formatting costs more than the rest */
-		ipaddr_format(q->addr, text, sizeof(text));
+		query_text(q, text, sizeof(text));
 	if (idx < 0) {
-		ulog(LOG_DEBUG_, "fd %d: %s %s port %u matches no rule", fd,
-		     q->dir == DIR_IN ? "bind" : "connect", text, ipaddr_port(q->addr));
+		ulog(LOG_DEBUG_, "fd %d: %s %s matches no rule", fd,
+		     q->dir == DIR_IN ? "bind" : "connect", text);
 		return 1;
 	}
 	*r = rule_at(idx);
-	ulog(LOG_DEBUG_, "fd %d: %s %s port %u matches rule %d (%s)", fd,
-	     q->dir == DIR_IN ? "bind" : "connect", text, ipaddr_port(q->addr), idx + 1,
-	     action_name((*r)->action));
+	ulog(LOG_DEBUG_, "fd %d: %s %s matches rule %d (%s)", fd,
+	     q->dir == DIR_IN ? "bind" : "connect", text, idx + 1, action_name((*r)->action));
 	switch ((*r)->action) {
 	case ACT_IGNORE:
 		return 1;
@@ -247,9 +259,9 @@ static int decide(int fd, const struct sock_query *q, const struct rule **r,
 	case ACT_PATH:
 	case ACT_ABSTRACT:
 		if (rule_expand(*r, q, target, size)) {
-			ipaddr_format(q->addr, text, sizeof(text));
-			ulog(LOG_ERR_, "rule %d: %s for %s port %u is too long", idx + 1,
-			     action_name((*r)->action), text, ipaddr_port(q->addr));
+			query_text(q, text, sizeof(text));
+			ulog(LOG_ERR_, "rule %d: %s for %s is too long", idx + 1,
+			     action_name((*r)->action), text);
 			return -1;
 		}
 		break;
@@ -270,7 +282,7 @@ int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, soc
 {
 	char target[sizeof(sun->sun_path)];
 	const struct rule *r = NULL;
-	int d = decide(fd, q, &r, target, sizeof(target)), n;
+	int d = rule_decide(fd, q, &r, target, sizeof(target)), n;
 
 	if (d)
 		return d;
@@ -278,7 +290,7 @@ int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, soc
 		errno = EACCES;
 		return -1;
 	}
-	n = fill_unix_addr(sun, r, target);
+	n = unix_addr_fill(sun, r, target);
 	if (n < 0)
 		return -1;
 	*len = (socklen_t)n;
@@ -304,7 +316,7 @@ static void listener_local(struct ipaddr *local, const struct ipaddr *addr)
 }
 
 /* A 'systemd' rule: the passed socket takes the place of fd instead of a bind. */
-static int use_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		      const struct rule *r)
 {
 	struct fd_flags flags;
@@ -333,10 +345,12 @@ static int use_passed(int fd, const struct ipaddr *addr, const struct fd_entry *
 		REAL(fcntl)(sock, F_SETFL, (status & ~O_NONBLOCK) | (flags.status & O_NONBLOCK));
 	}
 	new_entry(&e, old, ROLE_LISTENER);
-	listener_local(&e.local, addr);
-	/* A passed IP socket is what the program would have made itself: nothing to
-	 * translate.  A passed Unix socket is a converted listener. */
-	if (family != AF_UNIX)
+	/* A passed socket of the program's own family is what it would have made itself:
+	 * nothing to translate.  A passed Unix socket for an IP one is a converted
+	 * listener. */
+	if (addr)
+		listener_local(&e.local, addr);
+	if (!addr || family != AF_UNIX)
 		e.kind = FD_NONE;
 	return install(fd, sock, &flags, &e);
 }
@@ -350,13 +364,13 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	struct fd_flags flags;
 	int sock, d, idx = -1;
 
-	d = decide(fd, &q, &r, target, sizeof(target));
+	d = rule_decide(fd, &q, &r, target, sizeof(target));
 	if (d > 0)
 		return materialize(fd) ? -1 : 1;
 	if (d < 0)
 		return -1;
 	if (r->action == ACT_SYSTEMD)
-		return use_passed(fd, addr, old, r);
+		return convert_passed(fd, addr, old, r);
 	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
@@ -369,7 +383,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		d = idx == -2 ? -1 : 0;
 	} else if (r->action == ACT_ABSTRACT) {
 		struct sockaddr_un sun;
-		int len = fill_unix_addr(&sun, r, target);
+		int len = unix_addr_fill(&sun, r, target);
 
 		d = len < 0 ? -1 : REAL(bind)(sock, (struct sockaddr *)&sun, (socklen_t)len);
 	} else {

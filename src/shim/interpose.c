@@ -107,8 +107,10 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	struct ipaddr a;
 	int r, saved = errno;
 
-	if (rules_state == RULES_NONE || ipaddr_from_sockaddr(&a, sa, len))
+	if (rules_state == RULES_NONE)
 		return REAL(bind)(fd, sa, len);
+	if (ipaddr_from_sockaddr(&a, sa, len))
+		return rules_use_unix ? redirect_bind(fd, sa, len) : REAL(bind)(fd, sa, len);
 	classify(fd, &e);
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
@@ -147,9 +149,11 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 
 	if (rules_state == RULES_NONE)
 		return REAL(connect)(fd, sa, len);
-	if (ipaddr_from_sockaddr(&a, sa, len))
-		return sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC && fd_tracked(fd)
-		       ? disconnect(fd, sa, len) : REAL(connect)(fd, sa, len);
+	if (ipaddr_from_sockaddr(&a, sa, len)) {
+		if (sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC && fd_tracked(fd))
+			return disconnect(fd, sa, len);
+		return rules_use_unix ? redirect_connect(fd, sa, len) : REAL(connect)(fd, sa, len);
+	}
 	classify(fd, &e);
 	if (e.kind == FD_CONVERTED && e.type == SOCK_DGRAM)
 		return a.sa.sa_family == e.family ? dgram_connect(fd, &a) : REAL(connect)(fd, sa, len);
@@ -394,21 +398,21 @@ static int fastopen_connect(int fd, const struct fd_entry *e, const struct socka
 API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa,
 		   socklen_t salen)
 {
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = n };
+	struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen,
+			      .msg_iov = &iov, .msg_iovlen = 1 };
 	struct fd_entry e;
 	int handled;
 
+	if (sa && rules_use_unix && sa->sa_family == AF_UNIX)
+		return redirect_sendmsg(fd, &msg, flags);
 	if (!sa || !fd_tracked(fd))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
 	fd_snapshot(fd, &e);
 	if (e.kind == FD_CONVERTED && e.type == SOCK_STREAM) /* TCP ignores the address */
 		return REAL(sendto)(fd, buf, n, flags, NULL, 0);
-	if (e.type == SOCK_DGRAM && (e.kind == FD_IP || e.kind == FD_CONVERTED)) {
-		struct iovec iov = { .iov_base = (void *)buf, .iov_len = n };
-		struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen,
-				      .msg_iov = &iov, .msg_iovlen = 1 };
-
+	if (e.type == SOCK_DGRAM && (e.kind == FD_IP || e.kind == FD_CONVERTED))
 		return dgram_sendmsg(fd, &e, &msg, flags);
-	}
 	if (flags & MSG_FASTOPEN) {
 		if (fastopen_connect(fd, &e, sa, salen, &handled) < 0 && handled)
 			return -1;
@@ -424,6 +428,9 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	struct fd_entry e;
 	int handled;
 
+	if (msg && msg->msg_name && rules_use_unix &&
+	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
+		return redirect_sendmsg(fd, msg, flags);
 	if (!msg || !msg->msg_name || !fd_tracked(fd))
 		return REAL(sendmsg)(fd, msg, flags);
 	fd_snapshot(fd, &e);

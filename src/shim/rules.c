@@ -17,7 +17,7 @@
 
 enum rules_state rules_state = RULES_NONE;
 int predict_stream_out;
-int rules_use_systemd;
+int rules_use_systemd, rules_use_unix;
 static struct rule *rules;
 static int n_rules;
 static char *arena;        /* NUL-terminated copies of string values */
@@ -242,6 +242,7 @@ static int parse_encoding(struct cursor *c)
 		if (check_rule(r))
 			return fail(c, "inconsistent rule");
 		rules_use_systemd |= r->action == ACT_SYSTEMD;
+		rules_use_unix |= r->from_unix || r->from_abstract;
 		n_rules++;
 	}
 	return 0;
@@ -334,14 +335,18 @@ static int rule_matches(const struct rule *r, const struct sock_query *q)
 {
 	uint16_t port;
 
-	if (r->from_unix || r->from_abstract)
-		return 0; /* these match Unix sockets only */
+	/* IP rules match IP sockets, from-unix rules paths, from-abstract abstract names */
+	if (q->unix_name ? !(q->abstract ? r->from_abstract : r->from_unix)
+			 : r->from_unix || r->from_abstract)
+		return 0;
 	if (r->dir && r->dir != q->dir)
 		return 0;
 	if (r->action == ACT_SYSTEMD && q->dir != DIR_IN)
 		return 0; /* passed sockets stand in for listeners only */
 	if (r->type && r->type != q->type)
 		return 0;
+	if (q->unix_name)
+		return glob_match(r->from_unix ? r->from_unix : r->from_abstract, q->unix_name);
 	if (r->has_addr && !addr_matches(r, q->addr))
 		return 0;
 	port = ipaddr_port(q->addr);
@@ -386,10 +391,16 @@ int rule_expand(const struct rule *r, const struct sock_query *q, char *out, siz
 			break;
 		switch (pct[1]) {
 		case 'p':
-			snprintf(piece, sizeof(piece), "%u", ipaddr_port(q->addr));
+			if (q->addr)
+				snprintf(piece, sizeof(piece), "%u", ipaddr_port(q->addr));
+			else
+				add = "unknown";
 			break;
 		case 'a':
-			ipaddr_format(q->addr, piece, sizeof(piece));
+			if (q->addr)
+				ipaddr_format(q->addr, piece, sizeof(piece));
+			else
+				add = "unknown";
 			break;
 		case 't':
 			add = q->type == SOCK_STREAM ? "tcp" : q->type == SOCK_DGRAM ? "udp" : "unknown";

@@ -101,25 +101,31 @@ struct rule {
 	const char *from_abstract;
 };
 
-/* What a socket call is about, for matching. */
+/* What a socket call is about, for matching: an IP address, or a Unix socket's path
+ * or abstract name (from-unix / from-abstract rules). */
 struct sock_query {
 	int dir;
 	int type;
-	const struct ipaddr *addr;
+	const struct ipaddr *addr;  /* NULL for a Unix socket */
+	const char *unix_name;      /* NULL for an IP socket */
+	int abstract;
 };
 
 enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN };
 extern enum rules_state rules_state;
 /* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
 extern int predict_stream_out;
-/* Some rule has the 'systemd' action. */
-extern int rules_use_systemd;
+/* Some rule has the 'systemd' action; some rule matches Unix sockets. */
+extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
 const struct rule *rule_at(int index);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
+
+/* Does path match a from-unix / from-abstract pattern?  (glob.c) */
+int glob_match(const char *pattern, const char *path);
 
 /* ---- per-fd state (fdtable.c) ---- */
 enum fd_kind {
@@ -129,6 +135,7 @@ enum fd_kind {
 	FD_PENDING,   /* a Unix socket made at socket() because the rules predict
 			 conversion; becomes FD_CONVERTED, or an IP socket if wrong */
 	FD_PASSED,    /* a socket passed by the service manager, kept for a rule */
+	FD_REDIRECTED, /* the program's own Unix socket, bound where a rule said */
 };
 /* A converted datagram socket is a LISTENER when a rule bound it, a CLIENT while it is
  * connected, and NONE when it only sends to addresses it names. */
@@ -210,6 +217,16 @@ int unix_socket_alive(ino_t sock_ino);
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old);
 int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		    int *handled);
+/* Find the rule for q; 1: leave the call to libc, 0: r and the expanded target set,
+ * -1 with errno: the call fails. */
+int rule_decide(int fd, const struct sock_query *q, const struct rule **r, char *target,
+		size_t size);
+/* The Unix address for a path= or abstract= rule's expanded target; its length or -1. */
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
+/* A 'systemd' rule's bind: put the passed socket in fd's place.  addr is what an IP
+ * socket asked for, NULL for a Unix one. */
+int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+		   const struct rule *r);
 /* Turn an IP datagram socket into a Unix one with a private address, unconnected. */
 int convert_sender(int fd, const struct fd_entry *old);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
@@ -218,6 +235,13 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname);
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+
+/* ---- programs that use Unix sockets already (redirect.c) ---- */
+/* bind/connect/sendto destination of a Unix socket, as the from-unix rules say. */
+int redirect_bind(int fd, const struct sockaddr *sa, socklen_t len);
+int redirect_connect(int fd, const struct sockaddr *sa, socklen_t len);
+/* sendmsg() to a Unix address named in msg. */
+ssize_t redirect_sendmsg(int fd, const struct msghdr *msg, int flags);
 
 /* ---- sockets passed by the service manager (systemd.c) ---- */
 #ifndef CLOSE_RANGE_CLOEXEC

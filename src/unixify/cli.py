@@ -14,11 +14,13 @@ from typing import NoReturn
 
 from unixify import __version__
 from unixify.encoding import ENV_RULES, ENV_VERBOSE, encode_rules
-from unixify.rules import Rule, RuleError, parse_rule, parse_rules_file, unsupported_reason
+from unixify.rules import Rule, RuleError, parse_rule, parse_rules_file
 
 USAGE = """\
 usage: unixify [-v...] [-p] (-r RULE | -f FILE)... PROGRAM [ARGS...]
        unixify -c [-p] (-r RULE | -f FILE)...
+       unixify explain (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
+       unixify explain (-r RULE | -f FILE)... [--] in|out tcp|udp unix PATH|abstract NAME
        unixify --lib | --version | --help
 
 Run PROGRAM with its IP sockets turned into Unix domain sockets by RULEs.
@@ -35,7 +37,8 @@ options:
 
 A rule is comma-separated matches and one action, e.g.
   in,tcp,port=8000,path=/run/app.sock     out,addr=10.0.0.0/8,reject=ECONNREFUSED
-matches: in | out, tcp | udp, addr=ADDRESS[/PREFIX], port=PORT[-PORT]
+matches: in | out, tcp | udp, addr=ADDRESS[/PREFIX], port=PORT[-PORT],
+         from-unix=GLOB, from-abstract=GLOB (programs using Unix sockets already)
 actions: path=PATH (%p port, %a address, %t tcp/udp, %% percent), abstract=NAME,
          reject[=ERRNO], blackhole, ignore, systemd[=FDNAME]; flag: noremove
 """
@@ -70,13 +73,6 @@ def load_rules(sources: list[tuple[str, str]]) -> list[Rule]:
                 raise UsageError(f"cannot read rule file {value!r}: {reason}") from None
             rules.extend(parse_rules_file(content, value, cwd))
     return rules
-
-
-def check_supported(rules: list[Rule]) -> None:
-    for number, rule in enumerate(rules, 1):
-        reason = unsupported_reason(rule)
-        if reason:
-            raise UsageError(f"rule {number} {rule.text!r}: {reason}")
 
 
 def check_passed_sockets(rules: list[Rule]) -> None:
@@ -165,7 +161,29 @@ def build_environment(rules: list[Rule], verbosity: int) -> dict[str, str]:
     return env
 
 
+def run_explain(argv: list[str]) -> int:
+    from unixify.explain import explain, parse_query
+
+    try:
+        options, rest = getopt.getopt(argv, "r:f:", ["rule=", "file="])
+    except getopt.GetoptError as err:
+        raise UsageError(f"explain: {err.msg} (see 'unixify --help')") from None
+    sources = [("rule" if option in ("-r", "--rule") else "file", value)
+               for option, value in options]
+    if not sources:
+        raise UsageError("explain: no rules given; use -r RULE or -f FILE")
+    rules = load_rules(sources)
+    try:
+        query = parse_query(rest)
+    except ValueError as err:
+        raise UsageError(f"explain: {err}") from None
+    sys.stdout.write(explain(rules, query))
+    return 0
+
+
 def run(argv: list[str]) -> int:
+    if argv[:1] == ["explain"]:
+        return run_explain(argv[1:])
     try:
         options, rest = getopt.getopt(
             argv, "r:f:cpvh",
@@ -201,7 +219,6 @@ def run(argv: list[str]) -> int:
     if not sources:
         raise UsageError("no rules given; use -r RULE or -f FILE (see 'unixify --help')")
     rules = load_rules(sources)
-    check_supported(rules)
     if show:
         (sys.stdout if check else sys.stderr).write(format_table(rules))
     if check:

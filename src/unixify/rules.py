@@ -301,11 +301,3 @@ def parse_rules_file(content: str, origin: str, cwd: str | None = None) -> list[
         except RuleError as err:
             raise err.located(f"{origin}:{number}") from None
     return rules
-
-
-# Features parsed now but implemented by a later part of the shim.
-def unsupported_reason(rule: Rule) -> str | None:
-    """Why this rule cannot be applied yet, or None if it can."""
-    if rule.from_unix is not None or rule.from_abstract is not None:
-        return "'from-unix'/'from-abstract' are not supported yet"
-    return None

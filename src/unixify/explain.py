@@ -1,0 +1,219 @@
+"""``unixify explain``: which rule a socket call would match, and what would happen.
+
+The matching here follows the shim's (src/shim/rules.c, glob.c) rule by rule, so a
+user can see why a socket was or was not converted without running the program.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from functools import lru_cache
+from typing import NamedTuple, Union
+
+from unixify.rules import Rule, errno_name
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class Query(NamedTuple):
+    """A bind (``in``) or connect/send (``out``) of an IP or a Unix socket."""
+
+    direction: str                 # "in" | "out"
+    socket_type: str               # "stream" | "dgram"
+    address: IPAddress | None = None
+    port: int = 0
+    unix_path: str | None = None   # a Unix socket's path (from-unix rules)
+    abstract: str | None = None    # or its abstract name (from-abstract rules)
+
+    def describe(self) -> str:
+        kind = "tcp" if self.socket_type == "stream" else "udp"
+        call = "bind" if self.direction == "in" else (
+            "connect" if self.socket_type == "stream" else "connect/sendto")
+        if self.unix_path is not None:
+            return f"{call} of a Unix {self.socket_type} socket to {self.unix_path}"
+        if self.abstract is not None:
+            return f"{call} of a Unix {self.socket_type} socket to @{self.abstract}"
+        return f"{call} of a {kind} socket to {self.address} port {self.port}"
+
+
+@lru_cache(maxsize=64)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """The from-unix glob as a regular expression (see glob.c for the syntax)."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif ch == "[" and (end := _class_end(pattern, i)) > 0:
+            out.append(_class_regex(pattern[i + 1:end]))
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Index of the ']' closing the bracket expression at start, or -1."""
+    i = start + 1
+    if i < len(pattern) and pattern[i] == "!":
+        i += 1
+    first = True
+    while i < len(pattern) and (first or pattern[i] != "]"):
+        i += 2 if pattern[i] == "\\" and i + 1 < len(pattern) else 1
+        first = False
+    return i if i < len(pattern) else -1
+
+
+def _class_regex(body: str) -> str:
+    negate = body.startswith("!")
+    if negate:
+        body = body[1:]
+    parts, i = [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            i += 1
+        low = body[i]
+        i += 1
+        high = low
+        if i + 1 < len(body) and body[i] == "-":
+            i += 1
+            if body[i] == "\\" and i + 1 < len(body):
+                i += 1
+            high = body[i]
+            i += 1
+        parts.append(re.escape(low) if low == high else f"{re.escape(low)}-{re.escape(high)}")
+    inner = "".join(parts)
+    return f"[^/{inner}]" if negate else f"(?!/)[{inner}]" if inner else "(?!)"
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    if "/" not in pattern:
+        path = path.rsplit("/", 1)[-1]
+    return glob_regex(pattern).fullmatch(path) is not None
+
+
+def mismatch(rule: Rule, query: Query) -> str | None:
+    """Why rule does not match query, or None when it does."""
+    is_unix = query.unix_path is not None or query.abstract is not None
+    if rule.from_unix is not None or rule.from_abstract is not None:
+        if not is_unix:
+            return "it matches Unix sockets only (from-unix/from-abstract)"
+    elif is_unix:
+        return "it matches IP sockets only"
+    if rule.direction and rule.direction != query.direction:
+        return f"it is for '{rule.direction}' only"
+    if rule.action == "systemd" and query.direction != "in":
+        return "'systemd' applies to listening sockets only"
+    if rule.socket_type and rule.socket_type != query.socket_type:
+        return f"it is for {'tcp' if rule.socket_type == 'stream' else 'udp'} only"
+    if is_unix:
+        if rule.from_unix is not None:
+            if query.unix_path is None:
+                return "from-unix does not match abstract names"
+            if not glob_matches(rule.from_unix, query.unix_path):
+                return f"{query.unix_path} does not match {rule.from_unix}"
+        elif rule.from_abstract is not None:
+            if query.abstract is None:
+                return "from-abstract does not match paths"
+            if not glob_matches(rule.from_abstract, query.abstract):
+                return f"@{query.abstract} does not match {rule.from_abstract}"
+        return None
+    assert query.address is not None
+    if rule.address is not None:
+        address = query.address
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if address.version != rule.address.version or address not in rule.address:
+            return f"address {query.address} is not in {rule.address}"
+    if rule.ports is not None and not rule.ports[0] <= query.port <= rule.ports[1]:
+        low, high = rule.ports
+        return f"port {query.port} is not {low if low == high else f'{low}-{high}'}"
+    return None
+
+
+def expand(template: str, query: Query) -> str:
+    """Placeholders as the shim fills them (%p %a %t %%)."""
+    kind = "tcp" if query.socket_type == "stream" else "udp"
+    values = {"p": str(query.port) if query.address is not None else "unknown",
+              "a": str(query.address) if query.address is not None else "unknown",
+              "t": kind, "%": "%"}
+    return re.sub(r"%(.)", lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def outcome(rule: Rule | None, query: Query) -> str:
+    call = "bind()" if query.direction == "in" else (
+        "connect()" if query.socket_type == "stream" else "connect()/sendto()")
+    is_unix = query.unix_path is not None or query.abstract is not None
+    if rule is None or rule.action == "ignore":
+        why = "no rule matches" if rule is None else "the rule says ignore"
+        kind = "Unix" if is_unix else "IP"
+        return f"{why}: {call} goes ahead unchanged on the {kind} socket"
+    if rule.action in ("path", "abstract"):
+        assert rule.target is not None
+        target = expand(rule.target, query)
+        where = f"Unix socket file {target}" if rule.action == "path" else f"abstract @{target}"
+        if query.direction == "in":
+            return f"{call} binds a Unix {query.socket_type} socket at {where}"
+        return f"{call} goes to {where}"
+    if rule.action == "reject":
+        assert rule.reject_errno is not None
+        return f"{call} fails with {errno_name(rule.reject_errno)} ({rule.reject_errno})"
+    if rule.action == "blackhole":
+        return f"{call} succeeds on a Unix socket nobody can reach"
+    name = f" named {rule.systemd_name!r}" if rule.systemd_name else ""
+    return f"{call} takes the {query.socket_type} socket{name} passed by systemd (LISTEN_FDS)"
+
+
+def explain(rules: list[Rule], query: Query) -> str:
+    lines = [query.describe() + ":"]
+    chosen = None
+    for number, rule in enumerate(rules, 1):
+        why = mismatch(rule, query)
+        lines.append(f"  rule {number} {rule.text!r}: "
+                     + ("matches" if why is None else f"no, {why}"))
+        if why is None:
+            chosen = rule
+            break
+    lines.append("=> " + outcome(chosen, query))
+    return "\n".join(lines) + "\n"
+
+
+def parse_query(words: list[str]) -> Query:
+    """``in|out tcp|udp ADDRESS PORT``, or ``in|out tcp|udp unix PATH|abstract NAME``."""
+    usage = ("expected: in|out tcp|udp ADDRESS PORT, or in|out tcp|udp unix PATH, "
+             "or in|out tcp|udp abstract NAME")
+    if len(words) != 4:
+        raise ValueError(f"{usage}; got {' '.join(words) or 'nothing'!r}")
+    direction, kind, where, last = words
+    if direction not in ("in", "out"):
+        raise ValueError(f"{direction!r} is not 'in' or 'out'")
+    types = {"tcp": "stream", "stream": "stream", "udp": "dgram", "dgram": "dgram"}
+    if kind not in types:
+        raise ValueError(f"{kind!r} is not 'tcp' or 'udp'")
+    if where == "unix":
+        return Query(direction, types[kind], unix_path=os.path.abspath(last))
+    if where == "abstract":
+        return Query(direction, types[kind], abstract=last)
+    try:
+        address = ipaddress.ip_address(where)
+    except ValueError:
+        raise ValueError(f"{where!r} is not an IP address (or 'unix'/'abstract')") from None
+    if not last.isascii() or not last.isdigit() or not 0 <= int(last) <= 65535:
+        raise ValueError(f"port {last!r} is not a number from 0 to 65535")
+    return Query(direction, types[kind], address=address, port=int(last))
