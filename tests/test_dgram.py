@@ -200,6 +200,7 @@ def test_abstract_datagram_both_sides(procs: Processes) -> None:
     assert client.returncode == 0 and client.stdout.startswith("ok abs"), client
 
 
+@pytest.mark.no_asan  # dnsmasq hangs at start with libasan preloaded, shim or not
 @pytest.mark.parametrize("wildcard", [False, True])
 def test_dnsmasq_answers_dig(procs: Processes, sockdir: Path, wildcard: bool) -> None:
     dnsmasq = require_tool("dnsmasq")

@@ -189,8 +189,11 @@ static void report_sender(const struct fd_entry *e, const struct sockaddr_un *su
 static int option_on(const struct fd_entry *e, int level, int name)
 {
 	const struct pending_opt *o = fd_option(e, level, name);
+	int value = 0;
 
-	return o && o->len >= sizeof(int) && *(const int *)o->value;
+	if (o && o->len >= sizeof(int))
+		memcpy(&value, o->value, sizeof(int)); /* value[] is not int-aligned */
+	return value != 0;
 }
 
 /*
