@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """unixify benchmarks: ratios measured side by side in one run.
 
-    python3 bench/bench.py [datapath|setup|launcher|all] [--rounds N] [--quick]
+    python3 bench/bench.py [datapath|setup|datagram|launcher|all] [--rounds N] [--quick]
 
 datapath  redis-benchmark against one redis-server build reached four ways: its own
           Unix socket (native), converted by unixify, plain TCP, and socat in front.
 setup     connect+close loops against a C accept loop: native Unix client vs an IPv4
           client converted by unixify (plus plain TCP for scale).
+datagram  sendto+recvfrom round trips with addresses on both sides: native Unix
+          datagram sockets vs a UDP pair converted by unixify (plus plain UDP).
 launcher  `unixify -r ... true` vs `python3 -c pass`.
 
 Variants run interleaved, round after round, and the median of the rounds is compared,
@@ -148,16 +150,16 @@ def bench_datapath(rounds: int, quick: bool, targets: Targets) -> None:
                       ">=", 2.0)
 
 
-def build_connloop(tmp: Path) -> str:
-    binary = tmp / "connloop"
+def build(tmp: Path, name: str) -> str:
+    binary = tmp / name
     subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(binary),
-                    str(HERE / "connloop.c")], check=True)
+                    str(HERE / f"{name}.c")], check=True)
     return str(binary)
 
 
 def bench_setup(rounds: int, quick: bool, targets: Targets) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
-    loop = build_connloop(tmp)
+    loop = build(tmp, "connloop")
     sock = tmp / "accept.sock"
     count = "5000" if quick else "20000"
     port = free_port()
@@ -186,6 +188,37 @@ def bench_setup(rounds: int, quick: bool, targets: Targets) -> None:
            results, "native unix")
     targets.check("unixify / native unix (time)",
                   results["unixify (ipv4->unix)"] / results["native unix"], "<=", 1.15)
+
+
+def bench_datagram(rounds: int, quick: bool, targets: Targets) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
+    ping = build(tmp, "udpping")
+    count = "20000" if quick else "100000"
+    native, converted = tmp / "native.sock", tmp / "conv.sock"
+    conv_port, udp_port = free_port(), free_port()
+
+    def run(args: list[str]) -> float:
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        return float(out.strip())
+
+    with background([ping, "server", f"unix:{native}"]), \
+         background([*unixify(), "-r", f"in,udp,path={converted}", ping, "server",
+                     f"127.0.0.1:{conv_port}"]), \
+         background([ping, "server", f"127.0.0.1:{udp_port}"]):
+        wait_until(native.is_socket, "native datagram server")
+        wait_until(converted.is_socket, "converted datagram server")
+        results = interleave({
+            "native unix": lambda: run([ping, "client", f"unix:{native}", count]),
+            "unixify (udp->unix)": lambda: run([*unixify(), "-r", f"out,udp,path={converted}",
+                                                ping, "client", f"127.0.0.1:{conv_port}",
+                                                count]),
+            "plain udp": lambda: run([ping, "client", f"127.0.0.1:{udp_port}", count]),
+        }, rounds)
+    shutil.rmtree(tmp, ignore_errors=True)
+    report(f"datagrams: {count} x sendto+recvfrom round trips", "ns per round trip",
+           results, "native unix")
+    targets.check("unixify / native unix (time)",
+                  results["unixify (udp->unix)"] / results["native unix"], "<=", 1.2)
 
 
 # A TCP accept loop for scale only (Python is fast enough: accept and close).
@@ -221,12 +254,13 @@ def bench_launcher(rounds: int, quick: bool, targets: Targets) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["datapath", "setup", "launcher", "all"])
+                        choices=["datapath", "setup", "datagram", "launcher", "all"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller runs (for CI)")
     args = parser.parse_args()
     targets = Targets()
-    benches = {"datapath": bench_datapath, "setup": bench_setup, "launcher": bench_launcher}
+    benches = {"datapath": bench_datapath, "setup": bench_setup, "datagram": bench_datagram,
+               "launcher": bench_launcher}
     for name, bench in benches.items():
         if args.which in (name, "all"):
             bench(args.rounds, args.quick, targets)
