@@ -404,7 +404,7 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 	struct fd_entry e;
 	int handled;
 
-	if (sa && rules_use_unix && sa->sa_family == AF_UNIX)
+	if (sa && salen >= sizeof(sa_family_t) && rules_use_unix && sa->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, &msg, flags);
 	if (!sa || !fd_tracked(fd))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
@@ -428,7 +428,7 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	struct fd_entry e;
 	int handled;
 
-	if (msg && msg->msg_name && rules_use_unix &&
+	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);
 	if (!msg || !msg->msg_name || !fd_tracked(fd))

@@ -292,6 +292,7 @@ void rules_init(void)
 	c.len = len;
 	if (parse_encoding(&c)) {
 		n_rules = 0;
+		rules_use_systemd = rules_use_unix = 0; /* broken rules refuse IP sockets only */
 		rules_state = RULES_BROKEN;
 		ulog(LOG_ERR_, "UNIXIFY_RULES is malformed (%s at byte %zu); IP bind/connect "
 		     "will fail with EACCES. Set it only through the unixify command.",
