@@ -56,6 +56,17 @@ void ipaddr_loopback(struct ipaddr *a, int family)
 		a->in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 }
 
+void ipaddr_loopback_like(struct ipaddr *a, int family, const struct ipaddr *model)
+{
+	ipaddr_loopback(a, family);
+	if (family == AF_INET6 && model->sa.sa_family == AF_INET6 &&
+	    IN6_IS_ADDR_V4MAPPED(&model->in6.sin6_addr)) {
+		a->in6.sin6_addr.s6_addr[10] = a->in6.sin6_addr.s6_addr[11] = 0xff;
+		a->in6.sin6_addr.s6_addr[12] = 127;
+		a->in6.sin6_addr.s6_addr[15] = 1;
+	}
+}
+
 int ipaddr_is_any(const struct ipaddr *a)
 {
 	if (a->sa.sa_family == AF_INET6)

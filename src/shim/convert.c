@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -267,6 +268,9 @@ int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
 		break;
 	case ACT_BLACKHOLE:
 	case ACT_SYSTEMD:
+	case ACT_VSOCK:
+	case ACT_TIPC:
+	case ACT_FC:
 		target[0] = 0;
 		break;
 	default:
@@ -288,6 +292,12 @@ int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, soc
 		return d;
 	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
 		errno = EACCES;
+		return -1;
+	}
+	if (r->action != ACT_PATH && r->action != ACT_ABSTRACT) {
+		ulog(LOG_ERR_, "rule %d: vsock=, tipc= and fc= convert stream connections only",
+		     (int)(r - rule_at(0)) + 1);
+		errno = EPROTOTYPE;
 		return -1;
 	}
 	n = unix_addr_fill(sun, r, target);
@@ -355,6 +365,40 @@ int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old
 	return install(fd, sock, &flags, &e);
 }
 
+/* Bind to an address of another family (vsock, tipc) in fd's place. */
+static int bind_other(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+		      const struct other_target *t)
+{
+	char what[160];
+	struct fd_flags flags;
+	struct fd_entry e;
+	int sock;
+
+	other_describe(t, what, sizeof(what));
+	if (t->fc) {
+		ulog(LOG_ERR_, "fd %d: cannot listen on %s: a multiplexer only connects", fd, what);
+		errno = EINVAL;
+		return -1;
+	}
+	sock = make_socket(fd, t->family, old->type, old, &flags);
+	if (sock < 0) {
+		ulog(LOG_ERR_, "fd %d: cannot make a socket for %s: %s", fd, what, strerror(errno));
+		return -1;
+	}
+	other_apply_options(sock, t);
+	if (REAL(bind)(sock, (const struct sockaddr *)&t->addr, t->len)) {
+		ulog(LOG_ERR_, "fd %d: cannot bind %s: %s", fd, what, strerror(errno));
+		discard(fd, sock);
+		return -1;
+	}
+	new_entry(&e, old, ROLE_LISTENER);
+	listener_local(&e.local, addr);
+	if (install(fd, sock, &flags, &e))
+		return -1;
+	ulog(LOG_INFO_, "fd %d: listening on %s", fd, what);
+	return 0;
+}
+
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 {
 	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = addr };
@@ -371,6 +415,12 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		return -1;
 	if (r->action == ACT_SYSTEMD)
 		return convert_passed(fd, addr, old, r);
+	if (r->action == ACT_VSOCK || r->action == ACT_TIPC || r->action == ACT_FC) {
+		struct other_target t;
+
+		other_from_rule(r, &t);
+		return bind_other(fd, addr, old, &t);
+	}
 	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
@@ -378,9 +428,20 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		ulog(LOG_INFO_, "fd %d: %s is already bound by this process; blackholing", fd,
 		     target);
 		d = sockfile_blackhole(sock);
+		target[0] = 0;
 	} else if (r->action == ACT_PATH) {
-		idx = sockfile_bind(sock, target, r->noremove);
+		idx = sockfile_bind(sock, target, r);
 		d = idx == -2 ? -1 : 0;
+		if (d && errno == EADDRINUSE) { /* a control file in the socket's place? */
+			struct other_target t;
+			int saved = errno, c = control_file_read(target, &t);
+
+			if (c) {
+				discard(fd, sock);
+				return c < 0 ? -1 : bind_other(fd, addr, old, &t);
+			}
+			errno = saved;
+		}
 	} else if (r->action == ACT_ABSTRACT) {
 		struct sockaddr_un sun;
 		int len = unix_addr_fill(&sun, r, target);
@@ -416,12 +477,7 @@ static const char *unix_name(const struct sockaddr_un *sun, char *buf, size_t si
  * IPv4-mapped one when it talks to an IPv4-mapped address), with a port of its own. */
 static void client_local(struct ipaddr *local, int family, const struct ipaddr *peer)
 {
-	ipaddr_loopback(local, family);
-	if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&peer->in6.sin6_addr)) {
-		local->in6.sin6_addr.s6_addr[10] = local->in6.sin6_addr.s6_addr[11] = 0xff;
-		local->in6.sin6_addr.s6_addr[12] = 127;
-		local->in6.sin6_addr.s6_addr[15] = 1;
-	}
+	ipaddr_loopback_like(local, family, peer);
 	ipaddr_set_port(local, fake_port());
 }
 
@@ -438,24 +494,83 @@ static int private_address(int fd, int sock, const struct fd_entry *old)
 	return idx;
 }
 
+/* Connect to an address of another family, or through a multiplexer, in fd's place.
+ * A non-blocking vsock/tipc connect may end in EINPROGRESS, with the socket in place. */
+static int connect_other(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+			 const struct other_target *t)
+{
+	char what[160];
+	struct fd_flags flags;
+	struct fd_entry e;
+	int sock, r, saved;
+
+	other_describe(t, what, sizeof(what));
+	if (t->fc && old->type != SOCK_STREAM) {
+		ulog(LOG_ERR_, "fd %d: %s carries stream connections only", fd, what);
+		errno = EPROTOTYPE;
+		return -1;
+	}
+	sock = make_socket(fd, t->family, old->type, old, &flags);
+	if (sock < 0) {
+		ulog(LOG_ERR_, "fd %d: cannot make a socket for %s: %s", fd, what, strerror(errno));
+		return -1;
+	}
+	other_apply_options(sock, t);
+	r = REAL(connect)(sock, (const struct sockaddr *)&t->addr, t->len);
+	if (t->fc && r && (errno == EINPROGRESS || errno == EAGAIN)) {
+		struct pollfd p = { .fd = sock, .events = POLLOUT };
+
+		r = poll(&p, 1, 10000) == 1 ? 0 : -1;
+	}
+	if (t->fc && r == 0)
+		r = fc_handshake(sock, t);
+	saved = errno;
+	if (r && !(errno == EINPROGRESS && !t->fc)) {
+		ulog(LOG_INFO_, "fd %d: connecting to %s failed: %s", fd, what, strerror(saved));
+		discard(fd, sock);
+		errno = saved == ENOENT ? ECONNREFUSED : saved;
+		return -1;
+	}
+	new_entry(&e, old, ROLE_CLIENT);
+	client_local(&e.local, old->family, addr);
+	e.peer = *addr;
+	if (install(fd, sock, &flags, &e))
+		return -1;
+	ulog(LOG_INFO_, "fd %d: connected to %s", fd, what);
+	errno = saved;
+	return r;
+}
+
 int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		    int *handled)
 {
 	struct sock_query q = { .dir = DIR_OUT, .type = old->type, .addr = addr };
 	char name[sizeof(((struct sockaddr_un *)0)->sun_path) + 2];
+	const struct rule *r = NULL;
+	struct other_target t;
 	struct sockaddr_un sun;
 	struct fd_entry e;
 	struct fd_flags flags;
-	socklen_t len;
-	int sock, d, idx, saved;
+	int sock, d, len, idx, saved;
 
 	*handled = 1;
-	d = rule_target(fd, &q, &sun, &len);
+	d = rule_decide(fd, &q, &r, name, sizeof(name));
 	if (d > 0) {
 		*handled = materialize(fd) != 0;
 		return -1;
 	}
 	if (d < 0)
+		return -1;
+	if (r->action == ACT_VSOCK || r->action == ACT_TIPC || r->action == ACT_FC) {
+		other_from_rule(r, &t);
+		return connect_other(fd, addr, old, &t);
+	}
+	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
+		errno = EACCES;
+		return -1;
+	}
+	len = unix_addr_fill(&sun, r, name);
+	if (len < 0)
 		return -1;
 	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
@@ -464,13 +579,18 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	if (idx == -2)
 		return -1;
 	/* May block (a full backlog on a blocking socket); we hold no lock here. */
-	if (REAL(connect)(sock, (struct sockaddr *)&sun, len)) {
+	if (REAL(connect)(sock, (struct sockaddr *)&sun, (socklen_t)len)) {
 		saved = errno == ENOENT ? ECONNREFUSED : errno;
-		ulog(LOG_INFO_, "fd %d: connecting to %s failed: %s", fd,
-		     unix_name(&sun, name, sizeof(name)), strerror(saved));
 		discard(fd, sock);
 		if (idx >= 0)
 			sockfile_release(idx);
+		/* a regular file where the socket should be may be an unsock control file */
+		d = saved == ECONNREFUSED && r->action == ACT_PATH && old->type == SOCK_STREAM
+			    ? control_file_read(sun.sun_path, &t) : 0;
+		if (d)
+			return d < 0 ? -1 : connect_other(fd, addr, old, &t);
+		ulog(LOG_INFO_, "fd %d: connecting to %s failed: %s", fd,
+		     unix_name(&sun, name, sizeof(name)), strerror(saved));
 		errno = saved;
 		return -1;
 	}
@@ -479,7 +599,7 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	e.peer = *addr;
 	e.sockfile = (int16_t)idx;
 	if (old->type == SOCK_DGRAM)
-		peers_remember(&sun, len, addr);
+		peers_remember(&sun, (socklen_t)len, addr);
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: connected to %s", fd, unix_name(&sun, name, sizeof(name)));

@@ -64,7 +64,7 @@ int dgram_private_bind(int sock)
 		/* the pid keeps names apart in a directory shared with forked children */
 		snprintf(path, sizeof(path), "%s/%d.%x", rundir, (int)getpid(),
 			 atomic_fetch_add(&private_counter, 1));
-		idx = sockfile_bind(sock, path, 0);
+		idx = sockfile_bind(sock, path, NULL);
 		if (idx != -2 || errno != ENOENT)
 			return idx;
 		rundir[0] = 0; /* removed under us (by a child's exit, say): make another */

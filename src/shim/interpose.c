@@ -86,9 +86,16 @@ static int predicted(int domain, int base, int protocol)
 API int socket(int domain, int type, int protocol)
 {
 	int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-	int pending = predicted(domain, base, protocol);
-	int fd = pending ? REAL(socket)(AF_UNIX, type, 0) : REAL(socket)(domain, type, protocol);
+	int pending = predicted(domain, base, protocol), refused, fd;
 	struct fd_entry e;
+
+	if (rules_state == RULES_OK && (domain == AF_INET || domain == AF_INET6) &&
+	    (base == SOCK_STREAM || base == SOCK_DGRAM) &&
+	    (refused = rules_refuse_socket(domain, base)) != 0) {
+		errno = refused;
+		return -1;
+	}
+	fd = pending ? REAL(socket)(AF_UNIX, type, 0) : REAL(socket)(domain, type, protocol);
 
 	if (fd < 0 || rules_state == RULES_NONE || (domain != AF_INET && domain != AF_INET6) ||
 	    (base != SOCK_STREAM && base != SOCK_DGRAM))
@@ -222,9 +229,15 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 		ipaddr_set_port(&e.local, ipaddr_port(&listener.local));
 	}
 	/* Clients on a Unix socket are local clients: report them as loopback, as a
-	 * server trusting local peers expects. */
-	ipaddr_loopback(&e.peer, listener.local.sa.sa_family);
+	 * server trusting local peers expects (IPv4-mapped on a listener bound so). */
+	ipaddr_loopback_like(&e.peer, listener.local.sa.sa_family, &listener.local);
 	ipaddr_set_port(&e.peer, fake_port());
+	if (unsock_peer.sa.sa_family == listener.local.sa.sa_family) {
+		/* unsock reports its clients from UNSOCK_ADDR (and UNSOCK_PORT) */
+		e.peer.in4.sin_addr = unsock_peer.in4.sin_addr;
+		if (ipaddr_port(&unsock_peer))
+			ipaddr_set_port(&e.peer, ipaddr_port(&unsock_peer));
+	}
 	fd_store(conn, &e);
 	if (addr)
 		copy_out_addr(&e.peer, ipaddr_len(&e.peer), addr, len);

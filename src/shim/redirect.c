@@ -104,7 +104,7 @@ int redirect_bind(int fd, const struct sockaddr *sa, socklen_t len)
 		return REAL(bind)(fd, (struct sockaddr *)&sun, sunlen);
 	}
 	/* a path: made and removed like any socket file of ours */
-	idx = sockfile_bind(fd, target, r->noremove);
+	idx = sockfile_bind(fd, target, r);
 	if (idx == -2)
 		return -1;
 	fd_entry_init(&e);

@@ -67,6 +67,19 @@ static int parse_uint(const char *s, size_t n, unsigned long max, unsigned long 
 	return 0;
 }
 
+static int parse_octal(const char *s, size_t n, unsigned long *out)
+{
+	unsigned long v = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '7')
+			return -1;
+		v = v * 8 + (unsigned long)(s[i] - '0');
+	}
+	*out = v;
+	return 0;
+}
+
 static int hexval(char ch)
 {
 	if (ch >= '0' && ch <= '9')
@@ -117,9 +130,29 @@ static int parse_ports(struct rule *r, const char *v, size_t n)
 	return 0;
 }
 
+/* Colon-separated 32-bit numbers. */
+static int parse_numbers(struct rule *r, const char *v, size_t n)
+{
+	size_t start = 0;
+
+	if (r->n_numbers)
+		return -1;
+	for (size_t i = 0; i <= n; i++) {
+		unsigned long num;
+
+		if (i < n && v[i] != ':')
+			continue;
+		if (r->n_numbers == 5 || parse_uint(v + start, i - start, 0xffffffffUL, &num))
+			return -1;
+		r->numbers[r->n_numbers++] = (uint32_t)num;
+		start = i + 1;
+	}
+	return 0;
+}
+
 static int parse_action(struct rule *r, const char *v, size_t n)
 {
-	static const char letters[] = "PARBIS";
+	static const char letters[] = "PARBISVCF";
 	const char *p;
 
 	if (n != 1 || !(p = memchr(letters, v[0], sizeof(letters) - 1)))
@@ -157,6 +190,8 @@ static int apply_field(struct rule *r, char key, const char *v, size_t n)
 		return parse_addr(r, v, n);
 	case 'p':
 		return parse_ports(r, v, n);
+	case 'v':
+		return parse_numbers(r, v, n);
 	case 'e':
 		if (parse_uint(v, n, 4095, &num) || num == 0)
 			return -1;
@@ -166,6 +201,25 @@ static int apply_field(struct rule *r, char key, const char *v, size_t n)
 		if (n != 1 || v[0] != '1')
 			return -1;
 		r->noremove = 1;
+		return 0;
+	case 'f':
+		if (n != 1 || (v[0] != '4' && v[0] != '6'))
+			return -1;
+		r->family = v[0] == '4' ? AF_INET : AF_INET6;
+		return 0;
+	case 'm':
+		if (n == 0 || n > 5 || parse_octal(v, n, &num) || num > 07777)
+			return -1;
+		r->mode = (int)num;
+		return 0;
+	case 'o':
+	case 'g':
+		if (parse_uint(v, n, 0xfffffffeUL, &num))
+			return -1;
+		if (key == 'o')
+			r->uid = (uid_t)num;
+		else
+			r->gid = (gid_t)num;
 		return 0;
 	case 'T':
 		return n == 0 || n >= sizeof(((struct sockaddr_un *)0)->sun_path) * 4
@@ -185,11 +239,18 @@ static int check_rule(const struct rule *r)
 {
 	if (!r->action)
 		return -1;
-	if ((r->action == ACT_PATH || r->action == ACT_ABSTRACT) != (r->target != NULL))
+	if ((r->action == ACT_PATH || r->action == ACT_ABSTRACT || r->action == ACT_FC) !=
+	    (r->target != NULL))
+		return -1;
+	if (r->n_numbers != (r->action == ACT_VSOCK ? 2 : r->action == ACT_TIPC ? 5
+			     : r->action == ACT_FC ? 1 : 0))
+		return -1;
+	if (r->action == ACT_FC && (r->target[0] != '/' || r->dir == DIR_IN))
 		return -1;
 	if ((r->action == ACT_REJECT) != (r->reject_errno != 0))
 		return -1;
-	if (r->noremove && r->action != ACT_PATH)
+	if ((r->noremove || r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1) &&
+	    r->action != ACT_PATH)
 		return -1;
 	if (r->action == ACT_BLACKHOLE && r->dir != DIR_IN)
 		return -1;
@@ -229,8 +290,7 @@ static int parse_encoding(struct cursor *c)
 			return fail(c, "expected '{'");
 		if (n_rules >= MAX_RULES)
 			return fail(c, "too many rules");
-		r = &rules[n_rules];
-		memset(r, 0, sizeof(*r));
+		r = rules_append();
 		c->pos++;
 		while (c->pos < c->len && c->s[c->pos] != '}') {
 			if (parse_field(c, r))
@@ -243,7 +303,6 @@ static int parse_encoding(struct cursor *c)
 			return fail(c, "inconsistent rule");
 		rules_use_systemd |= r->action == ACT_SYSTEMD;
 		rules_use_unix |= r->from_unix || r->from_abstract;
-		n_rules++;
 	}
 	return 0;
 }
@@ -267,41 +326,123 @@ static void predict(void)
 	}
 }
 
-void rules_init(void)
-{
-	const char *env = getenv("UNIXIFY_RULES");
-	struct cursor c = { 0 };
-	int saved = errno;
-	size_t len;
+/*
+ * A socket that the first rule able to match it rejects for its family alone
+ * ("ipv6,reject=EAFNOSUPPORT") is refused at socket() already, as by a kernel without
+ * that family: programs fall back to the other family there, not at bind or connect.
+ * 0 when socket() should go ahead.
+ */
+static int refusal[2][2]; /* [AF_INET6?][SOCK_DGRAM?] */
 
-	if (!env)
-		return;
-	len = strlen(env);
-	arena_size = len + 2 * MAX_RULES;
+static int first_rule_rejects(int family, int type)
+{
+	for (int i = 0; i < n_rules; i++) {
+		const struct rule *r = &rules[i];
+
+		if (r->from_unix || r->from_abstract || (r->family && r->family != family) ||
+		    (r->type && r->type != type) || r->action == ACT_SYSTEMD)
+			continue; /* cannot match this socket at all (systemd: not at connect) */
+		if (r->action != ACT_REJECT || !r->family || r->dir || r->has_addr || r->has_ports)
+			return 0;
+		return r->reject_errno;
+	}
+	return 0;
+}
+
+int rules_refuse_socket(int family, int type)
+{
+	return refusal[family == AF_INET6][type == SOCK_DGRAM];
+}
+
+static void precompute(void)
+{
+	predict();
+	for (int v6 = 0; v6 < 2; v6++) {
+		for (int dgram = 0; dgram < 2; dgram++)
+			refusal[v6][dgram] = first_rule_rejects(v6 ? AF_INET6 : AF_INET,
+								dgram ? SOCK_DGRAM : SOCK_STREAM);
+	}
+}
+
+static int rules_alloc(size_t strings)
+{
+	arena_size = strings + 2 * MAX_RULES;
 	rules = mmap(NULL, MAX_RULES * sizeof(*rules) + arena_size, PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (rules == MAP_FAILED) {
 		rules = NULL;
 		rules_state = RULES_BROKEN;
 		ulog(LOG_ERR_, "cannot allocate memory for rules; IP sockets will be refused");
+		return -1;
+	}
+	arena = (char *)(rules + MAX_RULES);
+	return 0;
+}
+
+static void rules_ready(const char *source)
+{
+	rules_state = RULES_OK;
+	precompute();
+	ulog(LOG_DEBUG_, "%d rule(s) from %s%s", n_rules, source,
+	     predict_stream_out ? "; stream sockets start as Unix sockets" : "");
+}
+
+static void rules_broken(void)
+{
+	n_rules = 0;
+	rules_use_systemd = rules_use_unix = 0; /* broken rules refuse IP sockets only */
+	rules_state = RULES_BROKEN;
+}
+
+struct rule *rules_append(void)
+{
+	struct rule *r;
+
+	if (n_rules >= MAX_RULES)
+		return NULL;
+	r = &rules[n_rules++];
+	memset(r, 0, sizeof(*r));
+	r->mode = -1;
+	r->uid = (uid_t)-1;
+	r->gid = (gid_t)-1;
+	return r;
+}
+
+const char *rules_keep_string(const char *s)
+{
+	return arena_copy(s, strlen(s));
+}
+
+void rules_init(void)
+{
+	const char *env = getenv("UNIXIFY_RULES");
+	struct cursor c = { 0 };
+	int saved = errno;
+
+	if (!env) {
+		/* no rules of ours: unsock's variables, if any, stand for some */
+		if (unsock_configured() && rules_alloc(1024) == 0) {
+			if (unsock_rules())
+				rules_broken();
+			else
+				rules_ready("UNSOCK_* variables");
+		}
 		errno = saved;
 		return;
 	}
-	arena = (char *)(rules + MAX_RULES);
 	c.s = env;
-	c.len = len;
+	c.len = strlen(env);
+	if (rules_alloc(c.len)) {
+		errno = saved;
+		return;
+	}
 	if (parse_encoding(&c)) {
-		n_rules = 0;
-		rules_use_systemd = rules_use_unix = 0; /* broken rules refuse IP sockets only */
-		rules_state = RULES_BROKEN;
+		rules_broken();
 		ulog(LOG_ERR_, "UNIXIFY_RULES is malformed (%s at byte %zu); IP bind/connect "
 		     "will fail with EACCES. Set it only through the unixify command.",
 		     c.error, c.pos);
 	} else {
-		rules_state = RULES_OK;
-		predict();
-		ulog(LOG_DEBUG_, "%d rule(s) loaded%s", n_rules,
-		     predict_stream_out ? "; stream sockets start as Unix sockets" : "");
+		rules_ready("UNIXIFY_RULES");
 	}
 	errno = saved;
 }
@@ -345,6 +486,8 @@ static int rule_matches(const struct rule *r, const struct sock_query *q)
 	if (r->action == ACT_SYSTEMD && q->dir != DIR_IN)
 		return 0; /* passed sockets stand in for listeners only */
 	if (r->type && r->type != q->type)
+		return 0;
+	if (r->family && (!q->addr || r->family != q->addr->sa.sa_family))
 		return 0;
 	if (q->unix_name)
 		return glob_match(r->from_unix ? r->from_unix : r->from_abstract, q->unix_name);

@@ -72,6 +72,8 @@ uint16_t ipaddr_port(const struct ipaddr *a);
 void ipaddr_set_port(struct ipaddr *a, uint16_t port);
 void ipaddr_any(struct ipaddr *a, int family);
 void ipaddr_loopback(struct ipaddr *a, int family);
+/* Loopback of family; the IPv4-mapped one (::ffff:127.0.0.1) when model is IPv4-mapped. */
+void ipaddr_loopback_like(struct ipaddr *a, int family, const struct ipaddr *model);
 int ipaddr_is_any(const struct ipaddr *a);
 const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4); /* v4-mapped -> 4 bytes */
 void ipaddr_format(const struct ipaddr *a, char *buf, size_t size);
@@ -80,7 +82,7 @@ int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, sockl
 
 /* ---- rules (rules.c) ---- */
 enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
-		   ACT_SYSTEMD };
+		   ACT_SYSTEMD, ACT_VSOCK, ACT_TIPC, ACT_FC };
 enum rule_dir { DIR_ANY = 0, DIR_IN, DIR_OUT };
 
 struct rule {
@@ -92,9 +94,15 @@ struct rule {
 	uint8_t addr_v4;   /* address below is 4 bytes (IPv4) rather than 16 */
 	uint8_t prefix;
 	uint8_t has_ports;
+	uint8_t family;    /* 0 (any), AF_INET or AF_INET6 */
+	uint8_t n_numbers;
+	uint32_t numbers[5]; /* vsock cid, port; tipc's five values; fc port */
 	uint8_t addr[16];
 	uint16_t port_lo, port_hi;
 	int reject_errno;
+	int mode;                  /* socket file mode, or -1 */
+	uid_t uid;                 /* socket file owner, or (uid_t)-1 */
+	gid_t gid;                 /* socket file group, or (gid_t)-1 */
 	const char *target;        /* path= or abstract=, unexpanded */
 	const char *systemd_name;
 	const char *from_unix;
@@ -118,6 +126,12 @@ extern int predict_stream_out;
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
 extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
+/* For rules made here rather than decoded (unsock.c): a fresh rule at the end of the
+ * table, or NULL when full; a copy of s that lives as long as the rules. */
+struct rule *rules_append(void);
+const char *rules_keep_string(const char *s);
+/* The errno socket() must fail with for this family (AF_INET/AF_INET6) and type, or 0. */
+int rules_refuse_socket(int family, int type);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
 const struct rule *rule_at(int index);
@@ -200,8 +214,10 @@ struct sockfile {
 	uint8_t used;
 	uint8_t noremove;
 };
-/* Bind sock to path; replaces a stale socket file, never a live one. */
-int sockfile_bind(int sock, const char *path, int noremove);
+/* Bind sock to path; replaces a stale socket file, never a live one.  r (may be NULL)
+ * gives noremove and the file's mode, owner and group, which it has from the moment it
+ * appears at path. */
+int sockfile_bind(int sock, const char *path, const struct rule *r);
 /* Bind sock to a fresh path and unlink it: a socket nobody can reach. */
 int sockfile_blackhole(int sock);
 /* Index of the record for path if this process holds its socket open, or -1. */
@@ -235,6 +251,38 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname);
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+
+/* ---- unsock's environment variables as rules (unsock.c) ---- */
+/* Some UNSOCK_* variable asks for conversion or blocking. */
+int unsock_configured(void);
+/* Append the rules they stand for; -1 (logged) when they are unusable. */
+int unsock_rules(void);
+/* Where unsock reports accepted peers from (UNSOCK_ADDR's address), or family 0. */
+extern struct ipaddr unsock_peer;
+
+/* ---- other socket families (families.c) ---- */
+#define CONTROL_FILE_SIZE 452
+#define MAX_TARGET_OPTS 4
+/* Where a vsock=/tipc=/fc= rule or an unsock control file sends a socket. */
+struct other_target {
+	int family;                /* AF_VSOCK, AF_TIPC, ...; AF_UNIX for a multiplexer */
+	struct sockaddr_storage addr;
+	socklen_t len;
+	uint32_t fc_port;          /* multiplexer: the port to ask for; addr is the proxy */
+	int fc;
+	int n_opts;
+	struct { uint32_t level, name; uint8_t value[32]; } opts[MAX_TARGET_OPTS];
+};
+void other_from_rule(const struct rule *r, struct other_target *t);
+/* 1 when path is an unsock control file (t filled), 0 when it is not one, -1 when it
+ * is one but malformed (logged, errno set). */
+int control_file_read(const char *path, struct other_target *t);
+/* Set the target's socket options on sock. */
+void other_apply_options(int sock, const struct other_target *t);
+/* Ask the multiplexer on connected sock for t's port and wait for its OK. */
+int fc_handshake(int sock, const struct other_target *t);
+/* A log line's description of t. */
+void other_describe(const struct other_target *t, char *buf, size_t size);
 
 /* ---- programs that use Unix sockets already (redirect.c) ---- */
 /* bind/connect/sendto destination of a Unix socket, as the from-unix rules say. */

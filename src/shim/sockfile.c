@@ -9,6 +9,7 @@
  * inode) and whether a socket still exists (by its own inode).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
@@ -238,32 +239,94 @@ static int bind_path(int sock, const char *path)
 			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1));
 }
 
-/* Returns the record index (or -1 if none could be kept) with the socket bound, or
- * -2 with errno set. */
-int sockfile_bind(int sock, const char *path, int noremove)
+/* A file in the way at path: 0 when it is a stale socket file we may replace, else -1
+ * with errno EADDRINUSE and a log line. */
+static int replaceable(const char *path)
 {
 	struct stat st;
 
-	if (bind_path(sock, path) == 0)
-		return record(sock, path, noremove);
-	if (errno != EADDRINUSE)
-		return -2;
-	if (lstat(path, &st) || !S_ISSOCK(st.st_mode)) {
+	if (lstat(path, &st))
+		return errno == ENOENT ? 0 : -1;
+	if (!S_ISSOCK(st.st_mode)) {
 		ulog(LOG_WARN_, "%s exists and is not a socket; not replacing it", path);
 		errno = EADDRINUSE;
-		return -2;
+		return -1;
 	}
 	if (file_is_live(path, &st)) {
 		ulog(LOG_WARN_, "%s is in use by a live socket; not taking it over", path);
 		errno = EADDRINUSE;
-		return -2;
+		return -1;
 	}
 	ulog(LOG_INFO_, "replacing stale socket file %s", path);
+	return 0;
+}
+
+static int wants_permissions(const struct rule *r)
+{
+	return r && (r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1);
+}
+
+/*
+ * The file must not appear at path with other permissions than asked for, not even for
+ * a moment: bind in a private directory beside it (mode 0700, same file system), set
+ * mode and ownership there, then rename it into place.
+ */
+static int bind_private_then_rename(int sock, const char *path, const struct rule *r)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)], tmp[sizeof(dir) + 2];
+	int parent = (int)(strrchr(path, '/') - path), saved;
+
+	if (parent < 0 || (size_t)parent + sizeof("/.unixify-XXXXXX/s") > sizeof(tmp)) {
+		ulog(LOG_ERR_, "%s: too long to create with mode/owner/group safely (a private "
+		     "directory beside it must fit in a socket address too)", path);
+		errno = ENAMETOOLONG;
+		return -2;
+	}
+	snprintf(dir, sizeof(dir), "%.*s/.unixify-XXXXXX", parent, path);
+	if (!mkdtemp(dir))
+		return -2;
+	snprintf(tmp, sizeof(tmp), "%s/s", dir); /* fits: checked above */
+	if (bind_path(sock, tmp))
+		goto fail;
+	if (r->mode >= 0 && chmod(tmp, (mode_t)r->mode))
+		goto fail;
+	if ((r->uid != (uid_t)-1 || r->gid != (gid_t)-1) && lchown(tmp, r->uid, r->gid)) {
+		saved = errno;
+		ulog(LOG_ERR_, "cannot give %s to owner %d, group %d: %s", path,
+		     r->uid == (uid_t)-1 ? -1 : (int)r->uid, r->gid == (gid_t)-1 ? -1 : (int)r->gid,
+		     strerror(saved));
+		errno = saved;
+		goto fail;
+	}
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE)) {
+		if (errno != EEXIST || replaceable(path) || rename(tmp, path))
+			goto fail;
+	}
+	rmdir(dir);
+	return record(sock, path, r->noremove);
+fail:
+	saved = errno;
+	unlink(tmp);
+	rmdir(dir);
+	errno = saved;
+	return -2;
+}
+
+/* Returns the record index (or -1 if none could be kept) with the socket bound, or
+ * -2 with errno set. */
+int sockfile_bind(int sock, const char *path, const struct rule *r)
+{
+	if (wants_permissions(r))
+		return bind_private_then_rename(sock, path, r);
+	if (bind_path(sock, path) == 0)
+		return record(sock, path, r && r->noremove);
+	if (errno != EADDRINUSE || replaceable(path))
+		return -2;
 	if (unlink(path) && errno != ENOENT)
 		return -2;
 	if (bind_path(sock, path))
 		return -2;
-	return record(sock, path, noremove);
+	return record(sock, path, r && r->noremove);
 }
 
 int sockfile_blackhole(int sock)

@@ -14,10 +14,10 @@ from typing import NoReturn
 
 from unixify import __version__
 from unixify.encoding import ENV_RULES, ENV_VERBOSE, encode_rules
-from unixify.rules import Rule, RuleError, parse_rule, parse_rules_file
+from unixify.rules import Rule, RuleError, parse_mode, parse_rule, parse_rules_file
 
 USAGE = """\
-usage: unixify [-v...] [-p] (-r RULE | -f FILE)... PROGRAM [ARGS...]
+usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS...]
        unixify -c [-p] (-r RULE | -f FILE)...
        unixify explain (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
        unixify explain (-r RULE | -f FILE)... [--] in|out tcp|udp unix PATH|abstract NAME
@@ -31,6 +31,7 @@ options:
   -c, --check       validate the rules and exit
   -p, --print       print the rule table (stdout with -c, else stderr)
   -v, --verbose     log more from inside the program (repeatable)
+      --mode OCTAL  socket file mode for path= rules that give no mode= (e.g. 0600)
       --lib         print the path of the preload library and exit
       --version     print the version and exit
   -h, --help        show this help and exit
@@ -40,7 +41,9 @@ A rule is comma-separated matches and one action, e.g.
 matches: in | out, tcp | udp, addr=ADDRESS[/PREFIX], port=PORT[-PORT],
          from-unix=GLOB, from-abstract=GLOB (programs using Unix sockets already)
 actions: path=PATH (%p port, %a address, %t tcp/udp, %% percent), abstract=NAME,
-         reject[=ERRNO], blackhole, ignore, systemd[=FDNAME]; flag: noremove
+         reject[=ERRNO], blackhole, ignore, systemd[=FDNAME], vsock=CID:PORT,
+         tipc=ADDRTYPE:SCOPE:TYPE:LOWER:UPPER, fc=UNIX_PATH:PORT
+with path=: noremove, mode=OCTAL, owner=USER|UID, group=GROUP|GID
 """
 
 
@@ -161,6 +164,46 @@ def build_environment(rules: list[Rule], verbosity: int) -> dict[str, str]:
     return env
 
 
+def with_default_mode(rules: list[Rule], mode: int | None) -> list[Rule]:
+    """--mode: the socket file mode of path= rules that give none."""
+    if mode is None:
+        return rules
+    return [rule._replace(mode=mode)
+            if rule.action == "path" and rule.mode is None and rule.direction != "out"
+            else rule for rule in rules]
+
+
+def run_env(argv: list[str]) -> int:
+    """Print LD_PRELOAD and UNIXIFY_RULES for people who set the environment themselves
+    (a systemd EnvironmentFile=, a container's environment, eval in a shell)."""
+    import shlex
+
+    from unixify.shim import library_path
+
+    try:
+        options, rest = getopt.getopt(argv, "r:f:", ["rule=", "file=", "mode="])
+    except getopt.GetoptError as err:
+        raise UsageError(f"env: {err.msg} (see 'unixify --help')") from None
+    if rest:
+        raise UsageError(f"env: unexpected {rest[0]!r}; it takes rules only")
+    mode = None
+    sources = []
+    for option, value in options:
+        if option == "--mode":
+            try:
+                mode = parse_mode(value)
+            except ValueError as err:
+                raise UsageError(f"env: --mode: {err}") from None
+        else:
+            sources.append(("rule" if option in ("-r", "--rule") else "file", value))
+    if not sources:
+        raise UsageError("env: no rules given; use -r RULE or -f FILE")
+    rules = with_default_mode(load_rules(sources), mode)
+    sys.stdout.write(f"LD_PRELOAD={shlex.quote(library_path())}\n"
+                     f"{ENV_RULES}={shlex.quote(encode_rules(rules))}\n")
+    return 0
+
+
 def run_explain(argv: list[str]) -> int:
     from unixify.explain import explain, parse_query
 
@@ -181,18 +224,84 @@ def run_explain(argv: list[str]) -> int:
     return 0
 
 
+CONTROL_USAGE = ("usage: unixify control-file create FILE (--vsock CID:PORT | "
+                 "--tipc ADDRTYPE:SCOPE:TYPE:LOWER:UPPER | --fc UNIX_PATH:PORT) "
+                 "[--option LEVEL:NAME:INT]...\n       unixify control-file show FILE\n")
+
+
+def run_control_file(argv: list[str]) -> int:
+    from unixify import controlfile
+    from unixify.rules import parse_fc, parse_tipc, parse_vsock
+
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(CONTROL_USAGE)
+        return 0
+    if len(argv) < 2 or argv[0] not in ("create", "show"):
+        raise UsageError("control-file: expected 'create FILE ...' or 'show FILE' "
+                         "(see 'unixify control-file --help')")
+    command, path, rest = argv[0], argv[1], argv[2:]
+    try:
+        if command == "show":
+            if rest:
+                raise UsageError(f"control-file show: unexpected {rest[0]!r}")
+            target = controlfile.show(path)
+            sys.stdout.write(f"{path}: {target.describe()}\n")
+            for level, name, raw in target.options:
+                number = int.from_bytes(raw[:4], "little", signed=True)
+                sys.stdout.write(f"  option level {level} name {name} value {number}\n")
+            return 0
+        options, extra = getopt.getopt(rest, "", ["vsock=", "tipc=", "fc=", "option="])
+        if extra:
+            raise UsageError(f"control-file create: unexpected {extra[0]!r}")
+        kinds = [(o[2:], v) for o, v in options if o != "--option"]
+        if len(kinds) != 1:
+            raise UsageError("control-file create: give exactly one of --vsock, --tipc, --fc")
+        kind, value = kinds[0]
+        proxy = None
+        if kind == "vsock":
+            numbers: tuple[int, ...] = parse_vsock(value)
+        elif kind == "tipc":
+            numbers = parse_tipc(value)
+        else:
+            proxy, port = parse_fc(value, os.getcwd())
+            numbers = (port,)
+        extras = tuple(_control_option(v) for o, v in options if o == "--option")
+        controlfile.create(path, controlfile.Target(kind, numbers, proxy, extras))
+    except getopt.GetoptError as err:
+        raise UsageError(f"control-file: {err.msg}") from None
+    except (ValueError, controlfile.ControlFileError) as err:
+        raise UsageError(f"control-file {command}: {err}") from None
+    return 0
+
+
+def _control_option(text: str) -> tuple[int, int, bytes]:
+    parts = text.split(":")
+    try:
+        level, name, value = (int(part, 0) for part in parts)
+    except ValueError:
+        raise ValueError(f"option {text!r}: expected LEVEL:NAME:INT (numbers)") from None
+    if not (0 <= level < 2**32 and 0 <= name < 2**32 and -2**31 <= value < 2**31):
+        raise ValueError(f"option {text!r}: a number is out of range")
+    return level, name, value.to_bytes(4, "little", signed=True).ljust(32, b"\0")
+
+
 def run(argv: list[str]) -> int:
     if argv[:1] == ["explain"]:
         return run_explain(argv[1:])
+    if argv[:1] == ["control-file"]:
+        return run_control_file(argv[1:])
+    if argv[:1] == ["env"]:
+        return run_env(argv[1:])
     try:
         options, rest = getopt.getopt(
             argv, "r:f:cpvh",
-            ["rule=", "file=", "check", "print", "verbose", "help", "version", "lib"])
+            ["rule=", "file=", "check", "print", "verbose", "help", "version", "lib", "mode="])
     except getopt.GetoptError as err:
         raise UsageError(f"{err.msg} (see 'unixify --help')") from None
     sources: list[tuple[str, str]] = []
     check = show = False
     verbosity = 0
+    default_mode: int | None = None
     for option, value in options:
         if option in ("-h", "--help"):
             sys.stdout.write(USAGE)
@@ -215,10 +324,15 @@ def run(argv: list[str]) -> int:
             show = True
         elif option in ("-v", "--verbose"):
             verbosity += 1
+        elif option == "--mode":
+            try:
+                default_mode = parse_mode(value)
+            except ValueError as err:
+                raise UsageError(f"--mode: {err}") from None
 
     if not sources:
         raise UsageError("no rules given; use -r RULE or -f FILE (see 'unixify --help')")
-    rules = load_rules(sources)
+    rules = with_default_mode(load_rules(sources), default_mode)
     if show:
         (sys.stdout if check else sys.stderr).write(format_table(rules))
     if check:

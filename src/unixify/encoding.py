@@ -10,8 +10,11 @@ byte::
 
 Keys: ``d`` direction (``i``/``o``), ``t`` type (``s``/``d``), ``a`` address as hex of
 the packed address, ``/`` and the prefix length, ``p`` port range ``LOW-HIGH``, ``A``
-action letter, ``T`` path or abstract name (unexpanded), ``e`` errno number, ``n``
-noremove, ``N`` systemd fd name, ``u`` from-unix glob, ``b`` from-abstract glob.
+action letter, ``T`` path or abstract name (unexpanded; fc: the proxy path), ``v``
+colon-separated numbers (vsock cid:port, tipc's five values, fc port), ``e`` errno, ``n``
+noremove, ``N`` systemd fd name, ``u`` from-unix glob, ``b`` from-abstract glob,
+``f`` address family (``4``/``6``), ``m`` socket file mode (octal), ``o`` owner uid,
+``g`` group gid.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ MAGIC = "UFY1"
 ENV_RULES = "UNIXIFY_RULES"
 ENV_VERBOSE = "UNIXIFY_VERBOSE"
 ACTION_LETTERS = {"path": "P", "abstract": "A", "reject": "R", "blackhole": "B",
-                  "ignore": "I", "systemd": "S"}
+                  "ignore": "I", "systemd": "S", "vsock": "V", "tipc": "C", "fc": "F"}
 
 
 def _field(key: str, value: str) -> str:
@@ -44,6 +47,8 @@ def encode_rule(rule: Rule) -> str:
         fields.append(_field("p", f"{rule.ports[0]}-{rule.ports[1]}"))
     if rule.target is not None:
         fields.append(_field("T", rule.target))
+    if rule.numbers:
+        fields.append(_field("v", ":".join(str(n) for n in rule.numbers)))
     if rule.reject_errno is not None:
         fields.append(_field("e", str(rule.reject_errno)))
     if rule.noremove:
@@ -54,6 +59,14 @@ def encode_rule(rule: Rule) -> str:
         fields.append(_field("u", rule.from_unix))
     if rule.from_abstract is not None:
         fields.append(_field("b", rule.from_abstract))
+    if rule.family is not None:
+        fields.append(_field("f", rule.family[-1]))
+    if rule.mode is not None:
+        fields.append(_field("m", f"{rule.mode:o}"))
+    if rule.owner is not None:
+        fields.append(_field("o", str(rule.owner)))
+    if rule.group is not None:
+        fields.append(_field("g", str(rule.group)))
     return "{" + "".join(fields) + "}"
 
 

@@ -135,6 +135,8 @@ def mismatch(rule: Rule, query: Query) -> str | None:
                 return f"@{query.abstract} does not match {rule.from_abstract}"
         return None
     assert query.address is not None
+    if rule.family is not None and rule.family != f"ipv{query.address.version}":
+        return f"it is for {rule.family} sockets only"
     if rule.address is not None:
         address = query.address
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -169,13 +171,23 @@ def outcome(rule: Rule | None, query: Query) -> str:
         target = expand(rule.target, query)
         where = f"Unix socket file {target}" if rule.action == "path" else f"abstract @{target}"
         if query.direction == "in":
-            return f"{call} binds a Unix {query.socket_type} socket at {where}"
+            notes = [f"mode {rule.mode:04o}" if rule.mode is not None else "",
+                     f"owner {rule.owner}" if rule.owner is not None else "",
+                     f"group {rule.group}" if rule.group is not None else "",
+                     "kept after close" if rule.noremove else ""]
+            extra = ", ".join(note for note in notes if note)
+            return (f"{call} binds a Unix {query.socket_type} socket at {where}"
+                    + (f" ({extra})" if extra else ""))
         return f"{call} goes to {where}"
     if rule.action == "reject":
         assert rule.reject_errno is not None
         return f"{call} fails with {errno_name(rule.reject_errno)} ({rule.reject_errno})"
     if rule.action == "blackhole":
         return f"{call} succeeds on a Unix socket nobody can reach"
+    if rule.action in ("vsock", "tipc", "fc"):
+        if rule.action == "fc" and query.direction == "in":
+            return f"{call} fails with EINVAL (a multiplexer only connects)"
+        return f"{call} uses {rule.describe()} instead"
     name = f" named {rule.systemd_name!r}" if rule.systemd_name else ""
     return f"{call} takes the {query.socket_type} socket{name} passed by systemd (LISTEN_FDS)"
 

@@ -13,14 +13,18 @@ Beyond ip2unix, addresses are compared as addresses (``::1`` equals
 from __future__ import annotations
 
 import errno as errno_module
+import grp
 import ipaddress
 import os
+import pwd
 from typing import NamedTuple, Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 # Actions and the matches that only make sense with some of them.
-ACTIONS = ("path", "abstract", "reject", "blackhole", "ignore", "systemd")
+ACTIONS = ("path", "abstract", "reject", "blackhole", "ignore", "systemd", "vsock", "tipc",
+           "fc")
+VMADDR_CID_ANY = 0xFFFFFFFF
 TYPE_ALIASES = {"tcp": "stream", "stream": "stream",
                 "udp": "dgram", "dgram": "dgram", "datagram": "dgram"}
 MAX_PATH = 107  # sizeof(sun_path) - 1: room for the terminating NUL
@@ -58,16 +62,27 @@ class Rule(NamedTuple):
     ports: tuple[int, int] | None = None
     from_unix: str | None = None
     from_abstract: str | None = None
-    target: str | None = None        # path= (absolute) or abstract= name, unexpanded
+    target: str | None = None        # path= (absolute) or abstract= name, unexpanded;
+                                     # fc= proxy path (absolute)
+    numbers: tuple[int, ...] = ()    # vsock= (cid, port), tipc= (5 values), fc= (port,)
     reject_errno: int | None = None
     systemd_name: str | None = None
     noremove: bool = False
+    family: str | None = None        # "ipv4" | "ipv6": the socket's address family
+    mode: int | None = None          # socket file permissions (path= only)
+    owner: int | None = None         # socket file owner, a uid
+    group: int | None = None         # socket file group, a gid
     text: str = ""
 
     def describe(self) -> str:
         """A short human-readable form of what the rule does."""
         if self.action == "path":
             what = f"path {self.target}" + (" (noremove)" if self.noremove else "")
+            perms = [f"mode {self.mode:04o}" if self.mode is not None else "",
+                     f"owner {self.owner}" if self.owner is not None else "",
+                     f"group {self.group}" if self.group is not None else ""]
+            if any(perms):
+                what += " (" + ", ".join(p for p in perms if p) + ")"
         elif self.action == "abstract":
             what = f"abstract @{self.target}"
         elif self.action == "reject":
@@ -75,6 +90,13 @@ class Rule(NamedTuple):
             what = f"reject with {errno_name(self.reject_errno)}"
         elif self.action == "systemd":
             what = "systemd fd" + (f" named {self.systemd_name}" if self.systemd_name else "")
+        elif self.action == "vsock":
+            cid, port = self.numbers
+            what = f"vsock cid {'any' if cid == VMADDR_CID_ANY else cid} port {port}"
+        elif self.action == "tipc":
+            what = "tipc " + ":".join(str(n) for n in self.numbers)
+        elif self.action == "fc":
+            what = f"firecracker {self.target} port {self.numbers[0]}"
         else:
             what = self.action
         return what
@@ -161,6 +183,78 @@ def parse_errno(value: str) -> int:
     return found
 
 
+def _u32(value: str, what: str) -> int:
+    if not value.isascii() or not value.isdigit() or int(value) > 0xFFFFFFFF:
+        raise ValueError(f"{what} {value!r} is not a number from 0 to 4294967295")
+    return int(value)
+
+
+def parse_vsock(value: str) -> tuple[int, int]:
+    """CID:PORT; a CID of -1 or 'any' is VMADDR_CID_ANY."""
+    cid, _, port = value.partition(":")
+    if not port:
+        raise ValueError(f"vsock {value!r}: expected CID:PORT (CID -1 or 'any': any)")
+    return (VMADDR_CID_ANY if cid in ("-1", "any") else _u32(cid, "CID"), _u32(port, "port"))
+
+
+def parse_tipc(value: str) -> tuple[int, ...]:
+    """unsock's five TIPC values: ADDRTYPE:SCOPE:TYPE:LOWER:UPPER."""
+    parts = value.split(":")
+    if len(parts) != 5:
+        raise ValueError(f"tipc {value!r}: expected ADDRTYPE:SCOPE:TYPE:LOWER:UPPER")
+    names = ("address type", "scope", "type", "lower", "upper")
+    numbers = tuple(_u32(part, name) for part, name in zip(parts, names))
+    if numbers[0] > 255 or numbers[1] > 127:
+        raise ValueError("tipc address type is 0-255 and scope 0-127")
+    return numbers
+
+
+def parse_fc(value: str, cwd: str) -> tuple[str, int]:
+    """UNIX_PATH:PORT of a Firecracker-style multiplexer; the path made absolute."""
+    path, _, port = value.rpartition(":")
+    if not path:
+        raise ValueError(f"fc {value!r}: expected UNIX_PATH:PORT")
+    path = _absolute(path, cwd)
+    if len(path.encode()) > MAX_PATH:
+        raise ValueError(f"multiplexer path is {len(path.encode())} bytes; at most {MAX_PATH}")
+    return path, _u32(port, "port")
+
+
+def parse_mode(value: str) -> int:
+    """Octal permission bits, as chmod takes them: 600, 0660, 2770."""
+    digits = value[1:] if value.startswith("0") and len(value) > 1 else value
+    if not value.isascii() or not all(c in "01234567" for c in value) or len(digits) > 4:
+        raise ValueError(f"mode {value!r} is not an octal file mode (like 0660)")
+    return int(value, 8)
+
+
+def _id_or_name(value: str, kind: str, lookup: dict[str, int]) -> int:
+    if value.isascii() and value.isdigit():
+        number = int(value)
+        if number >= 2**32 - 1:
+            raise ValueError(f"{kind} id {value} is out of range")
+        return number
+    if value in lookup:
+        return lookup[value]
+    raise ValueError(f"unknown {kind} {value!r}")
+
+
+def parse_owner(value: str) -> int:
+    """A user name or uid."""
+    try:
+        return _id_or_name(value, "user", {value: pwd.getpwnam(value).pw_uid})
+    except KeyError:
+        return _id_or_name(value, "user", {})
+
+
+def parse_group(value: str) -> int:
+    """A group name or gid."""
+    try:
+        return _id_or_name(value, "group", {value: grp.getgrnam(value).gr_gid})
+    except KeyError:
+        return _id_or_name(value, "group", {})
+
+
 def _check_template(value: str, what: str) -> None:
     """Placeholders are %p, %a, %t and %%; anything else after % is a mistake."""
     i = value.find("%")
@@ -219,6 +313,17 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
             elif canonical == "noremove":
                 _no_value(key, has_value)
                 fields["noremove"] = True
+            elif canonical in ("ipv4", "ipv6"):
+                _no_value(key, has_value)
+                if fields.get("family", canonical) != canonical:
+                    raise ValueError("'ipv4' and 'ipv6' cannot be combined")
+                fields["family"] = canonical
+            elif canonical == "mode":
+                fields["mode"] = parse_mode(_need_value(key, has_value, value))
+            elif canonical == "owner":
+                fields["owner"] = parse_owner(_need_value(key, has_value, value))
+            elif canonical == "group":
+                fields["group"] = parse_group(_need_value(key, has_value, value))
             elif canonical in ACTIONS:
                 actions.append((canonical, token))
                 _parse_action(canonical, key, has_value, value, fields, cwd)
@@ -228,18 +333,34 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
             raise fail(str(exc), token) from None
 
     if not actions:
-        raise fail("no action (path=, abstract=, reject, blackhole, ignore or systemd)")
+        raise fail("no action (path=, abstract=, reject, blackhole, ignore, systemd, vsock=, "
+                   "tipc= or fc=)")
     if len(actions) > 1:
         raise fail(f"conflicting actions {actions[0][0]!r} and {actions[1][0]!r}",
                    actions[1][1])
     action, action_token = actions[0]
     if action == "blackhole" and fields.get("direction") != "in":
         raise fail("'blackhole' applies only to 'in' rules; add 'in'", action_token)
+    if action == "fc" and fields.get("direction") == "in":
+        raise fail("'fc' connects through a multiplexer; it applies to 'out' only",
+                   action_token)
     if action == "systemd" and fields.get("direction") == "out":
         raise fail("'systemd' stands in for listening sockets; it applies to 'in' only",
                    action_token)
     if fields.get("noremove") and action != "path":
         raise fail("'noremove' needs a 'path=' action", seen["noremove"])
+    for key in ("mode", "owner", "group"):
+        if key in fields and action != "path":
+            raise fail(f"'{key}' sets socket file permissions; it needs a 'path=' action",
+                       seen[key])
+        if key in fields and fields.get("direction") == "out":
+            raise fail(f"'{key}' applies to socket files a bind creates; not to 'out' rules",
+                       seen[key])
+    address = fields.get("address")
+    if "family" in fields and isinstance(address, (ipaddress.IPv4Network,
+                                                   ipaddress.IPv6Network)) \
+            and f"ipv{address.version}" != fields["family"]:
+        raise fail(f"address {address} is not an {fields['family']} address", seen["addr"])
     if "from_unix" in fields and "from_abstract" in fields:
         raise fail("'from-unix' and 'from-abstract' cannot be combined", seen["from-abstract"])
     if ("from_unix" in fields or "from_abstract" in fields) and \
@@ -285,6 +406,13 @@ def _parse_action(action: str, key: str, has_value: bool, value: str,
         if has_value and value == "":
             raise ValueError("'systemd=' needs a file descriptor name, or no '='")
         fields["systemd_name"] = value if has_value else None
+    elif action == "vsock":
+        fields["numbers"] = parse_vsock(_need_value(key, has_value, value))
+    elif action == "tipc":
+        fields["numbers"] = parse_tipc(_need_value(key, has_value, value))
+    elif action == "fc":
+        fields["target"], port = parse_fc(_need_value(key, has_value, value), cwd)
+        fields["numbers"] = (port,)
     else:  # blackhole, ignore
         _no_value(key, has_value)
 
