@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -161,4 +162,33 @@ def test_parser_raises_only_its_own_error(text: str) -> None:
 @given(st.text(max_size=40))
 def test_parser_on_arbitrary_text(text: str) -> None:
     with contextlib.suppress(RuleError):
+        parse(text)
+
+
+def test_family_permission_and_other_family_keywords() -> None:
+    rule = parse("in,ipv6,port=80,path=run/web.sock,mode=0660,owner=0,group=root")
+    assert (rule.family, rule.mode, rule.owner, rule.group) == ("ipv6", 0o660, 0, 0)
+    assert encode_rule(rule) == ("{A1:Pd1:ip5:80-80T17:/srv/run/web.sockf1:6m3:660o1:0g1:0}")
+    assert parse("out,vsock=any:5678").numbers == (0xFFFFFFFF, 5678)
+    assert parse("tipc=2:2:128:99:0").numbers == (2, 2, 128, 99, 0)
+    fc = parse("out,fc=fc.sock:1024")
+    assert (fc.target, fc.numbers) == ("/srv/fc.sock", (1024,))
+    assert encode_rule(fc) == "{A1:Fd1:oT12:/srv/fc.sockv4:1024}"
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("ipv4,addr=::1,reject", "is not an ipv4 address"),
+    ("ipv4,ipv6,reject", "cannot be combined"),
+    ("in,fc=/x:1", "applies to 'out' only"),
+    ("out,vsock=3", "expected CID:PORT"),
+    ("out,vsock=x:1", "CID 'x' is not a number"),
+    ("out,tipc=1:2:3:4", "ADDRTYPE:SCOPE:TYPE:LOWER:UPPER"),
+    ("out,tipc=256:0:1:1:1", "address type is 0-255"),
+    ("out,fc=:5", "expected UNIX_PATH:PORT"),
+    ("in,path=/x,mode=8", "not an octal file mode"),
+    ("in,path=/x,mode=", "needs a value"),
+    ("in,reject,mode=0600", "needs a 'path=' action"),
+])
+def test_new_keyword_errors(text: str, fragment: str) -> None:
+    with pytest.raises(RuleError, match=re.escape(fragment)):
         parse(text)
