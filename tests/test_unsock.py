@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from conftest import (
+    HELPERS,
     Processes,
     free_port,
     read_until,
@@ -142,3 +143,16 @@ def test_env_command_output_is_usable_by_a_shell(sockdir: Path) -> None:
     bad = subprocess.run([*unixify_command(), "env", "-r", "in,path=/x", "extra"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "takes rules only" in bad.stderr
+
+
+def test_control_file_in_unsock_dir(procs: Processes, sockdir: Path) -> None:
+    from unixify import controlfile
+
+    emulator = sockdir / "fc.sock"
+    proc = procs.start([sys.executable, str(HELPERS / "fc_emulator.py"), str(emulator), "77"])
+    read_until(proc, "ready")
+    controlfile.create(str(sockdir / "7300.sock"), controlfile.Target("fc", (77,), str(emulator)))
+    code = ("import socket\ns=socket.create_connection(('127.175.0.0',7300),timeout=10)\n"
+            "print(s.makefile().readline().strip())\n")
+    result = run([sys.executable, "-c", code], unsock_env(UNSOCK_DIR=str(sockdir)))
+    assert result.stdout.strip() == "guest port 77 says hi", result
