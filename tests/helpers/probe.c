@@ -34,32 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void die(const char *what)
-{
-	printf("error=%s:%s\n", what, strerror(errno));
-	fflush(stdout);
-	exit(2);
-}
-
-static socklen_t make_addr(const char *host, int port, struct sockaddr_storage *ss)
-{
-	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-
-	memset(ss, 0, sizeof(*ss));
-	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons(port);
-		return sizeof(*in4);
-	}
-	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons(port);
-		return sizeof(*in6);
-	}
-	fprintf(stderr, "bad address %s\n", host);
-	exit(2);
-}
+#include "common.h"
 
 static void print_addr(const char *key, const struct sockaddr *sa, socklen_t len)
 {
