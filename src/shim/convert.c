@@ -9,7 +9,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -365,6 +364,20 @@ int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old
 	return install(fd, sock, &flags, &e);
 }
 
+/* A socket of t's family ready to stand in for fd, with t's options; logged if not. */
+static int other_socket(int fd, const struct fd_entry *old, const struct other_target *t,
+			const char *what, struct fd_flags *flags)
+{
+	int sock = make_socket(fd, t->family, old->type, old, flags);
+
+	if (sock < 0) {
+		ulog(LOG_ERR_, "fd %d: cannot make a socket for %s: %s", fd, what, strerror(errno));
+		return -1;
+	}
+	other_apply_options(sock, t);
+	return sock;
+}
+
 /* Bind to an address of another family (vsock, tipc) in fd's place. */
 static int bind_other(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		      const struct other_target *t)
@@ -380,12 +393,9 @@ static int bind_other(int fd, const struct ipaddr *addr, const struct fd_entry *
 		errno = EINVAL;
 		return -1;
 	}
-	sock = make_socket(fd, t->family, old->type, old, &flags);
-	if (sock < 0) {
-		ulog(LOG_ERR_, "fd %d: cannot make a socket for %s: %s", fd, what, strerror(errno));
+	sock = other_socket(fd, old, t, what, &flags);
+	if (sock < 0)
 		return -1;
-	}
-	other_apply_options(sock, t);
 	if (REAL(bind)(sock, (const struct sockaddr *)&t->addr, t->len)) {
 		ulog(LOG_ERR_, "fd %d: cannot bind %s: %s", fd, what, strerror(errno));
 		discard(fd, sock);
@@ -510,18 +520,12 @@ static int connect_other(int fd, const struct ipaddr *addr, const struct fd_entr
 		errno = EPROTOTYPE;
 		return -1;
 	}
-	sock = make_socket(fd, t->family, old->type, old, &flags);
-	if (sock < 0) {
-		ulog(LOG_ERR_, "fd %d: cannot make a socket for %s: %s", fd, what, strerror(errno));
+	sock = other_socket(fd, old, t, what, &flags);
+	if (sock < 0)
 		return -1;
-	}
-	other_apply_options(sock, t);
+	/* a Unix connect (to a multiplexer) completes at once or fails; only vsock and
+	 * tipc connects may be left in progress */
 	r = REAL(connect)(sock, (const struct sockaddr *)&t->addr, t->len);
-	if (t->fc && r && (errno == EINPROGRESS || errno == EAGAIN)) {
-		struct pollfd p = { .fd = sock, .events = POLLOUT };
-
-		r = poll(&p, 1, 10000) == 1 ? 0 : -1;
-	}
 	if (t->fc && r == 0)
 		r = fc_handshake(sock, t);
 	saved = errno;
