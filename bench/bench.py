@@ -150,6 +150,12 @@ def bench_datapath(rounds: int, quick: bool, targets: Targets) -> None:
                       ">=", 2.0)
 
 
+def run_number(args: list[str]) -> float:
+    """A helper program's one-number answer."""
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return float(out.strip())
+
+
 def build(tmp: Path, name: str) -> str:
     binary = tmp / name
     subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(binary),
@@ -164,24 +170,20 @@ def bench_setup(rounds: int, quick: bool, targets: Targets) -> None:
     count = "5000" if quick else "20000"
     port = free_port()
 
-    def run(args: list[str]) -> float:
-        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-        return float(out.strip())
-
     with background([loop, "server", str(sock)]), \
          background([sys.executable, "-c", ACCEPT_LOOP, str(port)]):
         wait_until(sock.is_socket, "accept loop")
         wait_until(lambda: tcp_ready(port), "tcp accept loop")
         results = interleave({
-            "native unix": lambda: run([loop, "unix", str(sock), count]),
+            "native unix": lambda: run_number([loop, "unix", str(sock), count]),
             # every connection converts: sockets start as Unix sockets
-            "unixify (ipv4->unix)": lambda: run([*unixify(), "-r", f"out,path={sock}", loop,
-                                                 "tcp", "127.0.0.1", "9", count]),
+            "unixify (ipv4->unix)": lambda: run_number([*unixify(), "-r", f"out,path={sock}",
+                                                        loop, "tcp", "127.0.0.1", "9", count]),
             # a rule with conditions: the IP socket is made, then replaced at connect
-            "unixify, addr= rule": lambda: run([*unixify(), "-r",
-                                                f"out,addr=127.0.0.0/8,path={sock}", loop,
-                                                "tcp", "127.0.0.1", "9", count]),
-            "plain tcp": lambda: run([loop, "tcp", "127.0.0.1", str(port), count]),
+            "unixify, addr= rule": lambda: run_number([*unixify(), "-r",
+                                                       f"out,addr=127.0.0.0/8,path={sock}",
+                                                       loop, "tcp", "127.0.0.1", "9", count]),
+            "plain tcp": lambda: run_number([loop, "tcp", "127.0.0.1", str(port), count]),
         }, rounds)
     shutil.rmtree(tmp, ignore_errors=True)
     report(f"connection setup: {count} x socket+connect+close", "ns per connection",
@@ -197,10 +199,6 @@ def bench_datagram(rounds: int, quick: bool, targets: Targets) -> None:
     native, converted = tmp / "native.sock", tmp / "conv.sock"
     conv_port, udp_port = free_port(), free_port()
 
-    def run(args: list[str]) -> float:
-        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-        return float(out.strip())
-
     with background([ping, "server", f"unix:{native}"]), \
          background([*unixify(), "-r", f"in,udp,path={converted}", ping, "server",
                      f"127.0.0.1:{conv_port}"]), \
@@ -208,11 +206,12 @@ def bench_datagram(rounds: int, quick: bool, targets: Targets) -> None:
         wait_until(native.is_socket, "native datagram server")
         wait_until(converted.is_socket, "converted datagram server")
         results = interleave({
-            "native unix": lambda: run([ping, "client", f"unix:{native}", count]),
-            "unixify (udp->unix)": lambda: run([*unixify(), "-r", f"out,udp,path={converted}",
-                                                ping, "client", f"127.0.0.1:{conv_port}",
-                                                count]),
-            "plain udp": lambda: run([ping, "client", f"127.0.0.1:{udp_port}", count]),
+            "native unix": lambda: run_number([ping, "client", f"unix:{native}", count]),
+            "unixify (udp->unix)": lambda: run_number([*unixify(), "-r",
+                                                       f"out,udp,path={converted}", ping,
+                                                       "client", f"127.0.0.1:{conv_port}",
+                                                       count]),
+            "plain udp": lambda: run_number([ping, "client", f"127.0.0.1:{udp_port}", count]),
         }, rounds)
     shutil.rmtree(tmp, ignore_errors=True)
     report(f"datagrams: {count} x sendto+recvfrom round trips", "ns per round trip",
