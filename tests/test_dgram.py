@@ -34,6 +34,13 @@ def udp_port_bound(port: int) -> bool:
     return False
 
 
+def echo_server(procs: Processes, rules: list[str], port: int) -> subprocess.Popen[str]:
+    """The Python UDP echo server on 127.0.0.1:port, wrapped by rules, once it is ready."""
+    server = procs.wrapped(rules, [sys.executable, ECHO, "server", "127.0.0.1", str(port)])
+    read_until(server, "ready")
+    return server
+
+
 def without_ports(text: str) -> list[str]:
     """Output lines with port numbers blanked: fake ports differ from real ones."""
     return [re.sub(r" \d+ len=", " PORT len=", line) for line in text.splitlines()]
@@ -72,9 +79,7 @@ def test_receive_and_send_calls_behave_as_on_udp(procs: Processes, sockdir: Path
 def test_python_echo_pair_and_private_directory(procs: Processes, sockdir: Path) -> None:
     port = free_port()
     sock = sockdir / "echo.sock"
-    server = procs.wrapped([f"in,udp,port={port},path={sock}"],
-                           [sys.executable, ECHO, "server", "127.0.0.1", str(port)])
-    read_until(server, "ready")
+    echo_server(procs, [f"in,udp,port={port},path={sock}"], port)
     # A client that keeps its socket open until told: its private address must exist
     # in a 0700 directory while it lives, and be gone after.
     runtime = sockdir / "run"
@@ -107,9 +112,7 @@ def test_python_echo_pair_and_private_directory(procs: Processes, sockdir: Path)
 def test_many_clients_get_their_own_replies(procs: Processes, sockdir: Path) -> None:
     port = free_port()
     sock = sockdir / "echo.sock"
-    server = procs.wrapped([f"in,udp,path={sock}"],
-                           [sys.executable, ECHO, "server", "127.0.0.1", str(port)])
-    read_until(server, "ready")
+    echo_server(procs, [f"in,udp,path={sock}"], port)
     clients = [procs.wrapped([f"out,udp,path={sock}"],
                              [sys.executable, ECHO, "client", "127.0.0.1", str(port),
                               f"c{i}", "40"]) for i in range(12)]
@@ -127,9 +130,7 @@ def test_native_unix_clients_named_abstract_and_unnamed(procs: Processes,
                                                          sockdir: Path) -> None:
     port = free_port()
     sock = sockdir / "echo.sock"
-    server = procs.wrapped([f"in,udp,path={sock}"],
-                           [sys.executable, ECHO, "server", "127.0.0.1", str(port)])
-    read_until(server, "ready")
+    server = echo_server(procs, [f"in,udp,path={sock}"], port)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as named:
         named.bind(f"\0ufy-test-{os.getpid()}")
         named.settimeout(5)
@@ -182,9 +183,7 @@ def test_converted_sender_refuses_unconverted_destination(sockdir: Path) -> None
 
 def test_blackholed_datagram_listener(procs: Processes, sockdir: Path) -> None:
     port = free_port()
-    server = procs.wrapped([f"in,udp,port={port},blackhole"],
-                           [sys.executable, ECHO, "server", "127.0.0.1", str(port)])
-    read_until(server, "ready")
+    echo_server(procs, [f"in,udp,port={port},blackhole"], port)
     assert not udp_port_bound(port)
     assert list(sockdir.iterdir()) == []
 
@@ -192,9 +191,7 @@ def test_blackholed_datagram_listener(procs: Processes, sockdir: Path) -> None:
 def test_abstract_datagram_both_sides(procs: Processes) -> None:
     port = free_port()
     name = f"ufy-dgram-{os.getpid()}-%p"
-    server = procs.wrapped([f"in,udp,abstract={name}"],
-                           [sys.executable, ECHO, "server", "127.0.0.1", str(port)])
-    read_until(server, "ready")
+    echo_server(procs, [f"in,udp,abstract={name}"], port)
     client = run_wrapped([f"out,udp,abstract={name}"],
                          [sys.executable, ECHO, "client", "127.0.0.1", str(port), "abs", "3"])
     assert client.returncode == 0 and client.stdout.startswith("ok abs"), client
