@@ -8,6 +8,8 @@ import select
 import shutil
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,8 +62,66 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
-def wait_for_socket(path: str | os.PathLike[str], timeout: float = 10.0) -> None:
-    wait_for(lambda: Path(path).is_socket(), timeout, f"socket file {path}")
+# sock_diag (man 7 sock_diag): which Unix socket is bound to a file, and in what state.
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_DUMP_REQUEST = 0x301
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+_UNIX_DIAG_VFS = 1
+_UDIAG_SHOW_VFS = 0x2
+_NETLINK_SOCK_DIAG = 4
+_TCP_LISTEN = 10
+
+
+def _unix_sockets_by_file() -> dict[tuple[int, int], tuple[int, int]]:
+    """Map (st_dev, st_ino) of every bound socket file in this netns to (type, state)."""
+    request = struct.pack("=BBHIII8x", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, _UDIAG_SHOW_VFS)
+    header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY,
+                         _NLM_F_DUMP_REQUEST, 1, 0)
+    found: dict[tuple[int, int], tuple[int, int]] = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
+        nl.sendall(header + request)
+        while True:
+            data = nl.recv(65536)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind in (_NLMSG_DONE, _NLMSG_ERROR):
+                    return found
+                sock_type, state = data[offset + 17], data[offset + 18]
+                attr = offset + 16 + 16        # past nlmsghdr and unix_diag_msg
+                while attr + 4 <= offset + length:
+                    attr_len, attr_type = struct.unpack_from("=HH", data, attr)
+                    if attr_type == _UNIX_DIAG_VFS:
+                        ino, kdev = struct.unpack_from("=II", data, attr + 4)
+                        dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
+                        found[(dev, ino)] = (sock_type, state)
+                    attr += (attr_len + 3) & ~3
+                offset += (length + 3) & ~3
+
+
+def socket_ready(path: str | os.PathLike[str]) -> bool:
+    """A socket file whose stream socket listens, or whose datagram socket is bound.
+
+    The file appears at bind(), before listen(); a server doing slow work in between
+    (http.server resolves its own name there) would refuse an early client.  A file
+    with no socket behind it in this network namespace counts as ready: stale files
+    and sockets of other namespaces are for the test to judge.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        return False
+    behind = _unix_sockets_by_file().get((st.st_dev, st.st_ino))
+    if behind is None:
+        return True
+    sock_type, state = behind
+    return sock_type == socket.SOCK_DGRAM or state == _TCP_LISTEN
+
+
+def wait_for_socket(path: str | os.PathLike[str], timeout: float = 20.0) -> None:
+    wait_for(lambda: socket_ready(path), timeout, f"a socket listening at {path}")
 
 
 def unix_get(path: str | os.PathLike[str], request: bytes, timeout: float = 10.0) -> bytes:
