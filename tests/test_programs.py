@@ -3,7 +3,9 @@ thread and fork."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -326,3 +328,97 @@ def test_corrupted_encoding_refuses_ip_sockets_without_crashing(probe: str,
     assert result.stdout == "connect=-1,EACCES\n"
     assert result.stderr.count("\n") == 1
     assert "UNIXIFY_RULES is malformed" in result.stderr
+
+
+# Rules of every shape the shim decodes, except vsock (a mutated one would reach the
+# hypervisor); mutations keep 'V' out so no rule can become one.
+FUZZ_RULES = [
+    "in,tcp,addr=127.0.0.1,port=7000-7010,path={d}/%a-%p.sock,mode=600",
+    "out,udp,addr=127.0.0.0/8,path={d}/u%p",
+    "in,ipv6,port=53,abstract=dns-%p",
+    "in,udp,path={d}/keep.sock,noremove",
+    "out,tcp,reject=ECONNREFUSED",
+    "in,blackhole",
+    "ipv4,ignore",
+    "in,systemd=web",
+    "from-unix={d}/**/*.sock,path={d}/x.sock",
+    "from-abstract=a?[bc],abstract=z",
+    "out,fc={d}/fc.sock:52",
+    "out,tipc=1:2:3:4:5",
+    "in,owner=0,group=0,path={d}/o.sock",
+]
+
+
+def mutate(text: str, rng: random.Random) -> str:
+    alphabet = "0123456789:{}ABIPRSTadefmnoptu/%-.,\x00\xff"
+    i = rng.randrange(len(text) + 1)
+    j = min(len(text), i + rng.randrange(1, 6))
+    choice = rng.randrange(5)
+    if choice == 0:
+        return text[:i]                                      # truncated
+    if choice == 1:
+        return text[:i] + text[j:]                           # bytes dropped
+    if choice == 2:
+        return text[:i] + text[i:j] * 2 + text[j:]           # bytes repeated
+    if choice == 3:
+        return text[:i] + rng.choice(alphabet) + text[i + 1:]
+    k = rng.randrange(len(text) + 1)
+    return text[:i] + text[k:k + 8] + text[i:]               # a piece moved
+
+
+def well_formed_nonsense(d: Path, rng: random.Random) -> str:
+    """Fields with correct lengths but values and combinations the parser never makes."""
+    values = {
+        "A": "PARBISCF", "d": "io?", "t": "sd?", "f": "46?",
+        "a": ["7f000001/8", "00000000000000000000000000000001/128", "7f000001/33",
+              "7f0001/8", "zz/1", "/", "7f000001/"],
+        "p": ["0-65535", "80-80", "9-1", "70000-1", "-", "1-", "4294967297-5"],
+        "T": [f"{d}/%a-%p", f"{d}/" + "x" * 200, "%" * 60, "", "rel", f"{d}/%%%z",
+              f"{d}:1", f"{d}/fc.sock"],
+        "v": ["1:2:3:4:5", "52", "::", "4294967296", "1:2"],
+        "e": ["13", "0", "-1", "4096", "x"],
+        "n": ["1", "0", ""], "N": ["web", "", "x" * 300],
+        "u": ["**", "[", "\\", "*" * 100], "b": ["a?", "[!", ""],
+        "m": ["600", "7777", "9", "17777", ""], "o": ["0", "4294967295", "-5"],
+        "g": ["0", "65534", "x"],
+    }
+    fields = []
+    keys = ["A", *rng.sample(sorted(set(values) - {"A"}), rng.randrange(0, 7))]
+    for key in keys:
+        # mostly the sound first value, so that one odd value at a time gets through
+        value = rng.choice(values[key]) if rng.random() < 0.3 else values[key][0]
+        fields.append(f"{key}{len(value.encode())}:{value}")
+    return "{" + "".join(fields) + "}"
+
+
+def test_encodings_never_crash_the_program(probe: str, sockdir: Path) -> None:
+    """The shim must survive any UNIXIFY_RULES: a clean refusal or a valid rule set,
+    never a signal, a sanitizer report, or a hang."""
+    from unixify.encoding import MAGIC, encode_rules
+    from unixify.rules import parse_rule
+    from unixify.shim import library_path
+
+    rules = [parse_rule(text.format(d=sockdir)) for text in FUZZ_RULES]
+    rng = random.Random(20261123)
+    cases = []
+    for _ in range(200):
+        encoded = encode_rules(rng.sample(rules, rng.randrange(1, 4)))
+        for _ in range(rng.randrange(1, 4)):
+            encoded = mutate(encoded, rng)
+        cases.append(encoded)
+    for _ in range(200):
+        cases.append(MAGIC + "".join(well_formed_nonsense(sockdir, rng)
+                                     for _ in range(rng.randrange(1, 4))))
+    assert not any("V" in case for case in cases)
+
+    def run(encoded: str) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+        env = dict(os.environ, LD_PRELOAD=library_path(),
+                   UNIXIFY_RULES=encoded.encode("latin-1").replace(b"\0", b""))
+        return encoded, subprocess.run([probe, "setup", "127.0.0.1", "7003"], env=env,
+                                       capture_output=True, timeout=20, cwd=sockdir)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for encoded, result in pool.map(run, cases):
+            lines = result.stdout.decode().splitlines()
+            assert result.returncode == 0 and len(lines) == 6, (encoded, result)
+            assert b"Sanitizer" not in result.stderr and b"runtime error" not in result.stderr

@@ -7,6 +7,8 @@
  *                               two connections, report what it saw
  *   probe client ADDR PORT      non-blocking connect, report, read one line
  *   probe refused ADDR PORT     report the errno of a blocking connect
+ *   probe setup ADDR PORT       one of each setup call (TCP bind, listen, connect; UDP
+ *                               bind, sendto; getsockname), reporting only their errnos
  *   probe forkserver ADDR PORT  listen, fork a child that closes its copy and exits,
  *                               then serve one connection
  *   probe exec-check ADDR PORT  listen with and without FD_CLOEXEC, exec a shell that
@@ -228,6 +230,29 @@ static int refused(const char *host, int port)
 	return 0;
 }
 
+static void report(const char *what, int r)
+{
+	printf("%s=%s\n", what, r < 0 ? strerrorname_np(errno) : "0");
+}
+
+static int setup(const char *host, int port)
+{
+	struct sockaddr_storage ss, name;
+	socklen_t len = make_addr(host, port, &ss), name_len = sizeof(name);
+	int listener = socket(ss.ss_family, SOCK_STREAM, 0);
+	int client = socket(ss.ss_family, SOCK_STREAM, 0);
+	int dgram = socket(ss.ss_family, SOCK_DGRAM, 0);
+	int sender = socket(ss.ss_family, SOCK_DGRAM, 0);
+
+	report("bind", bind(listener, (struct sockaddr *)&ss, len));
+	report("listen", listen(listener, 8));
+	report("getsockname", getsockname(listener, (struct sockaddr *)&name, &name_len));
+	report("connect", connect(client, (struct sockaddr *)&ss, len));
+	report("dgram_bind", bind(dgram, (struct sockaddr *)&ss, len));
+	report("sendto", (int)sendto(sender, "x", 1, 0, (struct sockaddr *)&ss, len));
+	return 0;
+}
+
 static int forkserver(const char *host, int port)
 {
 	int fd = listen_on(host, port, 0), conn, status;
@@ -358,6 +383,8 @@ int main(int argc, char **argv)
 		return client(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "refused"))
 		return refused(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "setup"))
+		return setup(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "forkserver"))
 		return forkserver(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "closeall"))
