@@ -203,7 +203,7 @@ def procs() -> Iterator[Processes]:
     p.stop_all()
 
 
-def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 10.0) -> str:
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 20.0) -> str:
     """Read proc's stdout until a line equal to marker.  Returns all text read so far,
     which may run past the marker; later output comes from proc.communicate()."""
     assert proc.stdout is not None

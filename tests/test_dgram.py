@@ -242,14 +242,14 @@ def test_unconnected_send_before_server_exists_then_reply(procs: Processes,
     """A converted sender keeps its private address across destinations it names."""
     port = free_port()
     sock = sockdir / "late.sock"
-    code = ("import socket,time\n"
-            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(5)\n"
+    code = ("import socket,sys\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(10)\n"
             f"s.sendto(b'lost',('127.0.0.1',{port}))\n"
-            f"print('sent',flush=True); time.sleep(0.5)\n"
+            "print('sent',flush=True); sys.stdin.readline()\n"
             f"s.sendto(b'found',('127.0.0.1',{port})); print(s.recvfrom(100)[0].decode())\n")
-    client = procs.wrapped([f"out,udp,port={port},path={sock}"], [sys.executable, "-c", code])
+    client = procs.wrapped([f"out,udp,port={port},path={sock}"], [sys.executable, "-c", code],
+                           stdin=subprocess.PIPE)
     read_until(client, "sent")
-    procs.wrapped([f"in,udp,path={sock}"],
-                  [sys.executable, ECHO, "server", "127.0.0.1", str(port)])
-    out, err = client.communicate(timeout=10)
+    echo_server(procs, [f"in,udp,path={sock}"], port)
+    out, err = client.communicate("go\n", timeout=20)
     assert out.strip().endswith("|found"), (out, err)
