@@ -412,8 +412,8 @@ def test_encodings_never_crash_the_program(probe: str, sockdir: Path) -> None:
     assert not any("V" in case for case in cases)
 
     def run(encoded: str) -> tuple[str, subprocess.CompletedProcess[bytes]]:
-        env = dict(os.environ, LD_PRELOAD=library_path(),
-                   UNIXIFY_RULES=encoded.encode("latin-1").replace(b"\0", b""))
+        raw = encoded.encode("latin-1").replace(b"\0", b"")   # \xff stays one byte
+        env = dict(os.environ, LD_PRELOAD=library_path(), UNIXIFY_RULES=os.fsdecode(raw))
         return encoded, subprocess.run([probe, "setup", "127.0.0.1", "7003"], env=env,
                                        capture_output=True, timeout=20, cwd=sockdir)
 
