@@ -166,6 +166,18 @@ def sockdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def netns() -> Iterator[list[str]]:
+    """A network namespace of the test's own; yields the command prefix that runs in it."""
+    ip = require_tool("ip")
+    name = f"ufy-test-{os.getpid()}"
+    subprocess.run([ip, "netns", "add", name], check=True, timeout=30)
+    try:
+        yield [ip, "netns", "exec", name]
+    finally:
+        subprocess.run([ip, "netns", "del", name], timeout=30)
+
+
 class Processes:
     """Processes started by a test, stopped at its end whatever happens."""
 

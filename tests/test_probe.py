@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,23 @@ def test_live_socket_file_is_not_taken_over(procs: Processes, probe: str,
             c.connect(str(sock))
             conn, _ = owner.accept()
             conn.close()
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+def test_live_socket_in_another_network_namespace_is_not_taken_over(
+        procs: Processes, probe: str, sockdir: Path, netns: list[str], kind: int) -> None:
+    """sock_diag sees only this namespace; the file itself still tells it is in use."""
+    sock = sockdir / "elsewhere.sock"
+    code = ("import socket,sys\n"
+            f"s=socket.socket(socket.AF_UNIX,{kind}); s.bind({str(sock)!r})\n"
+            f"{'s.listen(1); ' if kind == socket.SOCK_STREAM else ''}"
+            "print('ready',flush=True); sys.stdin.readline()\n")
+    owner = procs.start([*netns, sys.executable, "-c", code], stdin=subprocess.PIPE)
+    read_until(owner, "ready")
+    result = run_wrapped([f"in,path={sock}"], [probe, "server", "127.0.0.1", str(free_port())])
+    assert "error=bind:Address already in use" in result.stdout
+    assert "live socket" in result.stderr
+    assert owner.poll() is None and sock.is_socket()
 
 
 def test_stale_socket_file_is_replaced(procs: Processes, probe: str, sockdir: Path) -> None:

@@ -12,7 +12,10 @@
  * bound to a file in a private directory (mode 0700, one per process tree), which is
  * removed with the socket.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,14 +31,78 @@
 static char rundir[80];
 static atomic_uint private_counter;
 
-/* A fresh private directory; published under the lock unless another thread won. */
+static int pid_gone(const char *digits)
+{
+	char *end;
+	long pid = strtol(digits, &end, 10);
+
+	return pid > 0 && *end == '.' && kill((pid_t)pid, 0) && errno == ESRCH;
+}
+
+/*
+ * Empty a directory that a process killed before its exit handlers ran left behind:
+ * remove the socket files nobody is bound to (a forked child of the dead process may
+ * still use its own), then the directory once nothing is left.
+ */
+static void sweep_dir(int base_fd, const char *name)
+{
+	int fd = openat(base_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	char path[sizeof(rundir) + 300];
+	struct dirent *d;
+	struct stat st;
+	DIR *dir;
+
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) || st.st_uid != geteuid() || !(dir = fdopendir(fd))) {
+		close(fd);
+		return;
+	}
+	while ((d = readdir(dir))) {
+		if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) || !S_ISSOCK(st.st_mode))
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", fd, d->d_name);
+		if (!socket_file_live(path, &st))
+			unlinkat(fd, d->d_name, 0);
+	}
+	closedir(dir);
+	unlinkat(base_fd, name, AT_REMOVEDIR); /* fails while anything is left */
+}
+
+static void sweep_stale_rundirs(const char *base)
+{
+	int base_fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *d;
+	DIR *dir;
+
+	if (base_fd < 0)
+		return;
+	if (!(dir = fdopendir(base_fd))) {
+		close(base_fd);
+		return;
+	}
+	while ((d = readdir(dir)))
+		if ((d->d_type == DT_DIR || d->d_type == DT_UNKNOWN) && !strncmp(d->d_name, "unixify.", 8) &&
+		    pid_gone(d->d_name + 8))
+			sweep_dir(base_fd, d->d_name);
+	closedir(dir);
+}
+
+/*
+ * A fresh private directory; published under the lock unless another thread won.
+ * Making one is rare (once per process tree), so it also sweeps the directories of
+ * killed processes, which would otherwise pile up.
+ */
 static int make_rundir(void)
 {
 	const char *base = getenv("XDG_RUNTIME_DIR");
 	char dir[sizeof(rundir)];
+	int saved = errno;
 
 	if (!base || base[0] != '/' || strlen(base) > 40 || access(base, W_OK | X_OK))
 		base = "/tmp";
+	sweep_stale_rundirs(base);
+	errno = saved;
 	snprintf(dir, sizeof(dir), "%s/unixify.%d.XXXXXX", base, (int)getpid());
 	if (!mkdtemp(dir)) /* mode 0700 */
 		return -1;

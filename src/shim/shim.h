@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <time.h>
@@ -227,6 +228,9 @@ void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);
+/* Is a socket, in this network namespace or another, bound to the file at path (st its
+ * lstat)?  1 yes, 0 no: a stale file. */
+int socket_file_live(const char *path, const struct stat *st);
 
 /* ---- conversion (convert.c) ---- */
 /* old: what we know of fd (its kind, family and type at least). */

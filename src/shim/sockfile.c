@@ -137,8 +137,8 @@ int unix_socket_alive(ino_t sock_ino)
 	return r;
 }
 
-/* Is something listening on the socket file at path?  1 yes, 0 no (stale). */
-static int file_is_live(const char *path, const struct stat *st)
+/* Is a socket bound to the file at path?  1 yes, 0 no (stale). */
+int socket_file_live(const char *path, const struct stat *st)
 {
 	/* sock_diag reports the kernel's internal dev_t: major << 20 | minor */
 	struct diag_query q = {
@@ -146,13 +146,14 @@ static int file_is_live(const char *path, const struct stat *st)
 		.vfs_dev = (uint32_t)(major(st->st_dev) << 20 | minor(st->st_dev)),
 	};
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	int r = diag_find(&q), probe, types[] = { SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET };
+	int types[] = { SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET }, probe, r;
 
-	if (r >= 0)
-		return r;
-	/* No sock_diag (restricted sandbox): ask the file itself.  A refused connection of
-	 * every socket type means nobody is bound there. */
-	ulog(LOG_DEBUG_, "sock_diag unavailable; probing %s by connecting", path);
+	if (diag_find(&q) > 0)
+		return 1;
+	/* Not found, or no sock_diag (restricted sandbox).  sock_diag sees only this network
+	 * namespace, and a process in another one may be bound to the file: ask the file
+	 * itself.  A refused connection of every socket type means nobody is bound there;
+	 * a found socket was never probed, so a listener gets no stray connection. */
 	strncpy(sun.sun_path, path, sizeof(sun.sun_path) - 1);
 	for (unsigned i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		probe = REAL(socket)(AF_UNIX, types[i] | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -252,7 +253,7 @@ static int replaceable(const char *path)
 		errno = EADDRINUSE;
 		return -1;
 	}
-	if (file_is_live(path, &st)) {
+	if (socket_file_live(path, &st)) {
 		ulog(LOG_WARN_, "%s is in use by a live socket; not taking it over", path);
 		errno = EADDRINUSE;
 		return -1;
