@@ -109,6 +109,41 @@ def test_python_echo_pair_and_private_directory(procs: Processes, sockdir: Path)
     assert list(runtime.iterdir()) == []
 
 
+def test_directories_of_killed_processes_are_swept(procs: Processes, sockdir: Path) -> None:
+    """SIGKILL skips the exit handler that removes a private directory; the next process
+    to make one removes what is stale, and nothing that is in use."""
+    runtime = sockdir / "run"
+    runtime.mkdir()
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+
+    def leave(directory: str, name: str, keep: bool = False) -> socket.socket:
+        (runtime / directory).mkdir(mode=0o700, exist_ok=True)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(str(runtime / directory / name))
+        if not keep:
+            s.close()
+        return s
+
+    leave(f"unixify.{dead_pid}.stale1", f"{dead_pid}.0")
+    leave(f"unixify.{dead_pid}.stale1", f"{dead_pid}.1")
+    in_use = leave(f"unixify.{dead_pid}.child1", "77.0", keep=True)  # a child lives on
+    leave(f"unixify.{dead_pid}.child1", f"{dead_pid}.0")
+    leave(f"unixify.{os.getpid()}.alive1", f"{os.getpid()}.0")     # its maker lives
+    port = free_port()
+    sock = sockdir / "echo.sock"
+    echo_server(procs, [f"in,udp,port={port},path={sock}"], port)
+    with in_use:
+        client = run_wrapped([f"out,udp,port={port},path={sock}"],
+                             [sys.executable, ECHO, "client", "127.0.0.1", str(port), "x", "1"],
+                             env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+        assert client.returncode == 0, client
+        left = sorted(str(p.relative_to(runtime)) for p in runtime.rglob("*"))
+    me = os.getpid()
+    assert left == sorted([f"unixify.{dead_pid}.child1", f"unixify.{dead_pid}.child1/77.0",
+                           f"unixify.{me}.alive1", f"unixify.{me}.alive1/{me}.0"])
+
+
 def test_many_clients_get_their_own_replies(procs: Processes, sockdir: Path) -> None:
     port = free_port()
     sock = sockdir / "echo.sock"
