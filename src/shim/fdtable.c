@@ -177,7 +177,7 @@ int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max)
 	return n;
 }
 
-void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg)
+void fd_for_each(void (*fn)(int fd, const struct fd_entry *e, void *), void *arg)
 {
 	for (unsigned c = 0; c < N_CHUNKS; c++) {
 		struct fd_entry *chunk = atomic_load_explicit(&chunks[c], memory_order_relaxed);
@@ -185,10 +185,31 @@ void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg)
 		if (!chunk)
 			continue;
 		for (unsigned i = 0; i < CHUNK; i++) {
-			if (chunk[i].kind != FD_NONE && chunk[i].sockfile == sockfile)
-				fn((int)(c << CHUNK_SHIFT | i), arg);
+			if (chunk[i].kind != FD_NONE)
+				fn((int)(c << CHUNK_SHIFT | i), &chunk[i], arg);
 		}
 	}
+}
+
+struct sockfile_visit {
+	int sockfile;
+	void (*fn)(int fd, void *);
+	void *arg;
+};
+
+static void visit_sockfile(int fd, const struct fd_entry *e, void *arg)
+{
+	struct sockfile_visit *v = arg;
+
+	if (e->sockfile == v->sockfile)
+		v->fn(fd, v->arg);
+}
+
+void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg)
+{
+	struct sockfile_visit v = { sockfile, fn, arg };
+
+	fd_for_each(visit_sockfile, &v);
 }
 
 const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name)

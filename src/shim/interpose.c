@@ -24,6 +24,7 @@ __attribute__((constructor(102))) static void shim_init(void)
 	log_init();
 	rules_init();
 	systemd_init();
+	inherit_init();
 }
 
 __attribute__((destructor)) static void shim_fini(void)

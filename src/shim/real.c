@@ -39,6 +39,11 @@ void real_init(void)
 	r.dup3 = next("dup3");
 	r.fcntl = next("fcntl");
 	r.epoll_ctl = next("epoll_ctl");
+	r.execve = next("execve");
+	r.execvpe = next("execvpe");
+	r.fexecve = next("fexecve");
+	r.posix_spawn = next("posix_spawn");
+	r.posix_spawnp = next("posix_spawnp");
 	/* Concurrent first calls compute the same values; publishing a whole struct
 	 * field by field is harmless because every field read is checked by REAL(). */
 	real = r;

@@ -89,6 +89,18 @@ static int hexval(char ch)
 	return -1;
 }
 
+int hex_decode(const char *hex, size_t n_bytes, uint8_t *out)
+{
+	for (size_t i = 0; i < n_bytes; i++) {
+		int hi = hexval(hex[2 * i]), lo = hi < 0 ? -1 : hexval(hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return -1;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
 static int parse_addr(struct rule *r, const char *v, size_t n)
 {
 	const char *slash = memchr(v, '/', n);
@@ -101,13 +113,8 @@ static int parse_addr(struct rule *r, const char *v, size_t n)
 	if (hexlen != 8 && hexlen != 32)
 		return -1;
 	bytes = hexlen / 2;
-	for (size_t i = 0; i < bytes; i++) {
-		int hi = hexval(v[2 * i]), lo = hexval(v[2 * i + 1]);
-
-		if (hi < 0 || lo < 0)
-			return -1;
-		r->addr[i] = (uint8_t)(hi << 4 | lo);
-	}
+	if (hex_decode(v, bytes, r->addr))
+		return -1;
 	if (parse_uint(slash + 1, n - hexlen - 1, bytes * 8, &plen))
 		return -1;
 	r->has_addr = 1;

@@ -9,6 +9,7 @@
 #define UNIXIFY_SHIM_H
 
 #include <netinet/in.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <sys/epoll.h>
@@ -48,6 +49,13 @@ struct real_funcs {
 	int (*dup3)(int, int, int);
 	int (*fcntl)(int, int, ...);
 	int (*epoll_ctl)(int, int, int, struct epoll_event *);
+	int (*execve)(const char *, char *const[], char *const[]);
+	int (*execvpe)(const char *, char *const[], char *const[]);
+	int (*fexecve)(int, char *const[], char *const[]);
+	int (*posix_spawn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+			   const posix_spawnattr_t *, char *const[], char *const[]);
+	int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+			    const posix_spawnattr_t *, char *const[], char *const[]);
 };
 extern struct real_funcs real;
 void real_init(void);
@@ -127,6 +135,8 @@ extern int predict_stream_out;
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
 extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
+/* n_bytes from 2 * n_bytes lowercase hex digits; 0, or -1 on a bad digit. */
+int hex_decode(const char *hex, size_t n_bytes, uint8_t *out);
 /* For rules made here rather than decoded (unsock.c): a fresh rule at the end of the
  * table, or NULL when full; a copy of s that lives as long as the rules. */
 struct rule *rules_append(void);
@@ -205,6 +215,8 @@ void fd_entry_init(struct fd_entry *e);
 const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
+/* Call fn for every fd with an entry; with the lock held. */
+void fd_for_each(void (*fn)(int fd, const struct fd_entry *e, void *), void *arg);
 
 /* ---- socket files (sockfile.c) ---- */
 struct sockfile {
@@ -221,6 +233,13 @@ struct sockfile {
 int sockfile_bind(int sock, const char *path, const struct rule *r);
 /* Bind sock to a fresh path and unlink it: a socket nobody can reach. */
 int sockfile_blackhole(int sock);
+/* Take over the record of a file made before exec, if the file at path is still (dev,
+ * ino): removed once the socket sock_ino is gone.  Index, or -1. */
+int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int noremove);
+/* Copies of up to max records in use; their number. */
+int sockfile_list(struct sockfile *out, int max);
+/* Index of the record for the socket with inode sock_ino, or -1. */
+int sockfile_by_socket(ino_t sock_ino);
 /* Index of the record for path if this process holds its socket open, or -1. */
 int sockfile_find(const char *path);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
@@ -255,6 +274,9 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname);
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+
+/* ---- converted sockets across exec (inherit.c) ---- */
+void inherit_init(void);
 
 /* ---- unsock's environment variables as rules (unsock.c) ---- */
 /* Some UNSOCK_* variable asks for conversion or blocking. */

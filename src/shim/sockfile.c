@@ -169,13 +169,12 @@ int socket_file_live(const char *path, const struct stat *st)
 
 /* ---- the table of files we created ---- */
 
-static int record(int sock, const char *path, int noremove)
+/* Note that we made the file (st its lstat) for the socket with inode sock_ino. */
+static int record_file(const char *path, const struct stat *file, ino_t sock_ino,
+		       int noremove)
 {
-	struct stat file, s;
 	int idx = -1;
 
-	if (lstat(path, &file) || fstat(sock, &s))
-		return -1;
 	state_lock();
 	for (int i = 0; i < MAX_SOCKFILES; i++) {
 		/* an older record for this path names a file that is gone now */
@@ -189,15 +188,57 @@ static int record(int sock, const char *path, int noremove)
 
 		strncpy(f->path, path, sizeof(f->path) - 1);
 		f->path[sizeof(f->path) - 1] = 0;
-		f->dev = file.st_dev;
-		f->ino = file.st_ino;
-		f->sock_ino = s.st_ino;
+		f->dev = file->st_dev;
+		f->ino = file->st_ino;
+		f->sock_ino = sock_ino;
 		f->noremove = (uint8_t)noremove;
 		f->used = 1;
 	}
 	state_unlock();
 	if (idx < 0)
 		ulog(LOG_WARN_, "too many socket files; %s will not be removed on close", path);
+	return idx;
+}
+
+static int record(int sock, const char *path, int noremove)
+{
+	struct stat file, s;
+
+	if (lstat(path, &file) || fstat(sock, &s))
+		return -1;
+	return record_file(path, &file, s.st_ino, noremove);
+}
+
+int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int noremove)
+{
+	struct stat file;
+
+	if (lstat(path, &file) || file.st_dev != dev || file.st_ino != ino)
+		return -1; /* replaced or removed since: not ours to remove */
+	return record_file(path, &file, sock_ino, noremove);
+}
+
+int sockfile_list(struct sockfile *out, int max)
+{
+	int n = 0;
+
+	state_lock();
+	for (int i = 0; i < MAX_SOCKFILES && n < max; i++)
+		if (sockfiles[i].used)
+			out[n++] = sockfiles[i];
+	state_unlock();
+	return n;
+}
+
+int sockfile_by_socket(ino_t sock_ino)
+{
+	int idx = -1;
+
+	state_lock();
+	for (int i = 0; i < MAX_SOCKFILES && idx < 0; i++)
+		if (sockfiles[i].used && sockfiles[i].sock_ino == sock_ino)
+			idx = i;
+	state_unlock();
 	return idx;
 }
 

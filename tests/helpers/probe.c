@@ -13,6 +13,9 @@
  *                               then serve one connection
  *   probe exec-check ADDR PORT  listen with and without FD_CLOEXEC, exec a shell that
  *                               reports which of the two fds survived
+ *   probe exec-all ADDR PORT CMD listen on fd 3 (inheritable), then run "sh -c CMD" through
+ *                               each exec function and posix_spawn(p), one at a time,
+ *                               each line prefixed with the function's name
  *   probe closeall ADDR PORT    close fds 3..1023 one by one, then closefrom(3), as daemons
  *                               do at start-up; then listen, report what a child shell
  *                               inherits, and greet one connection
@@ -290,6 +293,59 @@ static int exec_check(const char *host, int port)
 	return 2;
 }
 
+/* Run "sh -c cmd" in a child through exec function number i; 0 when there are no more. */
+static int exec_nth(int i, const char *cmd)
+{
+	static const char *const names[] = { "execl", "execlp", "execle", "execv", "execvp",
+		"execvpe", "execve", "fexecve", "posix_spawn", "posix_spawnp" };
+	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
+	int sh, status;
+	pid_t pid;
+
+	if (i >= (int)(sizeof(names) / sizeof(names[0])))
+		return 0;
+	printf("%s ", names[i]);
+	fflush(stdout);
+	if (i >= 8) {
+		if ((i == 8 ? posix_spawn : posix_spawnp)(&pid, i == 8 ? "/bin/sh" : "sh", NULL,
+							    NULL, argv, environ))
+			die("posix_spawn");
+		waitpid(pid, &status, 0);
+		return 1;
+	}
+	pid = fork();
+	if (pid) {
+		waitpid(pid, &status, 0);
+		return 1;
+	}
+	switch (i) {
+	case 0: execl("/bin/sh", "sh", "-c", cmd, (char *)NULL); break;
+	case 1: execlp("sh", "sh", "-c", cmd, (char *)NULL); break;
+	case 2: execle("/bin/sh", "sh", "-c", cmd, (char *)NULL, environ); break;
+	case 3: execv("/bin/sh", argv); break;
+	case 4: execvp("sh", argv); break;
+	case 5: execvpe("sh", argv, environ); break;
+	case 6: execve("/bin/sh", argv, environ); break;
+	case 7:
+		sh = open("/bin/sh", O_RDONLY | O_CLOEXEC);
+		fexecve(sh, argv, environ);
+		break;
+	}
+	die(names[i]);
+	return 0;
+}
+
+static int exec_all(const char *host, int port, const char *cmd)
+{
+	int fd = listen_on(host, port, 0);
+
+	if (fd != 3 && (dup2(fd, 3) != 3 || close(fd)))
+		die("dup2");
+	for (int i = 0; exec_nth(i, cmd); i++)
+		;
+	return 0;
+}
+
 static int family_of(int fd)
 {
 	struct sockaddr_storage ss;
@@ -371,6 +427,8 @@ static int closeall(const char *host, int port)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 5 && !strcmp(argv[1], "exec-all"))
+		return exec_all(argv[2], atoi(argv[3]), argv[4]);
 	if (argc == 5 && !strcmp(argv[1], "fdops"))
 		return fdops(argv[2], atoi(argv[3]), argv[4]);
 	if (argc != 4) {

@@ -1,0 +1,338 @@
+/*
+ * Converted sockets across exec.
+ *
+ * exec keeps fds, but the new image starts with an empty table and would see the Unix
+ * sockets behind them: a server that re-executes itself, or an inetd-style server that
+ * hands an accepted connection to a program it runs (socat's EXEC, tcpserver), would
+ * find AF_UNIX where it expects its IP listener or client.  So the exec calls pass the
+ * converted sockets that survive exec in UNIXIFY_INHERIT, and the new image takes them
+ * back at load.  The socket files this process would remove go along: after an exec
+ * without fork nobody else would.
+ *
+ *   UNIXIFY_INHERIT=item;item;...
+ *   item := "f," SOCK_INO "," NOREMOVE "," DEV "," INO "," PATH     a socket file
+ *         | "s," FD "," SOCK_INO "," TYPE "," ROLE "," FAMILY "," LOCAL "," PEER
+ *
+ * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  A file is
+ * adopted only while the path is still that file, a socket only while its fd is still
+ * that socket: the program may close or move fds between fork and exec.  A pending
+ * socket (made Unix on a guess) becomes the IP socket it stands for before exec: the
+ * new image could not finish the guess.
+ *
+ * The exec calls may run in a child of a multithreaded program, so nothing here
+ * allocates with malloc: the new environment is built in memory from mmap.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+#define VAR "UNIXIFY_INHERIT="
+#define VAR_LEN (sizeof(VAR) - 1)
+#define MAX_INHERIT 64
+#define NUM_MAX 21 /* a decimal unsigned long and its separator */
+#define SOCK_MAX (2 + 6 * NUM_MAX + 4 * sizeof(struct ipaddr))
+#define FILE_MAX (2 + 4 * NUM_MAX + 2 * sizeof(((struct sockfile *)0)->path))
+
+/* ---- export, in the process calling exec ---- */
+
+struct export {
+	int fds[MAX_INHERIT];
+	int n;
+};
+
+static void collect(int fd, const struct fd_entry *e, void *arg)
+{
+	struct export *x = arg;
+	int flags;
+
+	if ((e->kind != FD_CONVERTED && e->kind != FD_PENDING) || x->n == MAX_INHERIT)
+		return;
+	flags = REAL(fcntl)(fd, F_GETFD);
+	if (flags >= 0 && !(flags & FD_CLOEXEC))
+		x->fds[x->n++] = fd;
+}
+
+static char *put_hex(char *p, const void *data, size_t len)
+{
+	static const char digits[] = "0123456789abcdef";
+	const unsigned char *b = data;
+
+	for (size_t i = 0; i < len; i++) {
+		*p++ = digits[b[i] >> 4];
+		*p++ = digits[b[i] & 15];
+	}
+	return p;
+}
+
+/* "s,FD,SOCK_INO,TYPE,ROLE,FAMILY,LOCAL,PEER;" for a converted fd; nothing for a pending
+ * one, which becomes its IP socket. */
+static char *put_socket(char *p, int fd)
+{
+	struct fd_entry e;
+	struct stat st;
+
+	fd_snapshot(fd, &e);
+	if (e.kind == FD_PENDING) {
+		materialize(fd);
+		return p;
+	}
+	if (e.kind != FD_CONVERTED || fstat(fd, &st))
+		return p;
+	p += sprintf(p, "s,%d,%lu,%u,%u,%u,", fd, (unsigned long)st.st_ino, e.type, e.role,
+		     e.family);
+	p = put_hex(p, &e.local, sizeof(e.local));
+	*p++ = ',';
+	p = put_hex(p, &e.peer, sizeof(e.peer));
+	*p++ = ';';
+	return p;
+}
+
+/* "f,SOCK_INO,NOREMOVE,DEV,INO,PATH;" for a socket file to remove once its socket is
+ * gone: the new image has the duty, whether it keeps the socket or exec closed it. */
+static char *put_file(char *p, const struct sockfile *f)
+{
+	p += sprintf(p, "f,%lu,%u,%lu,%lu,", (unsigned long)f->sock_ino, f->noremove,
+		     (unsigned long)f->dev, (unsigned long)f->ino);
+	p = put_hex(p, f->path, strlen(f->path));
+	*p++ = ';';
+	return p;
+}
+
+/* An environment for exec: envp without any UNIXIFY_INHERIT, plus ours if we have one.
+ * Returns envp itself when there is nothing to pass; else memory to release with
+ * inherit_release(). */
+static char *const *inherit_envp(char *const *envp, size_t *mapped)
+{
+	struct sockfile files[MAX_INHERIT];
+	struct export x = { .n = 0 };
+	int n_files = sockfile_list(files, MAX_INHERIT), saved = errno;
+	size_t n_env = 0, size;
+	char **out, *text, *p;
+
+	*mapped = 0;
+	state_lock();
+	fd_for_each(collect, &x);
+	state_unlock();
+	if ((!x.n && !n_files) || !envp)
+		return envp;
+	while (envp[n_env])
+		n_env++;
+	size = (n_env + 2) * sizeof(char *) + VAR_LEN + (size_t)x.n * SOCK_MAX +
+	       (size_t)n_files * FILE_MAX + 1;
+	out = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (out == MAP_FAILED) {
+		errno = saved;
+		return envp;
+	}
+	text = p = (char *)(out + n_env + 2);
+	memcpy(p, VAR, VAR_LEN);
+	p += VAR_LEN;
+	for (int i = 0; i < n_files; i++) /* files first: sockets refer to them */
+		p = put_file(p, &files[i]);
+	for (int i = 0; i < x.n; i++)
+		p = put_socket(p, x.fds[i]);
+	*p = 0;
+	n_env = 0;
+	for (char *const *v = envp; *v; v++)
+		if (strncmp(*v, VAR, VAR_LEN))
+			out[n_env++] = *v;
+	if (p > text + VAR_LEN)
+		out[n_env++] = text;
+	out[n_env] = NULL;
+	*mapped = size;
+	errno = saved;
+	return out;
+}
+
+static void inherit_release(char *const *env, size_t mapped)
+{
+	int saved = errno;
+
+	if (mapped)
+		munmap((void *)env, mapped);
+	errno = saved;
+}
+
+/* The body of an exec or spawn call that takes an environment: pass ours on, and
+ * release it when the call returns (a failed exec, or a spawn done). */
+#define WITH_INHERITED_ENV(real_call)                                  \
+	size_t mapped;                                                 \
+	char *const *env = inherit_envp(envp, &mapped);                \
+	int r = real_call;                                             \
+	inherit_release(env, mapped);                                  \
+	return r
+
+API int execve(const char *path, char *const argv[], char *const envp[])
+{
+	WITH_INHERITED_ENV(REAL(execve)(path, argv, env));
+}
+
+API int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+	WITH_INHERITED_ENV(REAL(execvpe)(file, argv, env));
+}
+
+API int fexecve(int fd, char *const argv[], char *const envp[])
+{
+	WITH_INHERITED_ENV(REAL(fexecve)(fd, argv, env));
+}
+
+API int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+		    const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+	WITH_INHERITED_ENV(REAL(posix_spawn)(pid, path, fa, attr, argv, env));
+}
+
+API int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+		     const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+	WITH_INHERITED_ENV(REAL(posix_spawnp)(pid, file, fa, attr, argv, env));
+}
+
+API int execv(const char *path, char *const argv[])
+{
+	return execve(path, argv, environ);
+}
+
+API int execvp(const char *file, char *const argv[])
+{
+	return execvpe(file, argv, environ);
+}
+
+/* The list forms: argv gathered on the stack.  With_env: execle, whose envp follows the
+ * terminating NULL.  Search: execlp. */
+static int exec_list(const char *file, const char *arg0, va_list ap, int with_env,
+		     int search)
+{
+	va_list count;
+	size_t n = 1;
+	char *const *envp = environ;
+
+	va_copy(count, ap);
+	while (va_arg(count, char *))
+		n++;
+	va_end(count);
+
+	char *argv[n + 1];
+
+	argv[0] = (char *)arg0;
+	for (size_t i = 1; i <= n; i++)
+		argv[i] = va_arg(ap, char *); /* the last one read is the NULL */
+	if (with_env)
+		envp = va_arg(ap, char *const *);
+	return search ? execvpe(file, argv, envp) : execve(file, argv, envp);
+}
+
+#define LIST_FORM(file, arg, with_env, search)                         \
+	va_list ap;                                                    \
+	int r;                                                         \
+	va_start(ap, arg);                                             \
+	r = exec_list(file, arg, ap, with_env, search);                \
+	va_end(ap);                                                    \
+	return r
+
+API int execl(const char *path, const char *arg, ...)
+{
+	LIST_FORM(path, arg, 0, 0);
+}
+
+API int execle(const char *path, const char *arg, ...)
+{
+	LIST_FORM(path, arg, 1, 0);
+}
+
+API int execlp(const char *file, const char *arg, ...)
+{
+	LIST_FORM(file, arg, 0, 1);
+}
+
+/* ---- import, in the new image ---- */
+
+/* A hex field of at most n bytes (exactly n when exact) ending at ',' or ';'. */
+static int get_hex(const char **s, void *out, size_t n, int exact, size_t *len)
+{
+	size_t hexlen = strcspn(*s, ",;");
+
+	if (!(*s)[hexlen] || hexlen % 2 || hexlen / 2 > n || (exact && hexlen / 2 != n) ||
+	    hex_decode(*s, hexlen / 2, out))
+		return -1;
+	*len = hexlen / 2;
+	*s += hexlen + 1;
+	return 0;
+}
+
+/* "f,…;" at *s: take over the file's record if the file is still the one made. */
+static int get_file(const char **s)
+{
+	unsigned long sock_ino, dev, ino;
+	char path[sizeof(((struct sockfile *)0)->path)];
+	unsigned noremove;
+	size_t len;
+	int used = 0;
+
+	if (sscanf(*s, "f,%lu,%u,%lu,%lu,%n", &sock_ino, &noremove, &dev, &ino, &used) != 4 ||
+	    !used)
+		return -1;
+	*s += used;
+	if (get_hex(s, path, sizeof(path) - 1, 0, &len) || (*s)[-1] != ';')
+		return -1;
+	path[len] = 0;
+	sockfile_adopt(path, (dev_t)dev, (ino_t)ino, (ino_t)sock_ino, (int)noremove);
+	return 0;
+}
+
+/* "s,…;" at *s: the fd is a converted socket again, if it still is the same socket
+ * (the program may close or move fds between fork and exec). */
+static int get_socket(const char **s)
+{
+	unsigned long sock_ino;
+	unsigned type, role, family;
+	struct fd_entry e;
+	struct stat st;
+	size_t len;
+	int fd, used = 0;
+
+	fd_entry_init(&e);
+	if (sscanf(*s, "s,%d,%lu,%u,%u,%u,%n", &fd, &sock_ino, &type, &role, &family,
+		   &used) != 5 || !used)
+		return -1;
+	*s += used;
+	if (get_hex(s, &e.local, sizeof(e.local), 1, &len) || (*s)[-1] != ',' ||
+	    get_hex(s, &e.peer, sizeof(e.peer), 1, &len) || (*s)[-1] != ';')
+		return -1;
+	if (fd < 0 || fstat(fd, &st) || !S_ISSOCK(st.st_mode) || st.st_ino != sock_ino)
+		return 0;
+	e.kind = FD_CONVERTED;
+	e.type = (uint8_t)type;
+	e.role = (uint8_t)role;
+	e.family = (uint8_t)family;
+	e.sockfile = (int16_t)sockfile_by_socket((ino_t)sock_ino);
+	fd_store(fd, &e);
+	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", fd);
+	return 0;
+}
+
+void inherit_init(void)
+{
+	const char *s = getenv("UNIXIFY_INHERIT");
+
+	if (!s)
+		return;
+	while (*s) {
+		if ((*s == 'f' ? get_file(&s) : get_socket(&s))) {
+			ulog(LOG_WARN_, "UNIXIFY_INHERIT is malformed; inherited sockets keep "
+			     "their Unix addresses");
+			break;
+		}
+	}
+	unsetenv("UNIXIFY_INHERIT"); /* what we pass on is made afresh at each exec */
+}
