@@ -82,8 +82,8 @@ static void sweep_stale_rundirs(const char *base)
 		return;
 	}
 	while ((d = readdir(dir)))
-		if ((d->d_type == DT_DIR || d->d_type == DT_UNKNOWN) && !strncmp(d->d_name, "unixify.", 8) &&
-		    pid_gone(d->d_name + 8))
+		if ((d->d_type == DT_DIR || d->d_type == DT_UNKNOWN) &&
+		    !strncmp(d->d_name, "unixify.", 8) && pid_gone(d->d_name + 8))
 			sweep_dir(base_fd, d->d_name);
 	closedir(dir);
 }
