@@ -409,31 +409,18 @@ static int fastopen_connect(int fd, const struct fd_entry *e, const struct socka
 	return convert_connect(fd, &a, e, handled);
 }
 
+/* Anything that needs a decision is sendmsg()'s: one message with the same address. */
 API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa,
 		   socklen_t salen)
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = n };
 	struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen,
 			      .msg_iov = &iov, .msg_iovlen = 1 };
-	struct fd_entry e;
-	int handled;
 
-	if (sa && salen >= sizeof(sa_family_t) && rules_use_unix && sa->sa_family == AF_UNIX)
-		return redirect_sendmsg(fd, &msg, flags);
-	if (!sa || !fd_tracked(fd))
+	if (!sa || (!fd_tracked(fd) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
+					 sa->sa_family == AF_UNIX)))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
-	fd_snapshot(fd, &e);
-	if (e.kind == FD_CONVERTED && e.type == SOCK_STREAM) /* TCP ignores the address */
-		return REAL(sendto)(fd, buf, n, flags, NULL, 0);
-	if (e.type == SOCK_DGRAM && (e.kind == FD_IP || e.kind == FD_CONVERTED))
-		return dgram_sendmsg(fd, &e, &msg, flags);
-	if (flags & MSG_FASTOPEN) {
-		if (fastopen_connect(fd, &e, sa, salen, &handled) < 0 && handled)
-			return -1;
-		if (handled)
-			return REAL(sendto)(fd, buf, n, flags & ~MSG_FASTOPEN, NULL, 0);
-	}
-	return REAL(sendto)(fd, buf, n, flags, sa, salen);
+	return sendmsg(fd, &msg, flags);
 }
 
 API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
