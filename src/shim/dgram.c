@@ -278,7 +278,8 @@ static void add_pktinfo(const struct fd_entry *e, struct msghdr *msg, size_t cap
 	struct ipaddr local = e->local;
 	struct cmsghdr *c;
 
-	if (!(v6 ? option_on(e, IPPROTO_IPV6, IPV6_RECVPKTINFO) : option_on(e, IPPROTO_IP, IP_PKTINFO)))
+	if (!(v6 ? option_on(e, IPPROTO_IPV6, IPV6_RECVPKTINFO)
+		 : option_on(e, IPPROTO_IP, IP_PKTINFO)))
 		return;
 	if (!msg->msg_control || used + room > cap) {
 		msg->msg_flags |= MSG_CTRUNC;
@@ -365,16 +366,15 @@ API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	r = REAL(recvmsg)(fd, &copy, flags);
 	if (r < 0)
 		return r;
-	msg->msg_flags = copy.msg_flags;
 	if (e.type == SOCK_DGRAM) {
 		if (msg->msg_name)
 			report_sender(&e, &sun, copy.msg_namelen, msg->msg_name,
 				      &msg->msg_namelen);
 		add_pktinfo(&e, &copy, msg->msg_controllen);
-		msg->msg_flags = copy.msg_flags;
 	} else {
 		msg->msg_namelen = 0;
 	}
+	msg->msg_flags = copy.msg_flags;
 	msg->msg_controllen = copy.msg_controllen;
 	return r;
 }
@@ -412,12 +412,13 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 		h->msg_namelen = origlen[i];
 		if ((int)i >= r)
 			continue;
-		if (e.type != SOCK_DGRAM)
+		if (e.type != SOCK_DGRAM) {
 			h->msg_namelen = 0;
-		else if (orig[i])
+			continue;
+		}
+		if (orig[i])
 			report_sender(&e, &names[i], got, orig[i], &h->msg_namelen);
-		if (e.type == SOCK_DGRAM)
-			add_pktinfo(&e, h, cap[i]);
+		add_pktinfo(&e, h, cap[i]);
 	}
 	return r;
 }
