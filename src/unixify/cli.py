@@ -173,6 +173,28 @@ def with_default_mode(rules: list[Rule], mode: int | None) -> list[Rule]:
             else rule for rule in rules]
 
 
+def rules_from_options(options: list[tuple[str, str]], command: str = "") -> list[Rule]:
+    """The rules of the -r/-f options, in order, with --mode applied; other options are
+    the caller's.  No rules at all is a usage error."""
+    prefix = f"{command}: " if command else ""
+    sources: list[tuple[str, str]] = []
+    mode = None
+    for option, value in options:
+        if option in ("-r", "--rule"):
+            sources.append(("rule", value))
+        elif option in ("-f", "--file"):
+            sources.append(("file", value))
+        elif option == "--mode":
+            try:
+                mode = parse_mode(value)
+            except ValueError as err:
+                raise UsageError(f"{prefix}--mode: {err}") from None
+    if not sources:
+        raise UsageError(f"{prefix}no rules given; use -r RULE or -f FILE "
+                         "(see 'unixify --help')")
+    return with_default_mode(load_rules(sources), mode)
+
+
 def run_env(argv: list[str]) -> int:
     """Print LD_PRELOAD and UNIXIFY_RULES for people who set the environment themselves
     (a systemd EnvironmentFile=, a container's environment, eval in a shell)."""
@@ -186,19 +208,7 @@ def run_env(argv: list[str]) -> int:
         raise UsageError(f"env: {err.msg} (see 'unixify --help')") from None
     if rest:
         raise UsageError(f"env: unexpected {rest[0]!r}; it takes rules only")
-    mode = None
-    sources = []
-    for option, value in options:
-        if option == "--mode":
-            try:
-                mode = parse_mode(value)
-            except ValueError as err:
-                raise UsageError(f"env: --mode: {err}") from None
-        else:
-            sources.append(("rule" if option in ("-r", "--rule") else "file", value))
-    if not sources:
-        raise UsageError("env: no rules given; use -r RULE or -f FILE")
-    rules = with_default_mode(load_rules(sources), mode)
+    rules = rules_from_options(options, "env")
     sys.stdout.write(f"LD_PRELOAD={shlex.quote(library_path())}\n"
                      f"{ENV_RULES}={shlex.quote(encode_rules(rules))}\n")
     return 0
@@ -211,11 +221,7 @@ def run_explain(argv: list[str]) -> int:
         options, rest = getopt.getopt(argv, "r:f:", ["rule=", "file="])
     except getopt.GetoptError as err:
         raise UsageError(f"explain: {err.msg} (see 'unixify --help')") from None
-    sources = [("rule" if option in ("-r", "--rule") else "file", value)
-               for option, value in options]
-    if not sources:
-        raise UsageError("explain: no rules given; use -r RULE or -f FILE")
-    rules = load_rules(sources)
+    rules = rules_from_options(options, "explain")
     try:
         query = parse_query(rest)
     except ValueError as err:
@@ -298,11 +304,9 @@ def run(argv: list[str]) -> int:
             ["rule=", "file=", "check", "print", "verbose", "help", "version", "lib", "mode="])
     except getopt.GetoptError as err:
         raise UsageError(f"{err.msg} (see 'unixify --help')") from None
-    sources: list[tuple[str, str]] = []
     check = show = False
     verbosity = 0
-    default_mode: int | None = None
-    for option, value in options:
+    for option, _value in options:
         if option in ("-h", "--help"):
             sys.stdout.write(USAGE)
             return 0
@@ -314,25 +318,13 @@ def run(argv: list[str]) -> int:
 
             sys.stdout.write(library_path() + "\n")
             return 0
-        if option in ("-r", "--rule"):
-            sources.append(("rule", value))
-        elif option in ("-f", "--file"):
-            sources.append(("file", value))
-        elif option in ("-c", "--check"):
+        if option in ("-c", "--check"):
             check = True
         elif option in ("-p", "--print"):
             show = True
         elif option in ("-v", "--verbose"):
             verbosity += 1
-        elif option == "--mode":
-            try:
-                default_mode = parse_mode(value)
-            except ValueError as err:
-                raise UsageError(f"--mode: {err}") from None
-
-    if not sources:
-        raise UsageError("no rules given; use -r RULE or -f FILE (see 'unixify --help')")
-    rules = with_default_mode(load_rules(sources), default_mode)
+    rules = rules_from_options(options)
     if show:
         (sys.stdout if check else sys.stderr).write(format_table(rules))
     if check:
