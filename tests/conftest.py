@@ -148,6 +148,17 @@ def parse_kv(text: str) -> dict[str, str]:
     return result
 
 
+def preloaded_env(**variables: str) -> dict[str, str]:
+    """This environment with the shim preloaded by hand (no launcher), no unsock or
+    unixify settings of its own, and variables on top."""
+    from unixify.shim import library_path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNSOCK_", "UNIXIFY_"))}
+    env["LD_PRELOAD"] = library_path()
+    env.update(variables)
+    return env
+
+
 def run_wrapped(rules: list[str], program: list[str], verbose: int = 0,
                 timeout: float = 10, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run program under unixify with rules to completion, capturing its output."""

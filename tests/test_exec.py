@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ from pathlib import Path
 from conftest import (
     Processes,
     free_port,
+    preloaded_env,
     read_until,
     require_tool,
     run_wrapped,
@@ -95,10 +95,7 @@ def test_exec_family_and_spawn_all_pass_the_socket(probe: str, sockdir: Path) ->
 
 
 def test_malformed_inherit_variable_is_one_warning(sockdir: Path) -> None:
-    from unixify.shim import library_path
-
-    env = dict(os.environ, LD_PRELOAD=library_path(), UNIXIFY_RULES="UFY1",
-               UNIXIFY_INHERIT="3,12,1,1,2,0,zz;")
+    env = preloaded_env(UNIXIFY_RULES="UFY1", UNIXIFY_INHERIT="3,12,1,1,2,0,zz;")
     result = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get("
                              "'UNIXIFY_INHERIT'))"], env=env, capture_output=True,
                             text=True, timeout=20)

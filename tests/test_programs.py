@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     Processes,
     free_port,
+    preloaded_env,
     read_until,
     require_tool,
     run_wrapped,
@@ -351,9 +352,7 @@ def test_log_lines_use_syslog_format_when_stderr_is_a_socket(sockdir: Path) -> N
 ])
 def test_corrupted_encoding_refuses_ip_sockets_without_crashing(probe: str,
                                                                  encoding: str) -> None:
-    from unixify.shim import library_path
-
-    env = dict(os.environ, LD_PRELOAD=library_path(), UNIXIFY_RULES=encoding)
+    env = preloaded_env(UNIXIFY_RULES=encoding)
     result = subprocess.run([probe, "refused", "127.0.0.1", "9"], env=env,
                             capture_output=True, text=True, timeout=10)
     assert result.returncode == 0, result.stderr
@@ -428,8 +427,6 @@ def test_encodings_never_crash_the_program(probe: str, sockdir: Path) -> None:
     never a signal, a sanitizer report, or a hang."""
     from unixify.encoding import MAGIC, encode_rules
     from unixify.rules import parse_rule
-    from unixify.shim import library_path
-
     rules = [parse_rule(text.format(d=sockdir)) for text in FUZZ_RULES]
     rng = random.Random(20261123)
     cases = []
@@ -445,7 +442,7 @@ def test_encodings_never_crash_the_program(probe: str, sockdir: Path) -> None:
 
     def run(encoded: str) -> tuple[str, subprocess.CompletedProcess[bytes]]:
         raw = encoded.encode("latin-1").replace(b"\0", b"")   # \xff stays one byte
-        env = dict(os.environ, LD_PRELOAD=library_path(), UNIXIFY_RULES=os.fsdecode(raw))
+        env = preloaded_env(UNIXIFY_RULES=os.fsdecode(raw))
         return encoded, subprocess.run([probe, "setup", "127.0.0.1", "7003"], env=env,
                                        capture_output=True, timeout=20, cwd=sockdir)
 

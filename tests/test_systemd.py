@@ -13,6 +13,7 @@ from conftest import (
     HELPERS,
     Processes,
     free_port,
+    preloaded_env,
     require_tool,
     unix_get,
     unixify_command,
@@ -132,9 +133,8 @@ def test_systemd_rule_without_passed_sockets_is_a_clear_error(probe: str) -> Non
     assert result.stderr.count("\n") == 1 and "LISTEN_FDS is not set" in result.stderr
     # Set by hand for another process: the shim does not take fd 3, and bind fails
     # with a log line rather than aborting.
-    from unixify.shim import library_path
-    env.update(LD_PRELOAD=library_path(), LISTEN_FDS="1", LISTEN_PID="1",
-               UNIXIFY_RULES=encode_rules([parse_rule("in,systemd")]))
+    env = preloaded_env(LISTEN_FDS="1", LISTEN_PID="1",
+                        UNIXIFY_RULES=encode_rules([parse_rule("in,systemd")]))
     result = subprocess.run([probe, "server", "127.0.0.1", str(free_port())],
                             capture_output=True, text=True, env=env, timeout=10)
     assert "error=bind:Cannot assign requested address" in result.stdout, result

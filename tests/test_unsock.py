@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import stat
@@ -15,6 +14,7 @@ from conftest import (
     HELPERS,
     Processes,
     free_port,
+    preloaded_env,
     read_until,
     require_tool,
     unix_get,
@@ -23,14 +23,6 @@ from conftest import (
 )
 
 from unixify.shim import library_path
-
-
-def unsock_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("UNSOCK_", "UNIXIFY_"))}
-    env["LD_PRELOAD"] = library_path()
-    env.update(variables)
-    return env
 
 
 def run(args: list[str], env: dict[str, str], **kwargs: object
@@ -47,7 +39,7 @@ def test_lib_prints_the_installed_library() -> None:
 
 def test_nc_listen_and_connect_as_in_unsocks_readme(procs: Processes, sockdir: Path) -> None:
     nc = require_tool("nc")
-    env = unsock_env(UNSOCK_DIR=f"{sockdir}/")
+    env = preloaded_env(UNSOCK_DIR=f"{sockdir}/")
     server = procs.start([nc, "-l", "127.175.0.0", "7000"], env=env)
     wait_for_socket(sockdir / "7000.sock")
     client = run([nc, "-N", "127.175.0.0", "7000"], env, input="hello unsock users\n")
@@ -61,7 +53,7 @@ def test_addr_range_port_and_reported_peer(procs: Processes, sockdir: Path) -> N
     UNSOCK_PORT limits conversion to one port and is the reported peer port."""
     server_code = ("import socket\ns=socket.socket(); s.bind(('0.0.0.0',8123)); s.listen()\n"
                    "print('ready',flush=True)\nc,a=s.accept(); print(a[0],a[1],flush=True)\n")
-    env = unsock_env(UNSOCK_DIR=str(sockdir), UNSOCK_ADDR="127.175.0.3/0", UNSOCK_PORT="8123")
+    env = preloaded_env(UNSOCK_DIR=str(sockdir), UNSOCK_ADDR="127.175.0.3/0", UNSOCK_PORT="8123")
     server = procs.start([sys.executable, "-c", server_code], env=env)
     read_until(server, "ready")
     wait_for_socket(sockdir / "8123.sock")
@@ -88,7 +80,7 @@ def test_mode_block_inet_and_block_inet6(sockdir: Path) -> None:
             "print(oct(os.stat(d+'/9001.sock').st_mode & 0o777))\n"
             "t=socket.socket()\n"
             "print('inet', t.connect_ex(('127.0.0.1',9)))\n")
-    env = unsock_env(UNSOCK_DIR=str(sockdir), UNSOCK_MODE="660", UNSOCK_BLOCK_INET="1",
+    env = preloaded_env(UNSOCK_DIR=str(sockdir), UNSOCK_MODE="660", UNSOCK_BLOCK_INET="1",
                      UNSOCK_BLOCK_INET6="1")
     result = run([sys.executable, "-c", code], env)
     assert result.stdout.splitlines() == ["inet6 97", "0o660", "inet 13"], result
@@ -100,7 +92,7 @@ def test_bad_unsock_variables_refuse_ip_sockets_with_one_line(sockdir: Path) -> 
                                   ("UNSOCK_ADDR", "1.2.3", "not an IPv4 address"),
                                   ("UNSOCK_PORT", "70000", "not a port number"),
                                   ("UNSOCK_MODE", "9", "not an octal file mode")]:
-        env = unsock_env(**{"UNSOCK_DIR": str(sockdir), name: value})
+        env = preloaded_env(**{"UNSOCK_DIR": str(sockdir), name: value})
         result = run([sys.executable, "-S", "-c", code], env)
         assert result.stdout.strip() == "13", (name, result)  # EACCES
         assert f"{name}={value}: {fragment}" in result.stderr, result
@@ -108,7 +100,7 @@ def test_bad_unsock_variables_refuse_ip_sockets_with_one_line(sockdir: Path) -> 
 
 def test_unixify_rules_take_precedence(sockdir: Path) -> None:
     code = "import socket\ns=socket.socket(); s.bind(('127.175.0.0',9002)); print('bound')\n"
-    env = unsock_env(UNSOCK_DIR=str(sockdir))
+    env = preloaded_env(UNSOCK_DIR=str(sockdir))
     printed = subprocess.run([*unixify_command(), "env", "-r", f"in,path={sockdir}/mine.sock"],
                              capture_output=True, text=True, check=True).stdout
     for line in printed.splitlines():
@@ -121,7 +113,7 @@ def test_unixify_rules_take_precedence(sockdir: Path) -> None:
 
 def test_http_server_in_env_only_mode(procs: Processes, sockdir: Path, tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("served without the launcher\n")
-    env = unsock_env(UNSOCK_DIR=str(sockdir), UNSOCK_MODE="600")
+    env = preloaded_env(UNSOCK_DIR=str(sockdir), UNSOCK_MODE="600")
     procs.start([sys.executable, "-m", "http.server", "-d", str(tmp_path), "--bind",
                  "127.175.0.0", "8111"], env=env)
     wait_for_socket(sockdir / "8111.sock")
@@ -154,5 +146,5 @@ def test_control_file_in_unsock_dir(procs: Processes, sockdir: Path) -> None:
     controlfile.create(str(sockdir / "7300.sock"), controlfile.Target("fc", (77,), str(emulator)))
     code = ("import socket\ns=socket.create_connection(('127.175.0.0',7300),timeout=10)\n"
             "print(s.makefile().readline().strip())\n")
-    result = run([sys.executable, "-c", code], unsock_env(UNSOCK_DIR=str(sockdir)))
+    result = run([sys.executable, "-c", code], preloaded_env(UNSOCK_DIR=str(sockdir)))
     assert result.stdout.strip() == "guest port 77 says hi", result
