@@ -234,9 +234,10 @@ static int apply_field(struct rule *r, char key, const char *v, size_t n)
 	case 'N':
 		return set_string(&r->systemd_name, v, n);
 	case 'u':
-		return set_string(&r->from_unix, v, n);
 	case 'b':
-		return set_string(&r->from_abstract, v, n);
+		if (n > GLOB_MAX)
+			return -1;
+		return set_string(key == 'u' ? &r->from_unix : &r->from_abstract, v, n);
 	}
 	return -1;
 }

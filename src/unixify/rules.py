@@ -28,6 +28,7 @@ VMADDR_CID_ANY = 0xFFFFFFFF
 TYPE_ALIASES = {"tcp": "stream", "stream": "stream",
                 "udp": "dgram", "dgram": "dgram", "datagram": "dgram"}
 MAX_PATH = 107  # sizeof(sun_path) - 1: room for the terminating NUL
+GLOB_MAX = 1024  # longest from-unix/from-abstract pattern, in bytes (shim.h: GLOB_MAX)
 PLACEHOLDERS = "pat%"
 
 
@@ -309,6 +310,9 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
                 fields["ports"] = _parse_ports(_need_value(key, has_value, value))
             elif canonical in ("from-unix", "from-abstract"):
                 pattern = _need_value(key, has_value, value)
+                if len(pattern.encode()) > GLOB_MAX:
+                    raise ValueError(f"pattern is {len(pattern.encode())} bytes; "
+                                     f"at most {GLOB_MAX}")
                 fields[canonical.replace("-", "_")] = pattern
             elif canonical == "noremove":
                 _no_value(key, has_value)
