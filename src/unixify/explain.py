@@ -231,7 +231,9 @@ def outcome(rule: Rule | None, query: Query) -> str:
     return f"{call} takes the {query.socket_type} socket{name} passed by systemd (LISTEN_FDS)"
 
 
-def explain(rules: list[Rule], query: Query) -> str:
+def explain(rules: list[Rule], query: Query, refusal: str | None = None) -> str:
+    """Which rule matches query and what happens; refusal: why the launcher would not run
+    the program at all (then that is the outcome)."""
     lines = [query.describe() + ":"]
     chosen = None
     for number, rule in enumerate(rules, 1):
@@ -241,7 +243,7 @@ def explain(rules: list[Rule], query: Query) -> str:
         if why is None:
             chosen = rule
             break
-    lines.append("=> " + outcome(chosen, query))
+    lines.append("=> " + (refusal or outcome(chosen, query)))
     return "\n".join(lines) + "\n"
 
 
