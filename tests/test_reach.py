@@ -189,3 +189,31 @@ def test_program_with_file_capabilities_is_refused_for_other_users(
                    f"{program} has file capabilities that exec would grant")
     # root gains nothing it lacks: no secure mode, the preload reaches it
     assert launcher(program).stdout == "secure=0 preloaded=1\n"
+
+
+def test_setuid_bits_on_a_nosuid_mount_count_for_nothing(secure_probe: Path,
+                                                          shared_dir: Path) -> None:
+    """The kernel ignores set-id bits there, so exec is not secure: no refusal."""
+    unshare = require_tool("unshare")
+    script = ('mount -t tmpfs -o nosuid,mode=0755 tmpfs "$1" && cp "$2" "$1/program" && '
+              'chown 65534:65534 "$1/program" && chmod 4755 "$1/program" && shift 2 && '
+              'exec "$@" -r in,path=/tmp/unused.sock "$0/program"')
+    result = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c",
+                             script, str(shared_dir), str(shared_dir), str(secure_probe),
+                             *unixify_command()], capture_output=True, text=True,
+                            timeout=30)
+    assert result.stdout == "secure=0 preloaded=1\n", result
+
+
+def test_go_program_without_section_headers_is_recognised(go_programs: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """With the section header table gone, the build-info magic still gives it away."""
+    data = bytearray(Path(go_programs["dynamic"]).read_bytes())
+    data[0x28:0x30] = bytes(8)        # e_shoff
+    data[0x3C:0x40] = bytes(4)        # e_shnum, e_shstrndx
+    stripped = tmp_path / "stripped"
+    stripped.write_bytes(bytes(data))
+    stripped.chmod(0o755)
+    assert elf_facts(str(stripped)) == (True, True)
+    assert_refused(run_wrapped([f"in,path={tmp_path}/s"], [str(stripped), "127.0.0.1:0"]),
+                   "is a Go program")
