@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import HELPERS, compile_c, run_wrapped, unixify_command
+from conftest import HELPERS, compile_c, preloaded_env, run_wrapped, unixify_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,6 +176,12 @@ def test_glob_length_limit(c_glob: Callable[[str, str], bool]) -> None:
     with pytest.raises(RuleError, match=f"at most {GLOB_MAX}"):
         parse_rule(f"from-unix={longest}*,ignore")
     assert not c_glob(longest + "*", "/x")
+    # an encoding made by hand with a longer one is malformed, as a whole
+    for pattern, malformed in ((longest, False), (longest + "*", True)):
+        env = preloaded_env(UNIXIFY_RULES=f"UFY1{{A1:Iu{len(pattern)}:{pattern}}}")
+        result = subprocess.run([sys.executable, "-c", "import socket"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert ("UNIXIFY_RULES is malformed" in result.stderr) is malformed, result
 
 
 RULES = ["out,port=53,ignore", "out,tcp,path=/run/%t-%p.sock",
