@@ -107,19 +107,51 @@ static int has(const struct states *s, size_t i)
  * after it. */
 static void enter(struct states *s, const char *pattern, size_t i)
 {
-	for (;;) {
-		unsigned char byte;
-		const char *next;
+	unsigned char byte;
+	const char *next;
+	enum elem e;
 
+	for (;;) {
 		add(s, i);
 		if (!pattern[i])
 			return;
-		enum elem e = element(pattern + i, &byte, &next);
-
+		e = element(pattern + i, &byte, &next);
 		if (e != STAR && e != DSTAR && e != DSTAR_SLASH)
 			return;
 		i = (size_t)(next - pattern);
 	}
+}
+
+/* Advance the state at offset i on ch into out. */
+static void advance(struct states *out, const char *pattern, size_t i, unsigned char ch)
+{
+	unsigned char byte;
+	const char *next;
+	int match;
+
+	switch (element(pattern + i, &byte, &next)) {
+	case STAR:
+		if (ch != '/')
+			enter(out, pattern, i);
+		return;
+	case DSTAR:
+		enter(out, pattern, i);
+		return;
+	case DSTAR_SLASH:
+		add(out, i); /* inside the directories: no skipping ahead */
+		match = ch == '/';
+		break;
+	case ANY:
+		match = ch != '/';
+		break;
+	case CLASS:
+		match = class_has(pattern + i, next, ch);
+		break;
+	default:
+		match = ch == byte;
+	}
+	if (match)
+		enter(out, pattern, (size_t)(next - pattern));
 }
 
 /* Advance every state of cur on ch into out. */
@@ -128,27 +160,10 @@ static void step(const struct states *cur, struct states *out, const char *patte
 {
 	memset(out, 0, sizeof(*out));
 	for (size_t i = 0; i < len; i++) {
-		unsigned char byte;
-		const char *next;
-
-		if (!cur->bits[i / WORD_BITS]) {
+		if (!cur->bits[i / WORD_BITS])
 			i |= WORD_BITS - 1; /* a whole word of dead states */
-			continue;
-		}
-		if (!has(cur, i))
-			continue;
-		enum elem e = element(pattern + i, &byte, &next);
-		size_t after = (size_t)(next - pattern);
-
-		if (e == STAR ? ch != '/' : e == DSTAR)
-			enter(out, pattern, i);
-		else if (e == DSTAR_SLASH) {
-			add(out, i); /* inside the directories: no skipping ahead */
-			if (ch == '/')
-				enter(out, pattern, after);
-		} else if (e == ANY ? ch != '/'
-			   : e == CLASS ? class_has(pattern + i, next, ch) : ch == byte)
-			enter(out, pattern, after);
+		else if (has(cur, i))
+			advance(out, pattern, i, ch);
 	}
 }
 
