@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -30,7 +31,7 @@ static struct sockfile sockfiles[MAX_SOCKFILES];
 /* ---- sock_diag ---- */
 
 struct diag_query {
-	uint32_t sock_ino;   /* exact lookup by socket inode, or 0 */
+	uint32_t sock_ino;   /* exact lookup by socket inode (vfs_* then set), or 0 */
 	uint32_t vfs_ino;    /* else: find a socket bound to this file */
 	uint32_t vfs_dev;
 };
@@ -53,7 +54,7 @@ static int diag_open_and_send(const struct diag_query *q)
 	msg.req.sdiag_family = AF_UNIX;
 	msg.req.udiag_states = ~0u;
 	msg.req.udiag_ino = q->sock_ino;
-	msg.req.udiag_show = q->sock_ino ? 0 : UDIAG_SHOW_VFS;
+	msg.req.udiag_show = UDIAG_SHOW_VFS;
 	msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0u; /* no cookie check */
 	if (REAL(sendto)(nl, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel,
 			 sizeof(kernel)) < 0) {
@@ -63,7 +64,8 @@ static int diag_open_and_send(const struct diag_query *q)
 	return nl;
 }
 
-static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
+/* The file a socket in a sock_diag message is bound to: 1 and *v set, or 0. */
+static int vfs_of(const struct nlmsghdr *h, struct unix_diag_vfs *v)
 {
 	const struct unix_diag_msg *m = NLMSG_DATA(h);
 	int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
@@ -71,11 +73,9 @@ static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
 
 	while (len >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) && a->nla_len <= len) {
 		if ((a->nla_type & NLA_TYPE_MASK) == UNIX_DIAG_VFS &&
-		    a->nla_len >= NLA_HDRLEN + sizeof(struct unix_diag_vfs)) {
-			const struct unix_diag_vfs *v = (const void *)((const char *)a + NLA_HDRLEN);
-
-			if (v->udiag_vfs_ino == q->vfs_ino && v->udiag_vfs_dev == q->vfs_dev)
-				return 1;
+		    a->nla_len >= NLA_HDRLEN + sizeof(*v)) {
+			memcpy(v, (const char *)a + NLA_HDRLEN, sizeof(*v));
+			return 1;
 		}
 		len -= NLA_ALIGN(a->nla_len);
 		a = (const struct nlattr *)((const char *)a + NLA_ALIGN(a->nla_len));
@@ -83,8 +83,22 @@ static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
 	return 0;
 }
 
+/* An exact lookup notes the socket's file in q; a dump looks for q's file. */
+static int vfs_matches(const struct nlmsghdr *h, struct diag_query *q)
+{
+	struct unix_diag_vfs v;
+	int has = vfs_of(h, &v);
+
+	if (q->sock_ino) {
+		q->vfs_ino = has ? v.udiag_vfs_ino : 0;
+		q->vfs_dev = has ? v.udiag_vfs_dev : 0;
+		return 1;
+	}
+	return has && v.udiag_vfs_ino == q->vfs_ino && v.udiag_vfs_dev == q->vfs_dev;
+}
+
 /* 1: found, 0: not found, -1: sock_diag unavailable. */
-static int diag_find(const struct diag_query *q)
+static int diag_find(struct diag_query *q)
 {
 	char buf[16384] __attribute__((aligned(8)));
 	int nl = diag_open_and_send(q);
@@ -116,7 +130,7 @@ static int diag_find(const struct diag_query *q)
 			}
 			if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY)
 				continue;
-			if (q->sock_ino || vfs_matches(h, q))
+			if (vfs_matches(h, q))
 				found = 1;
 			if (q->sock_ino)
 				done = 1; /* an exact lookup answers with one message */
@@ -137,34 +151,56 @@ int unix_socket_alive(ino_t sock_ino)
 	return r;
 }
 
+/* The kernel's internal dev_t, as sock_diag reports it: major << 20 | minor. */
+static uint32_t kernel_dev(dev_t dev)
+{
+	return (uint32_t)(major(dev) << 20 | minor(dev));
+}
+
 /* Is a socket bound to the file at path?  1 yes, 0 no (stale). */
 int socket_file_live(const char *path, const struct stat *st)
 {
-	/* sock_diag reports the kernel's internal dev_t: major << 20 | minor */
-	struct diag_query q = {
-		.vfs_ino = (uint32_t)st->st_ino,
-		.vfs_dev = (uint32_t)(major(st->st_dev) << 20 | minor(st->st_dev)),
-	};
+	struct diag_query q = { .vfs_ino = (uint32_t)st->st_ino, .vfs_dev = kernel_dev(st->st_dev) };
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	int types[] = { SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET }, probe, r;
+	int probe, r, saved = errno;
 
 	if (diag_find(&q) > 0)
 		return 1;
 	/* Not found, or no sock_diag (restricted sandbox).  sock_diag sees only this network
 	 * namespace, and a process in another one may be bound to the file: ask the file
-	 * itself.  A refused connection of every socket type means nobody is bound there;
-	 * a found socket was never probed, so a listener gets no stray connection. */
+	 * itself, with a datagram socket.  The kernel refuses it (ECONNREFUSED) only when no
+	 * socket is bound there; a stream or seqpacket socket, listening or not yet, answers
+	 * EPROTOTYPE, and a datagram socket is merely named as peer: no server ever sees a
+	 * connection from this. */
 	strncpy(sun.sun_path, path, sizeof(sun.sun_path) - 1);
-	for (unsigned i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
-		probe = REAL(socket)(AF_UNIX, types[i] | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		if (probe < 0)
-			return 1;
-		r = REAL(connect)(probe, (struct sockaddr *)&sun, sizeof(sun));
-		REAL(close)(probe);
-		if (r == 0 || (errno != ECONNREFUSED && errno != EPROTOTYPE))
-			return 1;
+	probe = REAL(socket)(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (probe < 0)
+		return 1;
+	r = REAL(connect)(probe, (struct sockaddr *)&sun, sizeof(sun));
+	r = r == 0 || errno != ECONNREFUSED;
+	REAL(close)(probe);
+	errno = saved;
+	return r;
+}
+
+/* Is the file st (fstatat of name in dir) the one sock is bound to?  Without sock_diag
+ * a socket file will do: dir is ours, nobody else makes files in it. */
+static int bound_here(int sock, const struct stat *st)
+{
+	struct stat s;
+	struct diag_query q;
+
+	if (!S_ISSOCK(st->st_mode) || fstat(sock, &s))
+		return 0;
+	q = (struct diag_query){ .sock_ino = (uint32_t)s.st_ino };
+	switch (diag_find(&q)) {
+	case 1:
+		return q.vfs_ino == (uint32_t)st->st_ino && q.vfs_dev == kernel_dev(st->st_dev);
+	case 0:
+		return 0;
+	default:
+		return 1;
 	}
-	return 0;
 }
 
 /* ---- the table of files we created ---- */
@@ -281,26 +317,179 @@ static int bind_path(int sock, const char *path)
 			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1));
 }
 
-/* A file in the way at path: 0 when it is a stale socket file we may replace, else -1
- * with errno EADDRINUSE and a log line. */
-static int replaceable(const char *path)
+static int lost(const char *path, const char *how)
 {
-	struct stat st;
+	ulog(LOG_WARN_, "%s %s; not taking it over", path, how);
+	errno = EADDRINUSE;
+	return -1;
+}
 
-	if (lstat(path, &st))
-		return errno == ENOENT ? 0 : -1;
-	if (!S_ISSOCK(st.st_mode)) {
+/* The file in the way at path: 0 when it is a stale socket file (st its lstat), else -1
+ * with errno EADDRINUSE and a log line, or ENOENT when it is gone. */
+static int judge_stale(const char *path, struct stat *st)
+{
+	if (lstat(path, st))
+		return -1;
+	if (!S_ISSOCK(st->st_mode)) {
 		ulog(LOG_WARN_, "%s exists and is not a socket; not replacing it", path);
 		errno = EADDRINUSE;
 		return -1;
 	}
-	if (socket_file_live(path, &st)) {
-		ulog(LOG_WARN_, "%s is in use by a live socket; not taking it over", path);
-		errno = EADDRINUSE;
+	if (socket_file_live(path, st))
+		return lost(path, "is in use by a live socket");
+	return 0;
+}
+
+/*
+ * A directory of ours beside a socket file, made 0700 and held open: every step after
+ * making it acts through its fd, so another user who can rename entries beside it (who
+ * owns that directory) cannot steer us anywhere else.
+ */
+struct private_dir {
+	int parent;          /* the socket file's directory */
+	int fd;              /* ours */
+	dev_t dev;
+	ino_t ino;
+	int keep;            /* a file not ours is left in it */
+	char name[24];       /* its name in parent */
+	const char *path;    /* the socket file */
+	const char *base;    /* its name in parent */
+};
+
+static void private_close(struct private_dir *d)
+{
+	struct stat st;
+	int saved = errno;
+
+	/* remove it only while its name still leads to it */
+	if (d->ino && !d->keep && !fstatat(d->parent, d->name, &st, AT_SYMLINK_NOFOLLOW) &&
+	    st.st_dev == d->dev && st.st_ino == d->ino)
+		unlinkat(d->parent, d->name, AT_REMOVEDIR);
+	if (d->fd >= 0)
+		REAL(close)(d->fd);
+	if (d->parent >= 0)
+		REAL(close)(d->parent);
+	errno = saved;
+}
+
+static int private_mkdir(struct private_dir *d)
+{
+	static unsigned long made;
+	struct timespec ts;
+	unsigned long x;
+	int tries = 0;
+
+	do {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		x = (unsigned long)ts.tv_nsec ^ (unsigned long)getpid() << 20 ^
+		    __atomic_add_fetch(&made, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15UL;
+		snprintf(d->name, sizeof(d->name), ".unixify-%08lx", (x ^ x >> 32) & 0xffffffffUL);
+		if (!mkdirat(d->parent, d->name, 0700))
+			return 0;
+	} while (errno == EEXIST && ++tries < 100);
+	return -1;
+}
+
+static int private_open(struct private_dir *d, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char parent[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct stat st;
+
+	memset(d, 0, sizeof(*d));
+	d->parent = d->fd = -1;
+	d->path = path;
+	if (!slash) {
+		errno = EINVAL;
 		return -1;
 	}
-	ulog(LOG_INFO_, "replacing stale socket file %s", path);
-	return 0;
+	d->base = slash + 1;
+	snprintf(parent, sizeof(parent), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+	d->parent = open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (d->parent < 0 || private_mkdir(d))
+		goto fail;
+	d->fd = openat(d->parent, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->fd >= 0 && !fstat(d->fd, &st) && st.st_uid == geteuid() && !(st.st_mode & 077)) {
+		d->dev = st.st_dev;
+		d->ino = st.st_ino;
+		return 0;
+	}
+	ulog(LOG_ERR_, "%s: the directory made beside it was replaced at once; refusing", path);
+	errno = EACCES;
+fail:
+	private_close(d);
+	return -1;
+}
+
+/* How bind and connect, which take paths, reach name in d: through /proc/self/fd while
+ * that leads to d, which no rename can divert; else by path, and callers check. */
+static int private_entry(const struct private_dir *d, const char *name, char *out,
+			 size_t size)
+{
+	struct stat st;
+	int n;
+
+	snprintf(out, size, "/proc/self/fd/%d", d->fd);
+	if (!stat(out, &st) && st.st_dev == d->dev && st.st_ino == d->ino) {
+		snprintf(out, size, "/proc/self/fd/%d/%s", d->fd, name);
+		return 0;
+	}
+	n = snprintf(out, size, "%.*s/%s/%s", (int)(d->base - 1 - d->path), d->path, d->name,
+		     name);
+	if (n > 0 && (size_t)n < size)
+		return 0;
+	ulog(LOG_ERR_, "%s: too long to create safely without /proc (a private directory "
+	     "beside it must fit in a socket address too)", d->path);
+	errno = ENAMETOOLONG;
+	return -1;
+}
+
+/*
+ * Remove the stale file st from d's path, and nothing else.  There is no unlink-if-this-
+ * inode, so move whatever is there into d and keep it removed only when it is st and
+ * still stale: a socket another process was binding there when we judged has been bound
+ * by now (its bind holds the directory locked, and the rename waited for it).  Anything
+ * else is put back.
+ */
+static int remove_stale(struct private_dir *d, const struct stat *st)
+{
+	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct stat moved;
+
+	if (renameat(d->parent, d->base, d->fd, "stale"))
+		return errno == ENOENT ? 0 : -1; /* gone meanwhile: the bind decides */
+	if (!fstatat(d->fd, "stale", &moved, AT_SYMLINK_NOFOLLOW) &&
+	    moved.st_dev == st->st_dev && moved.st_ino == st->st_ino &&
+	    !private_entry(d, "stale", entry, sizeof(entry)) && !socket_file_live(entry, &moved)) {
+		unlinkat(d->fd, "stale", 0);
+		ulog(LOG_INFO_, "replacing stale socket file %s", d->path);
+		return 0;
+	}
+	if (renameat2(d->fd, "stale", d->parent, d->base, RENAME_NOREPLACE)) {
+		d->keep = 1;
+		ulog(LOG_ERR_, "%s: a socket file bound there meanwhile could not be put back; it "
+		     "is in %s beside it", d->path, d->name);
+	}
+	return lost(d->path, "was bound by another process meanwhile");
+}
+
+/* A stale socket file is at path: remove exactly that one (not a file that replaced it
+ * since), then bind. */
+static int bind_over_stale(int sock, const char *path)
+{
+	struct private_dir d;
+	struct stat st;
+	int r;
+
+	if (judge_stale(path, &st))
+		return errno == ENOENT ? bind_path(sock, path) : -1;
+	if (private_open(&d, path))
+		return -1;
+	r = remove_stale(&d, &st);
+	private_close(&d);
+	if (r || !bind_path(sock, path))
+		return r;
+	return errno == EADDRINUSE ? lost(path, "was bound by another process meanwhile") : -1;
 }
 
 static int wants_permissions(const struct rule *r)
@@ -308,50 +497,74 @@ static int wants_permissions(const struct rule *r)
 	return r && (r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1);
 }
 
+/* Bind sock as "s" in d and give it r's mode and owner: st is the file. */
+static int bind_private(struct private_dir *d, int sock, const struct rule *r, struct stat *st)
+{
+	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int saved;
+
+	if (private_entry(d, "s", entry, sizeof(entry)) || bind_path(sock, entry))
+		return -1;
+	if (fstatat(d->fd, "s", st, AT_SYMLINK_NOFOLLOW) || !bound_here(sock, st)) {
+		ulog(LOG_ERR_, "%s: the socket did not appear in the directory made for it; "
+		     "refusing", d->path);
+		errno = EACCES;
+		return -1;
+	}
+	/* "s" is our socket in our directory: nobody else can put anything there */
+	if (r->mode >= 0 && fchmodat(d->fd, "s", (mode_t)r->mode, 0))
+		return -1;
+	if ((r->uid == (uid_t)-1 && r->gid == (gid_t)-1) ||
+	    !fchownat(d->fd, "s", r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
+		return 0;
+	saved = errno;
+	ulog(LOG_ERR_, "cannot give %s to owner %d, group %d: %s", d->path,
+	     r->uid == (uid_t)-1 ? -1 : (int)r->uid, r->gid == (gid_t)-1 ? -1 : (int)r->gid,
+	     strerror(saved));
+	errno = saved;
+	return -1;
+}
+
+/* Move "s" from d to the path, over a stale socket file but nothing else. */
+static int place(struct private_dir *d)
+{
+	struct stat st;
+
+	if (!renameat2(d->fd, "s", d->parent, d->base, RENAME_NOREPLACE))
+		return 0;
+	if (errno != EEXIST)
+		return -1;
+	if (judge_stale(d->path, &st) ? errno != ENOENT : remove_stale(d, &st))
+		return -1;
+	if (!renameat2(d->fd, "s", d->parent, d->base, RENAME_NOREPLACE))
+		return 0;
+	return errno == EEXIST ? lost(d->path, "was bound by another process meanwhile") : -1;
+}
+
 /*
  * The file must not appear at path with other permissions than asked for, not even for
- * a moment: bind in a private directory beside it (mode 0700, same file system), set
- * mode and ownership there, then rename it into place.
+ * a moment: bind in a private directory beside it (same file system), set mode and
+ * ownership there, then rename it into place.
  */
 static int bind_private_then_rename(int sock, const char *path, const struct rule *r)
 {
-	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)], tmp[sizeof(dir) + 2];
-	int parent = (int)(strrchr(path, '/') - path), saved;
+	struct private_dir d;
+	struct stat file, s;
 
-	if (parent < 0 || (size_t)parent + sizeof("/.unixify-XXXXXX/s") > sizeof(tmp)) {
-		ulog(LOG_ERR_, "%s: too long to create with mode/owner/group safely (a private "
-		     "directory beside it must fit in a socket address too)", path);
-		errno = ENAMETOOLONG;
+	if (private_open(&d, path))
 		return -2;
-	}
-	snprintf(dir, sizeof(dir), "%.*s/.unixify-XXXXXX", parent, path);
-	if (!mkdtemp(dir))
-		return -2;
-	snprintf(tmp, sizeof(tmp), "%s/s", dir); /* fits: checked above */
-	if (bind_path(sock, tmp))
-		goto fail;
-	if (r->mode >= 0 && chmod(tmp, (mode_t)r->mode))
-		goto fail;
-	if ((r->uid != (uid_t)-1 || r->gid != (gid_t)-1) && lchown(tmp, r->uid, r->gid)) {
-		saved = errno;
-		ulog(LOG_ERR_, "cannot give %s to owner %d, group %d: %s", path,
-		     r->uid == (uid_t)-1 ? -1 : (int)r->uid, r->gid == (gid_t)-1 ? -1 : (int)r->gid,
-		     strerror(saved));
+	if (bind_private(&d, sock, r, &file) || place(&d)) {
+		int saved = errno;
+
+		unlinkat(d.fd, "s", 0); /* ours, if there */
+		private_close(&d);
 		errno = saved;
-		goto fail;
+		return -2;
 	}
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE)) {
-		if (errno != EEXIST || replaceable(path) || rename(tmp, path))
-			goto fail;
-	}
-	rmdir(dir);
-	return record(sock, path, r->noremove);
-fail:
-	saved = errno;
-	unlink(tmp);
-	rmdir(dir);
-	errno = saved;
-	return -2;
+	private_close(&d);
+	if (fstat(sock, &s))
+		return -1;
+	return record_file(path, &file, s.st_ino, r->noremove);
 }
 
 /* Returns the record index (or -1 if none could be kept) with the socket bound, or
@@ -360,13 +573,7 @@ int sockfile_bind(int sock, const char *path, const struct rule *r)
 {
 	if (wants_permissions(r))
 		return bind_private_then_rename(sock, path, r);
-	if (bind_path(sock, path) == 0)
-		return record(sock, path, r && r->noremove);
-	if (errno != EADDRINUSE || replaceable(path))
-		return -2;
-	if (unlink(path) && errno != ENOENT)
-		return -2;
-	if (bind_path(sock, path))
+	if (bind_path(sock, path) && (errno != EADDRINUSE || bind_over_stale(sock, path)))
 		return -2;
 	return record(sock, path, r && r->noremove);
 }

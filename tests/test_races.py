@@ -1,0 +1,74 @@
+"""Races around socket files: two servers starting at once on one path, and another user
+renaming the private directory of a mode=/owner= bind while root binds."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import (
+    HELPERS,
+    Processes,
+    compile_c,
+    free_port,
+    parse_kv,
+    read_until,
+    require_tool,
+    run_wrapped,
+)
+
+
+@pytest.fixture(scope="module")
+def bindrace(helper_dir: Path) -> str:
+    return str(compile_c(HELPERS / "bindrace.c", helper_dir / "bindrace"))
+
+
+@pytest.mark.parametrize("extra", ["", ",mode=0600"])
+@pytest.mark.parametrize("start", ["stale", "fresh"])
+def test_two_servers_racing_for_one_path_exactly_one_wins(bindrace: str, sockdir: Path,
+                                                          start: str, extra: str) -> None:
+    """600 trials of two servers binding one path at the same moment (the second 0-200 us
+    later), over a stale socket file or none: one binds, the other gets EADDRINUSE, a
+    client reaches the one that bound, and no orphaned file is left."""
+    path = sockdir / "race.sock"
+    result = run_wrapped([f"in,path={path}{extra}"],
+                         [bindrace, "race", "600", str(free_port()), str(path), start],
+                         timeout=120)
+    counts = parse_kv(result.stdout.replace(" ", "\n"))
+    assert counts == {"trials": "600", "both": "0", "none": "0", "wrong": "0", "left": "0"}, \
+        result
+    assert sorted(p.name for p in sockdir.iterdir()) == [], result
+
+
+@pytest.mark.parametrize("rule", ["mode=0666", "owner=nobody,group=nogroup"])
+def test_renaming_the_private_directory_changes_nothing_outside(
+        procs: Processes, bindrace: str, sockdir: Path, rule: str) -> None:
+    """Another user owns the directory of a root server's socket file and, whenever a
+    private .unixify-* directory appears there, renames it away and puts a symlink to a
+    root-only directory in its place.  Binds may fail; nothing outside may change."""
+    setpriv = require_tool("setpriv")
+    sockdir.chmod(0o755)
+    shared, secret = sockdir / "shared", sockdir / "secret"
+    shared.mkdir()
+    os.chown(shared, 65534, 65534)
+    secret.mkdir(mode=0o700)
+    target = secret / "s"
+    target.write_text("root only\n")
+    target.chmod(0o600)
+    before = target.stat()
+    racer = procs.start([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                         bindrace, "rename", str(shared), str(secret), "6"])
+    read_until(racer, "ready")
+    binder = run_wrapped([f"in,path={shared}/x.sock,{rule}"],
+                         [bindrace, "loop", "5", str(free_port())], timeout=60)
+    racer.wait(timeout=20)
+    swaps = parse_kv(racer.communicate()[0])["swaps"]
+    after = target.stat() if target.exists() else None
+    assert after is not None and target.read_text() == "root only\n", (binder, swaps)
+    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == \
+        (0o600, before.st_uid, before.st_gid), (binder, swaps)
+    assert sorted(p.name for p in secret.iterdir()) == ["s"]
+    assert int(swaps) > 0, (binder, swaps)  # the race really ran
+    assert int(parse_kv(binder.stdout.replace(" ", "\n"))["binds"]) > 0, binder
