@@ -42,12 +42,15 @@ def test_two_servers_racing_for_one_path_exactly_one_wins(bindrace: str, sockdir
     assert sorted(p.name for p in sockdir.iterdir()) == [], result
 
 
-@pytest.mark.parametrize("rule", ["mode=0666", "owner=nobody,group=nogroup"])
+@pytest.mark.parametrize("rule", ["path={shared}/x.sock,mode=0666",
+                                  "path={shared}/x.sock,owner=nobody,group=nogroup",
+                                  "blackhole"], ids=["mode", "owner", "blackhole"])
 def test_renaming_the_private_directory_changes_nothing_outside(
         procs: Processes, bindrace: str, sockdir: Path, rule: str) -> None:
-    """Another user owns the directory of a root server's socket file and, whenever a
-    private .unixify-* directory appears there, renames it away and puts a symlink to a
-    root-only directory in its place.  Binds may fail; nothing outside may change."""
+    """Another user owns the directory of a root server's socket file (or its $TMPDIR,
+    where a blackhole is bound) and, whenever a private directory appears there, renames
+    it away and puts a symlink to a root-only directory in its place.  Binds may fail;
+    nothing outside may change."""
     setpriv = require_tool("setpriv")
     sockdir.chmod(0o755)
     shared, secret = sockdir / "shared", sockdir / "secret"
@@ -61,8 +64,9 @@ def test_renaming_the_private_directory_changes_nothing_outside(
     racer = procs.start([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
                          bindrace, "rename", str(shared), str(secret), "6"])
     read_until(racer, "ready")
-    binder = run_wrapped([f"in,path={shared}/x.sock,{rule}"],
-                         [bindrace, "loop", "5", str(free_port())], timeout=60)
+    binder = run_wrapped([f"in,{rule.format(shared=shared)}"],
+                         [bindrace, "loop", "5", str(free_port())], timeout=60,
+                         env={**os.environ, "TMPDIR": str(shared)})
     racer.wait(timeout=20)
     swaps = parse_kv(racer.communicate()[0])["swaps"]
     after = target.stat() if target.exists() else None

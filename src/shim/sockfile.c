@@ -578,23 +578,24 @@ int sockfile_bind(int sock, const char *path, const struct rule *r)
 	return record(sock, path, r && r->noremove);
 }
 
+/* Bound in a private directory of ours (in $TMPDIR, which another user may own), then
+ * unlinked with it. */
 int sockfile_blackhole(int sock)
 {
 	const char *base = getenv("TMPDIR");
-	char dir[80];
-	char path[sizeof(dir) + 2];
+	char where[80], entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct private_dir d;
 	int r, saved;
 
 	if (!base || base[0] != '/' || strlen(base) > 60)
 		base = "/tmp";
-	snprintf(dir, sizeof(dir), "%s/unixify-bh-XXXXXX", base);
-	if (!mkdtemp(dir))
+	snprintf(where, sizeof(where), "%s/s", base);
+	if (private_open(&d, where))
 		return -1;
-	snprintf(path, sizeof(path), "%s/s", dir);
-	r = bind_path(sock, path);
+	r = private_entry(&d, "s", entry, sizeof(entry)) ? -1 : bind_path(sock, entry);
 	saved = errno;
-	unlink(path);
-	rmdir(dir);
+	unlinkat(d.fd, "s", 0);
+	private_close(&d);
 	errno = saved;
 	return r;
 }

@@ -9,8 +9,8 @@
  *       PATH first, or none); exactly one must bind, the other get EADDRINUSE, and a
  *       client connecting to PATH must reach the one that bound
  *   bindrace rename DIR TARGET SECONDS
- *       (another user, no shim) whenever a .unixify-* directory appears in DIR, move it
- *       aside and put a symlink to TARGET in its place
+ *       (another user, no shim) whenever a directory named *unixify-* appears in DIR,
+ *       move it aside and put a symlink to TARGET in its place
  */
 #include <poll.h>
 #include <signal.h>
@@ -192,7 +192,7 @@ static int renamer(const char *dir, const char *target, double seconds)
 
 			e += sizeof(*ev) + ev->len;
 			/* directories only: the symlinks put in their place are created too */
-			if (!ev->len || !(ev->mask & IN_ISDIR) || strncmp(ev->name, ".unixify-", 9))
+			if (!ev->len || !(ev->mask & IN_ISDIR) || !strstr(ev->name, "unixify-"))
 				continue;
 			snprintf(from, sizeof(from), "%s/%s", dir, ev->name);
 			snprintf(to, sizeof(to), "%s/moved-%d", dir, swaps);
