@@ -174,11 +174,10 @@ int socket_file_live(const char *path, const struct stat *st)
 	 * connection from this. */
 	strncpy(sun.sun_path, path, sizeof(sun.sun_path) - 1);
 	probe = REAL(socket)(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (probe < 0)
-		return 1;
-	r = REAL(connect)(probe, (struct sockaddr *)&sun, sizeof(sun));
-	r = r == 0 || errno != ECONNREFUSED;
-	REAL(close)(probe);
+	r = probe < 0 || REAL(connect)(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0 ||
+	    errno != ECONNREFUSED;
+	if (probe >= 0)
+		REAL(close)(probe);
 	errno = saved;
 	return r;
 }
