@@ -6,6 +6,7 @@ import grp
 import os
 import pwd
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -122,3 +123,20 @@ def test_permission_keywords_in_rules() -> None:
         bad = subprocess.run([*unixify_command(), "-c", "-r", text], capture_output=True,
                              text=True)
         assert bad.returncode == 1 and fragment in bad.stderr, (text, bad)
+
+
+def test_mode_without_proc(sockdir: Path) -> None:
+    """Without /proc the socket is bound in the private directory by its path, and
+    checked there through the directory's fd before its mode is set."""
+    unshare = require_tool("unshare")
+    final = sockdir / "noproc.sock"
+    code = ("import os,socket\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n"
+            f"print(oct(os.stat({str(final)!r}).st_mode))\n")
+    wrapped = " ".join(shlex.quote(a) for a in [*unixify_command(), "-r",
+                                                  f"in,path={final},mode=0640",
+                                                  sys.executable, "-c", code])
+    result = subprocess.run([unshare, "--mount", "sh", "-c",
+                             f"mount -t tmpfs none /proc && {wrapped}"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "0o140640", result
+    assert list(sockdir.iterdir()) == []
