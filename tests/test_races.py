@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,13 @@ def test_renaming_the_private_directory_changes_nothing_outside(
     target.chmod(0o600)
     before = target.stat()
     racer = procs.start([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-                         bindrace, "rename", str(shared), str(secret), "6"])
+                         bindrace, "rename", str(shared), str(secret), "30"],
+                        stdin=subprocess.PIPE)
     read_until(racer, "ready")
     binder = run_wrapped([f"in,{rule.format(shared=shared)}"],
-                         [bindrace, "loop", "5", str(free_port())], timeout=60,
+                         [bindrace, "loop", "4", str(free_port()), str(target)], timeout=60,
                          env={**os.environ, "TMPDIR": str(shared)})
-    racer.wait(timeout=20)
-    swaps = parse_kv(racer.communicate()[0])["swaps"]
+    swaps = parse_kv(racer.communicate("", timeout=20)[0])["swaps"]
     after = target.stat() if target.exists() else None
     assert after is not None and target.read_text() == "root only\n", (binder, swaps)
     assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == \

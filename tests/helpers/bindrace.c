@@ -2,15 +2,16 @@
  * Races around socket files, for tests/test_races.py.  Run under the shim with a rule
  * that converts binds to 127.0.0.1:PORT.
  *
- *   bindrace loop SECONDS PORT
- *       bind and close a socket again and again (at most 100000 times)
+ *   bindrace loop SECONDS PORT WATCH
+ *       bind and close a socket again and again (at most 100000 times), stopping early
+ *       when the file WATCH changes
  *   bindrace race TRIALS PORT PATH stale|fresh
  *       per trial, two forked servers bind at the same moment (a stale socket file at
  *       PATH first, or none); exactly one must bind, the other get EADDRINUSE, and a
  *       client connecting to PATH must reach the one that bound
  *   bindrace rename DIR TARGET SECONDS
  *       (another user, no shim) whenever a directory named *unixify-* appears in DIR,
- *       move it aside and put a symlink to TARGET in its place
+ *       move it aside and put a symlink to TARGET in its place; until stdin closes
  */
 #include <poll.h>
 #include <signal.h>
@@ -33,14 +34,26 @@ static double now(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int loop(double seconds, int port)
+/* Has the file changed since *was (or gone)? */
+static int changed(const char *path, const struct stat *was)
+{
+	struct stat st;
+
+	return lstat(path, &st) || st.st_ino != was->st_ino || st.st_mode != was->st_mode ||
+	       st.st_uid != was->st_uid || st.st_gid != was->st_gid;
+}
+
+static int loop(double seconds, int port, const char *watch)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = make_addr("127.0.0.1", port, &ss);
 	double end = now() + seconds;
 	long binds = 0, failed = 0;
+	struct stat was;
 
-	while (now() < end && binds + failed < 100000) {
+	if (lstat(watch, &was))
+		die("watch");
+	while (now() < end && binds + failed < 100000 && !changed(watch, &was)) {
 		int fd = socket(AF_INET, SOCK_STREAM, 0);
 
 		if (fd < 0)
@@ -181,10 +194,14 @@ static int renamer(const char *dir, const char *target, double seconds)
 	printf("ready\n");
 	fflush(stdout);
 	while (now() < end) {
-		struct pollfd p = { .fd = in, .events = POLLIN };
+		struct pollfd p[2] = { { .fd = in, .events = POLLIN }, { .fd = 0, .events = POLLIN } };
 		ssize_t n;
 
-		if (poll(&p, 1, 100) != 1 || (n = read(in, buf, sizeof(buf))) <= 0)
+		if (poll(p, 2, 100) < 1)
+			continue;
+		if (p[1].revents && read(0, buf, sizeof(buf)) <= 0)
+			break;
+		if (!p[0].revents || (n = read(in, buf, sizeof(buf))) <= 0)
 			continue;
 		for (char *e = buf; e < buf + n;) {
 			struct inotify_event *ev = (struct inotify_event *)e;
@@ -207,8 +224,8 @@ static int renamer(const char *dir, const char *target, double seconds)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc == 4 && !strcmp(argv[1], "loop"))
-		return loop(atof(argv[2]), atoi(argv[3]));
+	if (argc == 5 && !strcmp(argv[1], "loop"))
+		return loop(atof(argv[2]), atoi(argv[3]), argv[4]);
 	if (argc == 6 && !strcmp(argv[1], "race"))
 		return race(atoi(argv[2]), atoi(argv[3]), argv[4], !strcmp(argv[5], "stale"));
 	if (argc == 5 && !strcmp(argv[1], "rename"))
