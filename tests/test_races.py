@@ -1,5 +1,5 @@
 """Races around socket files: two servers starting at once on one path, and another user
-renaming the private directory of a mode=/owner= bind while root binds."""
+renaming things in directories where root binds and removes socket files."""
 
 from __future__ import annotations
 
@@ -43,27 +43,32 @@ def test_two_servers_racing_for_one_path_exactly_one_wins(bindrace: str, sockdir
     assert sorted(p.name for p in sockdir.iterdir()) == [], result
 
 
-@pytest.mark.parametrize("rule", ["path={shared}/x.sock,mode=0666",
-                                  "path={shared}/x.sock,owner=nobody,group=nogroup",
-                                  "blackhole"], ids=["mode", "owner", "blackhole"])
-def test_renaming_the_private_directory_changes_nothing_outside(
-        procs: Processes, bindrace: str, sockdir: Path, rule: str) -> None:
+@pytest.mark.parametrize("rule,attack", [
+    ("path={shared}/x.sock,mode=0666", "rename"),
+    ("path={shared}/x.sock,owner=nobody,group=nogroup", "rename"),
+    ("blackhole", "rename"),
+    ("path={shared}/sub/x.sock", "flip"),
+], ids=["mode", "owner", "blackhole", "removal"])
+def test_another_users_renames_change_nothing_outside(
+        procs: Processes, bindrace: str, sockdir: Path, rule: str, attack: str) -> None:
     """Another user owns the directory of a root server's socket file (or its $TMPDIR,
     where a blackhole is bound) and, whenever a private directory appears there, renames
-    it away and puts a symlink to a root-only directory in its place.  Binds may fail;
-    nothing outside may change."""
+    it away and puts a symlink to a root-only directory in its place; or swaps the socket
+    file's directory for such a symlink and back, again and again, while the server binds
+    and closes.  Binds may fail; nothing outside may change."""
     setpriv = require_tool("setpriv")
     sockdir.chmod(0o755)
     shared, secret = sockdir / "shared", sockdir / "secret"
-    shared.mkdir()
-    os.chown(shared, 65534, 65534)
+    (shared / "sub").mkdir(parents=True)
+    for owned in (shared, shared / "sub"):
+        os.chown(owned, 65534, 65534)
     secret.mkdir(mode=0o700)
-    target = secret / "s"
+    target = secret / ("x.sock" if attack == "flip" else "s")
     target.write_text("root only\n")
     target.chmod(0o600)
     before = target.stat()
     racer = procs.start([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-                         bindrace, "rename", str(shared), str(secret), "30"],
+                         bindrace, attack, str(shared), str(secret), "30"],
                         stdin=subprocess.PIPE)
     read_until(racer, "ready")
     binder = run_wrapped([f"in,{rule.format(shared=shared)}"],
@@ -72,8 +77,8 @@ def test_renaming_the_private_directory_changes_nothing_outside(
     swaps = parse_kv(racer.communicate("", timeout=20)[0])["swaps"]
     after = target.stat() if target.exists() else None
     assert after is not None and target.read_text() == "root only\n", (binder, swaps)
-    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == \
-        (0o600, before.st_uid, before.st_gid), (binder, swaps)
-    assert sorted(p.name for p in secret.iterdir()) == ["s"]
+    assert (after.st_ino, stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == \
+        (before.st_ino, 0o600, before.st_uid, before.st_gid), (binder, swaps)
+    assert sorted(p.name for p in secret.iterdir()) == [target.name]
     assert int(swaps) > 0, (binder, swaps)  # the race really ran
     assert int(parse_kv(binder.stdout.replace(" ", "\n"))["binds"]) > 0, binder

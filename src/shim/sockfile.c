@@ -239,7 +239,8 @@ static int record(int sock, const char *path, int noremove)
 {
 	struct stat file, s;
 
-	if (lstat(path, &file) || fstat(sock, &s))
+	/* only the file our socket is bound to: the path may lead elsewhere by now */
+	if (lstat(path, &file) || fstat(sock, &s) || !bound_here(sock, &file))
 		return -1;
 	return record_file(path, &file, s.st_ino, noremove);
 }
@@ -314,6 +315,21 @@ static int bind_path(int sock, const char *path)
 	memcpy(sun.sun_path, path, len + 1);
 	return REAL(bind)(sock, (struct sockaddr *)&sun,
 			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1));
+}
+
+/* path's directory, resolved once, for acting on its entry *base (an absolute path). */
+static int open_parent(const char *path, const char **base)
+{
+	const char *slash = strrchr(path, '/');
+	char parent[sizeof(((struct sockaddr_un *)0)->sun_path)];
+
+	if (!slash) {
+		errno = EINVAL;
+		return -1;
+	}
+	*base = slash + 1;
+	snprintf(parent, sizeof(parent), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+	return open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
 }
 
 static int lost(const char *path, const char *how)
@@ -391,20 +407,12 @@ static int private_mkdir(struct private_dir *d)
 
 static int private_open(struct private_dir *d, const char *path)
 {
-	const char *slash = strrchr(path, '/');
-	char parent[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct stat st;
 
 	memset(d, 0, sizeof(*d));
-	d->parent = d->fd = -1;
 	d->path = path;
-	if (!slash) {
-		errno = EINVAL;
-		return -1;
-	}
-	d->base = slash + 1;
-	snprintf(parent, sizeof(parent), "%.*s", slash == path ? 1 : (int)(slash - path), path);
-	d->parent = open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	d->fd = -1;
+	d->parent = open_parent(path, &d->base);
 	if (d->parent < 0 || private_mkdir(d))
 		goto fail;
 	d->fd = openat(d->parent, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -599,10 +607,27 @@ int sockfile_blackhole(int sock)
 	return r;
 }
 
+/* Unlink path if it still names the file (dev, ino).  Its directory is resolved once, so
+ * a directory on the way swapped for a symlink cannot lead the unlink elsewhere. */
+static int unlink_if_same(const char *path, dev_t dev, ino_t ino)
+{
+	const char *base;
+	struct stat st;
+	int dir, r = -1, saved = errno;
+
+	dir = open_parent(path, &base);
+	if (dir >= 0 && !fstatat(dir, base, &st, AT_SYMLINK_NOFOLLOW) && st.st_dev == dev &&
+	    st.st_ino == ino)
+		r = unlinkat(dir, base, 0);
+	if (dir >= 0)
+		REAL(close)(dir);
+	errno = saved;
+	return r;
+}
+
 void sockfile_release(int idx)
 {
 	struct sockfile f;
-	struct stat st;
 	int alive;
 
 	if (idx < 0 || idx >= MAX_SOCKFILES)
@@ -625,13 +650,8 @@ void sockfile_release(int idx)
 	state_unlock();
 	if (f.noremove)
 		return;
-	if (lstat(f.path, &st) == 0 && st.st_dev == f.dev && st.st_ino == f.ino) {
-		int saved = errno;
-
-		if (unlink(f.path) == 0)
-			ulog(LOG_INFO_, "removed socket file %s", f.path);
-		errno = saved;
-	}
+	if (unlink_if_same(f.path, f.dev, f.ino) == 0)
+		ulog(LOG_INFO_, "removed socket file %s", f.path);
 }
 
 struct fd_list {

@@ -12,6 +12,9 @@
  *   bindrace rename DIR TARGET SECONDS
  *       (another user, no shim) whenever a directory named *unixify-* appears in DIR,
  *       move it aside and put a symlink to TARGET in its place; until stdin closes
+ *   bindrace flip DIR TARGET SECONDS
+ *       (another user, no shim) swap DIR/sub for a symlink to TARGET and back, again and
+ *       again, until stdin closes
  */
 #include <poll.h>
 #include <signal.h>
@@ -221,6 +224,31 @@ static int renamer(const char *dir, const char *target, double seconds)
 	return 0;
 }
 
+static int flipper(const char *dir, const char *target, double seconds)
+{
+	char sub[4096], aside[4096];
+	double end = now() + seconds;
+	struct pollfd p = { .fd = 0, .events = POLLIN };
+	long flips = 0;
+
+	snprintf(sub, sizeof(sub), "%s/sub", dir);
+	snprintf(aside, sizeof(aside), "%s/aside", dir);
+	printf("ready\n");
+	fflush(stdout);
+	while (now() < end && poll(&p, 1, 0) == 0) {
+		for (int i = 0; i < 1000; i++) {
+			if (rename(sub, aside))
+				continue;
+			if (symlink(target, sub) == 0 && unlink(sub) == 0)
+				flips++;
+			if (rename(aside, sub))
+				die("rename back");
+		}
+	}
+	printf("swaps=%ld\n", flips);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -230,6 +258,8 @@ int main(int argc, char **argv)
 		return race(atoi(argv[2]), atoi(argv[3]), argv[4], !strcmp(argv[5], "stale"));
 	if (argc == 5 && !strcmp(argv[1], "rename"))
 		return renamer(argv[2], argv[3], atof(argv[4]));
+	if (argc == 5 && !strcmp(argv[1], "flip"))
+		return flipper(argv[2], argv[3], atof(argv[4]));
 	fprintf(stderr, "usage: see the comment at the top of bindrace.c\n");
 	return 2;
 }
