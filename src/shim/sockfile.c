@@ -416,6 +416,8 @@ static int private_open(struct private_dir *d, const char *path)
 	if (d->parent < 0 || private_mkdir(d))
 		goto fail;
 	d->fd = openat(d->parent, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->fd < 0 && errno != ELOOP && errno != ENOTDIR && errno != ENOENT)
+		goto fail;
 	if (d->fd >= 0 && !fstat(d->fd, &st) && st.st_uid == geteuid() && !(st.st_mode & 077)) {
 		d->dev = st.st_dev;
 		d->ino = st.st_ino;
