@@ -151,16 +151,14 @@ int unix_socket_alive(ino_t sock_ino)
 	return r;
 }
 
-/* The kernel's internal dev_t, as sock_diag reports it: major << 20 | minor. */
-static uint32_t kernel_dev(dev_t dev)
-{
-	return (uint32_t)(major(dev) << 20 | minor(dev));
-}
-
 /* Is a socket bound to the file at path?  1 yes, 0 no (stale). */
 int socket_file_live(const char *path, const struct stat *st)
 {
-	struct diag_query q = { .vfs_ino = (uint32_t)st->st_ino, .vfs_dev = kernel_dev(st->st_dev) };
+	/* sock_diag reports the kernel's internal dev_t: major << 20 | minor */
+	struct diag_query q = {
+		.vfs_ino = (uint32_t)st->st_ino,
+		.vfs_dev = (uint32_t)(major(st->st_dev) << 20 | minor(st->st_dev)),
+	};
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	int probe, r, saved = errno;
 
@@ -182,8 +180,9 @@ int socket_file_live(const char *path, const struct stat *st)
 	return r;
 }
 
-/* Is the file st (fstatat of name in dir) the one sock is bound to?  Without sock_diag
- * a socket file will do: dir is ours, nobody else makes files in it. */
+/* Is the socket file st the one sock is bound to?  By inode number only: on btrfs (and
+ * some overlays) stat's device is not the superblock's that sock_diag reports.  Without
+ * sock_diag any socket file will do (callers look in a directory only we can write). */
 static int bound_here(int sock, const struct stat *st)
 {
 	struct stat s;
@@ -194,7 +193,7 @@ static int bound_here(int sock, const struct stat *st)
 	q = (struct diag_query){ .sock_ino = (uint32_t)s.st_ino };
 	switch (diag_find(&q)) {
 	case 1:
-		return q.vfs_ino == (uint32_t)st->st_ino && q.vfs_dev == kernel_dev(st->st_dev);
+		return q.vfs_ino == (uint32_t)st->st_ino;
 	case 0:
 		return 0;
 	default:
@@ -235,14 +234,23 @@ static int record_file(const char *path, const struct stat *file, ino_t sock_ino
 	return idx;
 }
 
+/* Only the file our socket is bound to: the path may lead elsewhere by now.  Another
+ * server that judged the path's old file stale may hold ours aside for a moment before
+ * putting it back (remove_stale), so look a few times. */
 static int record(int sock, const char *path, int noremove)
 {
+	const struct timespec pause = { .tv_nsec = 100000 };
 	struct stat file, s;
 
-	/* only the file our socket is bound to: the path may lead elsewhere by now */
-	if (lstat(path, &file) || fstat(sock, &s) || !bound_here(sock, &file))
+	if (fstat(sock, &s))
 		return -1;
-	return record_file(path, &file, s.st_ino, noremove);
+	for (int i = 0; i < 20; i++) {
+		if (!lstat(path, &file) && bound_here(sock, &file))
+			return record_file(path, &file, s.st_ino, noremove);
+		nanosleep(&pause, NULL);
+	}
+	ulog(LOG_WARN_, "%s is not the file just bound; it will not be removed", path);
+	return -1;
 }
 
 int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int noremove)
@@ -465,8 +473,13 @@ static int remove_stale(struct private_dir *d, const struct stat *st)
 	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct stat moved;
 
-	if (renameat(d->parent, d->base, d->fd, "stale"))
+	/* not even for a moment move a file that is plainly not st */
+	if (fstatat(d->parent, d->base, &moved, AT_SYMLINK_NOFOLLOW))
 		return errno == ENOENT ? 0 : -1; /* gone meanwhile: the bind decides */
+	if (moved.st_dev != st->st_dev || moved.st_ino != st->st_ino)
+		return lost(d->path, "was bound by another process meanwhile");
+	if (renameat(d->parent, d->base, d->fd, "stale"))
+		return errno == ENOENT ? 0 : -1;
 	if (!fstatat(d->fd, "stale", &moved, AT_SYMLINK_NOFOLLOW) &&
 	    moved.st_dev == st->st_dev && moved.st_ino == st->st_ino &&
 	    !private_entry(d, "stale", entry, sizeof(entry)) && !socket_file_live(entry, &moved)) {

@@ -71,8 +71,8 @@ static int loop(double seconds, int port, const char *watch)
 	return 0;
 }
 
-/* One server of a race: wait for the start (and delay_us more), bind, report, serve one
- * client. */
+/* One server of a race: wait for the start (and delay_us more), bind, listen 200 us
+ * later, report, serve one client. */
 static void server(int id, atomic_int *start, double delay_us, int port, int report)
 {
 	struct sockaddr_storage ss;
@@ -87,8 +87,11 @@ static void server(int id, atomic_int *start, double delay_us, int port, int rep
 		;
 	r = bind(fd, (struct sockaddr *)&ss, len);
 	err = r ? errno : 0;
-	if (r == 0)
+	if (r == 0) {
+		for (go = now() + 200e-6; now() < go;)
+			; /* work between bind and listen, as real servers do */
 		listen(fd, 8);
+	}
 	msg[0] = (char)id;
 	msg[1] = (char)err;
 	if (write(report, msg, 2) != 2)
