@@ -3,7 +3,7 @@
  * that converts binds to 127.0.0.1:PORT.
  *
  *   bindrace loop SECONDS PORT WATCH
- *       bind and close a socket again and again (at most 100000 times), stopping early
+ *       bind and close a socket again and again (at most 10^7 times), stopping early
  *       when the file WATCH changes
  *   bindrace race TRIALS PORT PATH stale|fresh
  *       per trial, two forked servers bind at the same moment (a stale socket file at
@@ -13,12 +13,15 @@
  *       (another user, no shim) whenever a directory named *unixify-* appears in DIR,
  *       move it aside and put a symlink to TARGET in its place; until stdin closes
  *   bindrace flip DIR TARGET SECONDS
- *       (another user, no shim) swap DIR/sub for a symlink to TARGET and back, again and
- *       again, until stdin closes
+ *       (another user, no shim) swap DIR/sub with a symlink to TARGET and back, again
+ *       and again, until stdin closes
  */
+#define _GNU_SOURCE
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -56,7 +59,7 @@ static int loop(double seconds, int port, const char *watch)
 
 	if (lstat(watch, &was))
 		die("watch");
-	while (now() < end && binds + failed < 100000 && !changed(watch, &was)) {
+	while (now() < end && binds + failed < 10000000 && !changed(watch, &was)) {
 		int fd = socket(AF_INET, SOCK_STREAM, 0);
 
 		if (fd < 0)
@@ -229,25 +232,22 @@ static int renamer(const char *dir, const char *target, double seconds)
 
 static int flipper(const char *dir, const char *target, double seconds)
 {
-	char sub[4096], aside[4096];
+	char sub[4096], link[4096];
 	double end = now() + seconds;
 	struct pollfd p = { .fd = 0, .events = POLLIN };
 	long flips = 0;
 
 	snprintf(sub, sizeof(sub), "%s/sub", dir);
-	snprintf(aside, sizeof(aside), "%s/aside", dir);
+	snprintf(link, sizeof(link), "%s/link", dir);
+	if (symlink(target, link))
+		die("symlink");
 	printf("ready\n");
 	fflush(stdout);
-	while (now() < end && poll(&p, 1, 0) == 0) {
-		for (int i = 0; i < 1000; i++) {
-			if (rename(sub, aside))
-				continue;
-			if (symlink(target, sub) == 0 && unlink(sub) == 0)
+	/* sub is always there: the directory, or (half of the time) the symlink */
+	while (now() < end && poll(&p, 1, 0) == 0)
+		for (int i = 0; i < 1000; i++)
+			if (renameat2(AT_FDCWD, sub, AT_FDCWD, link, RENAME_EXCHANGE) == 0)
 				flips++;
-			if (rename(aside, sub))
-				die("rename back");
-		}
-	}
 	printf("swaps=%ld\n", flips);
 	return 0;
 }
