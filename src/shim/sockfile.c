@@ -397,16 +397,17 @@ static void private_close(struct private_dir *d)
 
 static int private_mkdir(struct private_dir *d)
 {
-	static unsigned long made;
+	static uint64_t made;
 	struct timespec ts;
-	unsigned long x;
+	uint64_t x;
 	int tries = 0;
 
+	/* any name will do (what we open is checked); this one rarely collides */
 	do {
 		clock_gettime(CLOCK_REALTIME, &ts);
-		x = (unsigned long)ts.tv_nsec ^ (unsigned long)getpid() << 20 ^
-		    __atomic_add_fetch(&made, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15UL;
-		snprintf(d->name, sizeof(d->name), ".unixify-%08lx", (x ^ x >> 32) & 0xffffffffUL);
+		x = (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 20 ^
+		    __atomic_add_fetch(&made, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15ULL;
+		snprintf(d->name, sizeof(d->name), ".unixify-%08x", (unsigned)(x ^ x >> 32));
 		if (!mkdirat(d->parent, d->name, 0700))
 			return 0;
 	} while (errno == EEXIST && ++tries < 100);
