@@ -185,6 +185,30 @@ int materialize(int fd)
 	return replace_fd(fd, sock, &flags, &e);
 }
 
+void claim_mark(int fd, const struct fd_entry *old, int dir, int err)
+{
+	struct fd_entry *e;
+
+	state_lock();
+	e = fd_get(fd, err != 0);
+	if (e && e->kind == FD_NONE && old->kind == FD_IP && err)
+		*e = *old; /* an IP socket we learnt of from the kernel */
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+		e->claim_errno = (uint8_t)(err >= 0 && err < 256 ? err : EACCES);
+		e->claim_dir = (uint8_t)dir;
+	}
+	state_unlock();
+}
+
+int claim_refuses(const struct fd_entry *e, int dir)
+{
+	if (!e->claim_errno || (e->kind != FD_IP && e->kind != FD_PENDING) ||
+	    (dir != DIR_ANY && e->claim_dir != dir))
+		return 0;
+	errno = e->claim_errno;
+	return -1;
+}
+
 int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
 {
 	size_t len = strlen(name);
@@ -313,6 +337,8 @@ static void new_entry(struct fd_entry *e, const struct fd_entry *old, int role)
 	e->role = (uint8_t)role;
 	e->opts_set = 0;
 	e->sockfile = -1;
+	e->claim_errno = 0;
+	e->claim_dir = 0;
 }
 
 /* The address a converted listener reports: what it asked for, with a port if it

@@ -124,12 +124,17 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(bind)(fd, sa, len);
 	r = convert_bind(fd, &a, &e);
-	if (r > 0) {
-		errno = saved;
-		return REAL(bind)(fd, sa, len);
+	if (r < 0) {
+		claim_mark(fd, &e, DIR_IN, errno);
+		return -1;
 	}
+	errno = saved;
 	if (r == 0)
-		errno = saved;
+		return 0;
+	/* no rule claims this address: a retry after a failed conversion is the program's */
+	r = REAL(bind)(fd, sa, len);
+	if (r == 0 && e.claim_errno)
+		claim_mark(fd, &e, DIR_ANY, 0);
 	return r;
 }
 
@@ -169,6 +174,8 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = EISCONN;
 		return -1;
 	}
+	if (claim_refuses(&e, DIR_IN)) /* connect would bind it to an IP port */
+		return -1;
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(connect)(fd, sa, len);
@@ -177,9 +184,38 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = saved;
 		return REAL(connect)(fd, sa, len);
 	}
-	if (r == 0)
+	if (r < 0)
+		claim_mark(fd, &e, DIR_OUT, errno);
+	else
 		errno = saved;
 	return r;
+}
+
+/*
+ * listen() on a socket with no port binds it to one: the bind the rules decide about,
+ * to the address it has (the unspecified one unless bound with IP_BIND_ADDRESS_NO_PORT)
+ * and port 0.  A pending socket has no IP address yet.  0 when fd is ready to listen.
+ */
+static int bind_implicit(int fd, const struct fd_entry *e)
+{
+	socklen_t len = sizeof(struct ipaddr);
+	struct ipaddr a;
+	int r, saved = errno;
+
+	ipaddr_any(&a, e->family);
+	if (e->kind == FD_IP &&
+	    (REAL(getsockname)(fd, &a.sa, &len) || a.sa.sa_family != e->family ||
+	     ipaddr_port(&a) != 0)) {
+		errno = saved;
+		return 0; /* bound already, or not ours to judge: the kernel decides */
+	}
+	r = convert_bind(fd, &a, e);
+	if (r < 0) {
+		claim_mark(fd, e, DIR_IN, errno);
+		return -1;
+	}
+	errno = saved;
+	return 0;
 }
 
 /*
@@ -191,13 +227,16 @@ API int listen(int fd, int backlog)
 {
 	struct fd_entry e;
 
-	if (fd_tracked(fd)) {
-		fd_snapshot(fd, &e);
-		if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
-			backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
-		if (e.kind == FD_PENDING && materialize(fd)) /* listen without bind: IP */
+	if (rules_state == RULES_NONE)
+		return REAL(listen)(fd, backlog);
+	classify(fd, &e);
+	if ((e.kind == FD_IP || e.kind == FD_PENDING) && e.type == SOCK_STREAM) {
+		if (claim_refuses(&e, DIR_ANY) || bind_implicit(fd, &e))
 			return -1;
+		fd_snapshot(fd, &e);
 	}
+	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
+		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
 }
 
@@ -435,6 +474,8 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (!msg || !msg->msg_name || !fd_tracked(fd))
 		return REAL(sendmsg)(fd, msg, flags);
 	fd_snapshot(fd, &e);
+	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
+		return -1;
 	if (e.type == SOCK_DGRAM && (e.kind == FD_IP || e.kind == FD_CONVERTED))
 		return dgram_sendmsg(fd, &e, msg, flags);
 	copy = *msg;

@@ -187,6 +187,9 @@ struct fd_entry {
 	uint8_t role;
 	uint8_t n_epoll;
 	uint8_t n_opts;
+	uint8_t claim_errno; /* a rule claimed this IP or pending socket and converting it
+				failed with this errno: it must not bind implicitly */
+	uint8_t claim_dir;   /* DIR_IN or DIR_OUT: which call the rule claimed */
 	int16_t sockfile; /* index into the socket file table, or -1 */
 	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
 	struct ipaddr local;
@@ -274,6 +277,13 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname);
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+/* Remember that a rule claimed fd (old is what we knew of it) for dir and converting it
+ * failed with err: a later listen, connect or send fails with err rather than let the
+ * kernel bind an IP port.  err 0 forgets it. */
+void claim_mark(int fd, const struct fd_entry *old, int dir, int err);
+/* Would the call make e bind implicitly when a rule claimed it and its conversion failed
+ * (dir is the direction that failed, DIR_ANY for either)?  -1 with errno, else 0. */
+int claim_refuses(const struct fd_entry *e, int dir);
 
 /* ---- converted sockets across exec (inherit.c) ---- */
 void inherit_init(void);

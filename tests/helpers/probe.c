@@ -21,6 +21,11 @@
  *                               inherits, and greet one connection
  *   probe fdops ADDR PORT SOCK  O_ASYNC owner and signal, vfork and posix_spawn children,
  *                               dup2 then close, close_range; reports whether SOCK exists
+ *   probe claimed ADDR PORT     ignore bind's error and go on: listen, connect to
+ *                               ADDR PORT, UDP sendto ADDR PORT; and listen without bind;
+ *                               reports errnos, then waits for a line on stdin
+ *   probe outfail ADDR PORT     connect, then listen and connect again on the same socket;
+ *                               reports errnos, then waits for a line on stdin
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -400,6 +405,50 @@ static int fdops(const char *host, int port, const char *sock)
 	return 0;
 }
 
+/* Hold the process (and its sockets) until the test has looked: a line on stdin. */
+static void hold(void)
+{
+	char line[16];
+
+	printf("ready=1\n");
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		return;
+}
+
+static int claimed(const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	int listener = socket(ss.ss_family, SOCK_STREAM, 0);
+	int client = socket(ss.ss_family, SOCK_STREAM, 0);
+	int unbound = socket(ss.ss_family, SOCK_STREAM, 0);
+	int dgram = socket(ss.ss_family, SOCK_DGRAM, 0);
+
+	report("bind", bind(listener, (struct sockaddr *)&ss, len));
+	report("listen", listen(listener, 8));
+	report("bind_client", bind(client, (struct sockaddr *)&ss, len));
+	report("connect_after_bind", connect(client, (struct sockaddr *)&ss, len));
+	report("listen_nobind", listen(unbound, 8));
+	report("dgram_bind", bind(dgram, (struct sockaddr *)&ss, len));
+	report("sendto_after_bind", (int)sendto(dgram, "x", 1, 0, (struct sockaddr *)&ss, len));
+	hold();
+	return 0;
+}
+
+static int outfail(const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+
+	report("connect", connect(fd, (struct sockaddr *)&ss, len));
+	report("listen_after_connect", listen(fd, 8));
+	report("reconnect", connect(fd, (struct sockaddr *)&ss, len));
+	hold();
+	return 0;
+}
+
 static int closeall(const char *host, int port)
 {
 	int fd, conn;
@@ -445,6 +494,10 @@ int main(int argc, char **argv)
 		return setup(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "forkserver"))
 		return forkserver(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "claimed"))
+		return claimed(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "outfail"))
+		return outfail(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "closeall"))
 		return closeall(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "exec-check"))

@@ -1,0 +1,182 @@
+"""Fail closed: a socket a rule claims never becomes an IP listener or sender, even when
+its conversion failed or the program never bound it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Processes,
+    free_port,
+    parse_kv,
+    preloaded_env,
+    read_until,
+    require_tool,
+    tcp_port_open,
+    unix_get,
+    unixify_command,
+)
+
+
+def ip_sockets(pid: int) -> list[str]:
+    """The lines of /proc/net/{tcp,tcp6,udp,udp6} about sockets pid holds: any socket
+    there has an IP port (unbound IP sockets are not listed)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                if line.split()[9] in inodes:
+                    found.append(f"{table}: {line.strip()}")
+    return found
+
+
+@contextmanager
+def ip_peers(port: int) -> Iterator[None]:
+    """A real TCP listener and UDP socket on 127.0.0.1:port, so that a connect or sendto
+    that wrongly goes out over IP succeeds."""
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", port))
+        tcp.listen(8)
+        udp.bind(("127.0.0.1", port))
+        yield
+
+
+def held_probe(proc: subprocess.Popen[str]) -> tuple[dict[str, str], list[str]]:
+    """What a probe that waits on stdin reported, and its IP sockets while it waits."""
+    info = parse_kv(read_until(proc, "ready=1"))
+    sockets = ip_sockets(proc.pid)
+    out, err = proc.communicate("\n", timeout=10)
+    assert proc.returncode == 0, (out, err)
+    return info, sockets
+
+
+def start_held(procs: Processes, args: list[str], **kwargs: object) -> subprocess.Popen[str]:
+    return procs.start(args, stdin=subprocess.PIPE, **kwargs)
+
+
+ERROR_CLASSES = ["too-long", "no-directory", "read-only-directory", "owner-not-allowed",
+                 "live-file", "malformed-encoding"]
+
+
+@pytest.mark.parametrize("case", ERROR_CLASSES)
+def test_failed_bind_conversion_opens_no_ip_port(procs: Processes, probe: str,
+                                                 sockdir: Path, case: str) -> None:
+    # The program ignores bind's error and goes on: listen, connect, sendto, and listen
+    # on another socket it never bound.  Each would make the kernel bind an IP port.
+    setpriv = [require_tool("setpriv")]
+    prefix: list[str] = []
+    env = None
+    live = None
+    expected = {"too-long": "ENAMETOOLONG", "no-directory": "ENOENT",
+                "read-only-directory": "EACCES", "owner-not-allowed": "EPERM",
+                "live-file": "EADDRINUSE", "malformed-encoding": "EACCES"}[case]
+    rule = f"in,path={sockdir}/s.sock"
+    if case == "too-long":
+        rule = f"in,path={sockdir}/{'x' * 100}%p.sock"
+    elif case == "no-directory":
+        rule = f"in,path={sockdir}/missing/s.sock"
+    elif case == "read-only-directory":
+        sockdir.chmod(0o555)
+        prefix = [*setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    elif case == "owner-not-allowed":
+        rule += ",owner=nobody"
+        prefix = [*setpriv, "--bounding-set=-chown"]
+    elif case == "live-file":
+        live = socket.socket(socket.AF_UNIX)
+        live.bind(str(sockdir / "s.sock"))
+        live.listen(1)
+    port = free_port()
+    command = [probe, "claimed", "127.0.0.1", str(port)]
+    if case == "malformed-encoding":
+        env = preloaded_env(UNIXIFY_RULES="UFY1 this is not an encoding")
+    else:
+        command = [*unixify_command(), "-r", rule, "--", *command]
+    with ip_peers(port):
+        proc = start_held(procs, [*prefix, *command], env=env)
+        info, sockets = held_probe(proc)
+    if live:
+        live.close()
+    for call in ("bind", "listen", "bind_client", "connect_after_bind", "listen_nobind",
+                 "dgram_bind", "sendto_after_bind"):
+        assert info[call] == expected, (call, info)
+    assert sockets == []
+    assert not tcp_port_open(port)  # nothing but our own peers was ever there
+    if case == "live-file":
+        assert (sockdir / "s.sock").is_socket()
+
+
+@pytest.mark.parametrize("rule", ["out,port={port},path={d}/none.sock",
+                                  "out,path={d}/none.sock"])  # the second predicts
+def test_failed_connect_conversion_opens_no_ip_port(procs: Processes, probe: str,
+                                                    sockdir: Path, rule: str) -> None:
+    port = free_port()
+    with ip_peers(port):
+        proc = procs.wrapped([rule.format(port=port, d=sockdir)],
+                             [probe, "outfail", "127.0.0.1", str(port)],
+                             stdin=subprocess.PIPE)
+        info, sockets = held_probe(proc)
+    assert info["connect"] == "ECONNREFUSED"
+    assert info["listen_after_connect"] == "ECONNREFUSED"
+    assert info["reconnect"] == "ECONNREFUSED"  # decided again, and refused again
+    assert sockets == []
+
+
+LISTEN_NO_BIND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.listen(4)
+print("sockname=%s,%d" % s.getsockname())
+print("ready=1", flush=True)
+conn, _ = s.accept()
+conn.sendall(b"hello\\n")
+conn.close()
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("extra", [[], ["out,path={d}/elsewhere.sock"]])  # plain, pending
+def test_listen_without_bind_follows_the_in_rule(procs: Processes, sockdir: Path,
+                                                 extra: list[str]) -> None:
+    sock = sockdir / "s.sock"
+    rules = [f"in,path={sock}", *(r.format(d=sockdir) for r in extra)]
+    proc = procs.wrapped(rules, [sys.executable, "-c", LISTEN_NO_BIND],
+                         stdin=subprocess.PIPE)
+    info = parse_kv(read_until(proc, "ready=1"))
+    assert info["sockname"].startswith("0.0.0.0,"), info
+    assert sock.is_socket()
+    assert ip_sockets(proc.pid) == []
+    assert unix_get(sock, b"") == b"hello\n"
+    proc.communicate("\n", timeout=10)
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("rule", ["in,port=1,path={d}/s.sock", "in,ignore"])
+def test_listen_without_bind_unclaimed_stays_ip(procs: Processes, sockdir: Path,
+                                                rule: str) -> None:
+    # No rule claims an ephemeral port here: the program's own TCP listener is left alone.
+    proc = procs.wrapped([rule.format(d=sockdir)], [sys.executable, "-c", LISTEN_NO_BIND],
+                         stdin=subprocess.PIPE)
+    info = parse_kv(read_until(proc, "ready=1"))
+    port = int(info["sockname"].rsplit(",", 1)[1])
+    assert port != 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        assert c.recv(100) == b"hello\n"
+    proc.communicate("\n", timeout=10)
+    assert proc.returncode == 0
+    assert list(sockdir.iterdir()) == []
