@@ -1,5 +1,6 @@
 """Fail closed: a socket a rule claims never becomes an IP listener or sender, even when
-its conversion failed or the program never bound it."""
+its conversion failed or the program never bound it; and a listener's file goes when
+its socket really does."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from conftest import (
     preloaded_env,
     read_until,
     require_tool,
+    run_wrapped,
     tcp_port_open,
     unix_get,
     unixify_command,
@@ -180,3 +182,19 @@ def test_listen_without_bind_unclaimed_stays_ip(procs: Processes, sockdir: Path,
     proc.communicate("\n", timeout=10)
     assert proc.returncode == 0
     assert list(sockdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["connect", "signal"])
+def test_listener_closed_under_a_blocked_accept_loses_its_file(probe: str, sockdir: Path,
+                                                               how: str) -> None:
+    sock = sockdir / "s.sock"
+    port = free_port()
+    result = run_wrapped([f"in,path={sock}"],
+                         [probe, "acceptclose", "127.0.0.1", str(port), str(sock), how],
+                         timeout=20)
+    info = parse_kv(result.stdout)
+    assert info["blocked"] == "1", result
+    assert info["after_close_exists"] == "1"  # the blocked accept still holds the socket
+    assert info["accept_result"] == ("0" if how == "connect" else "EINTR"), result
+    assert info["after_accept_exists"] == "0", result  # gone while the process runs
+    assert result.returncode == 0, result

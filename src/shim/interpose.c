@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -240,13 +241,45 @@ API int listen(int fd, int backlog)
 	return REAL(listen)(fd, backlog);
 }
 
+/* Bumped by every close of ours that releases a socket file (see accept_common). */
+static atomic_uint releases;
+
+/* fd, which owned socket file idx, is closed: remove the file if nobody holds the
+ * socket any more. */
+static void release_closed(int idx)
+{
+	atomic_fetch_add(&releases, 1);
+	sockfile_release(idx);
+}
+
+/*
+ * A thread blocked in accept() holds the listener open after another thread closed it
+ * (Linux does not wake it), so the close found the socket alive and kept its file.  The
+ * socket goes once that accept returns: if a release happened meanwhile and fd no
+ * longer is that listener, look again.
+ */
+static void release_after_accept(int fd, const struct fd_entry *listener, unsigned before)
+{
+	struct fd_entry now;
+	int saved = errno;
+
+	if (listener->sockfile < 0 || atomic_load(&releases) == before)
+		return;
+	fd_snapshot(fd, &now);
+	if (now.kind != FD_CONVERTED || now.sockfile != listener->sockfile)
+		sockfile_release(listener->sockfile);
+	errno = saved;
+}
+
 static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flags, int is4)
 {
 	struct fd_entry listener, e;
+	unsigned before;
 	int conn;
 
 	if (!fd_tracked(fd))
 		goto passthrough;
+	before = atomic_load(&releases);
 	fd_snapshot(fd, &listener);
 	if (listener.kind != FD_CONVERTED)
 		goto passthrough;
@@ -256,6 +289,7 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 	}
 	/* The Unix peer's own address says nothing useful; we report a local one. */
 	conn = is4 ? REAL(accept4)(fd, NULL, NULL, flags) : REAL(accept)(fd, NULL, NULL);
+	release_after_accept(fd, &listener, before);
 	if (conn < 0)
 		return conn;
 	fd_entry_init(&e);
@@ -506,7 +540,7 @@ API int close(int fd)
 	r = REAL(close)(fd);
 	saved = errno;
 	if (gone.sockfile >= 0)
-		sockfile_release(gone.sockfile);
+		release_closed(gone.sockfile);
 	errno = saved;
 	return r;
 }
@@ -516,7 +550,7 @@ static void release_all(const int16_t *sockfiles, int n)
 	int saved = errno;
 
 	for (int i = 0; i < n; i++)
-		sockfile_release(sockfiles[i]);
+		release_closed(sockfiles[i]);
 	errno = saved;
 }
 
@@ -581,7 +615,7 @@ static int dup_onto(int old, int new, int flags, int is3)
 	if (r >= 0) {
 		copy_entry(old, new);
 		if (gone.sockfile >= 0)
-			sockfile_release(gone.sockfile);
+			release_closed(gone.sockfile);
 	} else if (gone.kind != FD_NONE) {
 		fd_store(new, &gone); /* new was not touched */
 	}

@@ -26,6 +26,10 @@
  *                               reports errnos, then waits for a line on stdin
  *   probe outfail ADDR PORT     connect, then listen and connect again on the same socket;
  *                               reports errnos, then waits for a line on stdin
+ *   probe acceptclose ADDR PORT SOCK HOW
+ *                               listen; a thread blocks in accept; close the listener;
+ *                               wake the thread (HOW: connect to SOCK, or signal); report
+ *                               whether SOCK exists once it has returned
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,6 +37,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -41,6 +46,8 @@
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -449,6 +456,75 @@ static int outfail(const char *host, int port)
 	return 0;
 }
 
+static int accept_fd = -1;
+static volatile pid_t acceptor_tid;
+
+/* Block in accept() on accept_fd; its errno (0 for a connection) in *arg. */
+static void *acceptor(void *arg)
+{
+	int conn;
+
+	acceptor_tid = (pid_t)syscall(SYS_gettid);
+	conn = accept(accept_fd, NULL, NULL);
+	*(int *)arg = conn < 0 ? errno : 0;
+	if (conn >= 0)
+		close(conn);
+	return NULL;
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+}
+
+/* Is thread tid blocked in accept()?  Its /proc syscall file starts with the number. */
+static int in_accept(pid_t tid)
+{
+	char path[64], buf[64] = "";
+	FILE *f;
+	long nr;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	nr = strtol(buf, NULL, 10);
+	return nr == SYS_accept || nr == SYS_accept4;
+}
+
+static int acceptclose(const char *host, int port, const char *sock, const char *how)
+{
+	struct sigaction sa = { .sa_handler = on_signal }; /* no SA_RESTART: EINTR */
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int result = -1, c, i;
+	pthread_t thread;
+
+	sigaction(SIGUSR1, &sa, NULL);
+	accept_fd = listen_on(host, port, 0);
+	if (pthread_create(&thread, NULL, acceptor, &result))
+		die("pthread_create");
+	for (i = 0; i < 500 && !(acceptor_tid && in_accept(acceptor_tid)); i++)
+		usleep(10000);
+	printf("blocked=%d\n", i < 500);
+	close(accept_fd);
+	printf("after_close_exists=%d\n", exists(sock));
+	if (!strcmp(how, "signal")) {
+		pthread_kill(thread, SIGUSR1);
+	} else {
+		c = socket(AF_UNIX, SOCK_STREAM, 0);
+		strncpy(sun.sun_path, sock, sizeof(sun.sun_path) - 1);
+		report("wake_connect", connect(c, (struct sockaddr *)&sun, sizeof(sun)));
+		close(c);
+	}
+	pthread_join(thread, NULL);
+	printf("accept_result=%s\n", result ? strerrorname_np(result) : "0");
+	printf("after_accept_exists=%d\n", exists(sock));
+	return 0;
+}
+
 static int closeall(const char *host, int port)
 {
 	int fd, conn;
@@ -480,6 +556,8 @@ int main(int argc, char **argv)
 		return exec_all(argv[2], atoi(argv[3]), argv[4]);
 	if (argc == 5 && !strcmp(argv[1], "fdops"))
 		return fdops(argv[2], atoi(argv[3]), argv[4]);
+	if (argc == 6 && !strcmp(argv[1], "acceptclose"))
+		return acceptclose(argv[2], atoi(argv[3]), argv[4], argv[5]);
 	if (argc != 4) {
 		fprintf(stderr, "usage: probe MODE ADDR PORT\n");
 		return 2;
