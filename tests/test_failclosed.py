@@ -184,6 +184,51 @@ def test_listen_without_bind_unclaimed_stays_ip(procs: Processes, sockdir: Path,
     assert list(sockdir.iterdir()) == []
 
 
+@pytest.mark.parametrize("rule", ["in,reject=EADDRNOTAVAIL", "in,blackhole"])
+def test_listen_without_bind_rejected_or_blackholed(sockdir: Path, rule: str) -> None:
+    code = ("import os, socket\ns = socket.socket()\n"
+            "try: s.listen(4); print('listen=0')\n"
+            "except OSError as e: print('listen=%d' % e.errno)\n"
+            "print('tcp=' + ','.join(l.split()[9] for t in ('tcp', 'tcp6')"
+            " for l in open('/proc/self/net/' + t).readlines()[1:]"
+            " if l.split()[9] == os.readlink('/proc/self/fd/%d' % s.fileno())[8:-1]))\n")
+    result = run_wrapped([rule], [sys.executable, "-c", code])
+    info = parse_kv(result.stdout)
+    assert info["listen"] == ("99" if "reject" in rule else "0"), result  # EADDRNOTAVAIL
+    assert info["tcp"] == "", result  # no TCP port, listening or not
+
+
+RETRY = """
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as e:
+    print("first=%d" % e.errno)
+s.bind(("127.0.0.1", 0))
+s.listen(4)
+print("port=%d" % s.getsockname()[1])
+print("ready=1", flush=True)
+conn, _ = s.accept()
+conn.sendall(b"hello\\n")
+conn.close()
+"""
+
+
+def test_bind_retried_where_no_rule_claims_is_the_programs(procs: Processes,
+                                                           sockdir: Path) -> None:
+    # Our choice: a new bind names an address, and the rules decide about it afresh.
+    claimed = free_port()
+    proc = procs.wrapped([f"in,port={claimed},path={sockdir}/missing/s.sock"],
+                         [sys.executable, "-c", RETRY, str(claimed)])
+    info = parse_kv(read_until(proc, "ready=1"))
+    assert info["first"] == "2"  # ENOENT
+    with socket.create_connection(("127.0.0.1", int(info["port"])), timeout=10) as c:
+        assert c.recv(100) == b"hello\n"
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
 @pytest.mark.parametrize("how", ["connect", "signal"])
 def test_listener_closed_under_a_blocked_accept_loses_its_file(probe: str, sockdir: Path,
                                                                how: str) -> None:
