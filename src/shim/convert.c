@@ -188,6 +188,7 @@ int materialize(int fd)
 void claim_mark(int fd, const struct fd_entry *old, int dir, int err)
 {
 	struct fd_entry *e;
+	int saved = errno;
 
 	state_lock();
 	e = fd_get(fd, err != 0);
@@ -198,6 +199,7 @@ void claim_mark(int fd, const struct fd_entry *old, int dir, int err)
 		e->claim_dir = (uint8_t)dir;
 	}
 	state_unlock();
+	errno = saved; /* fd_get's mmap may fail */
 }
 
 int claim_refuses(const struct fd_entry *e, int dir)
