@@ -258,6 +258,7 @@ int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
 	char text[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
 	int idx;
 
+	rules_need();
 	if (rules_state == RULES_NONE)
 		return 1;
 	if (rules_state == RULES_BROKEN) {

@@ -88,9 +88,11 @@ static int predicted(int domain, int base, int protocol)
 API int socket(int domain, int type, int protocol)
 {
 	int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-	int pending = predicted(domain, base, protocol), refused, fd;
+	int pending, refused, fd;
 	struct fd_entry e;
 
+	rules_need();
+	pending = predicted(domain, base, protocol);
 	if (rules_state == RULES_OK && (domain == AF_INET || domain == AF_INET6) &&
 	    (base == SOCK_STREAM || base == SOCK_DGRAM) &&
 	    (refused = rules_refuse_socket(domain, base)) != 0) {
@@ -116,6 +118,7 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	struct ipaddr a;
 	int r, saved = errno;
 
+	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(bind)(fd, sa, len);
 	if (ipaddr_from_sockaddr(&a, sa, len))
@@ -161,6 +164,7 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct ipaddr a;
 	int handled, r, saved = errno;
 
+	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(connect)(fd, sa, len);
 	if (ipaddr_from_sockaddr(&a, sa, len)) {
@@ -490,6 +494,7 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 	struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen,
 			      .msg_iov = &iov, .msg_iovlen = 1 };
 
+	rules_need();
 	if (!sa || (!fd_tracked(fd) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
 					 sa->sa_family == AF_UNIX)))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
@@ -502,6 +507,7 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	struct fd_entry e;
 	int handled;
 
+	rules_need();
 	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);

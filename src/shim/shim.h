@@ -128,8 +128,19 @@ struct sock_query {
 	int abstract;
 };
 
-enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN };
+/* RULES_LAZY: rules in a file, read at their first use (rules_need()). */
+enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN, RULES_LAZY };
 extern enum rules_state rules_state;
+void rules_load(void);
+/* Call before looking at rules_state or the rules from a socket call. */
+static inline void rules_need(void)
+{
+	if (__atomic_load_n(&rules_state, __ATOMIC_ACQUIRE) == RULES_LAZY)
+		rules_load();
+}
+/* The size bytes of the rules file at path, checked as ours (rulefile.c), in memory
+ * from mmap of size + 1 bytes; NULL with *why set. */
+char *rulefile_read(const char *path, size_t size, const char **why);
 /* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
 extern int predict_stream_out;
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
@@ -137,8 +148,9 @@ extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
 /* n_bytes from 2 * n_bytes lowercase hex digits; 0, or -1 on a bad digit. */
 int hex_decode(const char *hex, size_t n_bytes, uint8_t *out);
-/* For rules made here rather than decoded (unsock.c): a fresh rule at the end of the
- * table, or NULL when full; a copy of s that lives as long as the rules. */
+/* For rules made here rather than decoded (unsock.c, from rules_init() only): a fresh
+ * rule at the end of the table, or NULL when full; a copy of s that lives as long as
+ * the rules. */
 struct rule *rules_append(void);
 const char *rules_keep_string(const char *s);
 /* The errno socket() must fail with for this family (AF_INET/AF_INET6) and type, or 0. */
