@@ -5,6 +5,7 @@ and the shim."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -234,3 +235,62 @@ def test_rules_file_is_read_only_when_needed(probe: str) -> None:
                           text=True, timeout=10)
     assert "bind=EACCES" in used.stdout.splitlines(), used
     assert "rules file /nonexistent/rules: No such file or directory" in used.stderr
+
+
+# ---- the launcher's side: where it writes a rules file ----
+
+def write_as_nobody(data: bytes) -> str:
+    """write_rules_file(data) by uid 65534 without XDG_RUNTIME_DIR: the path, or the
+    error's message."""
+    from unixify.encoding import LimitError, write_rules_file
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.close(read_end)
+        status = 0
+        try:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            answer = write_rules_file(data)
+        except LimitError as err:
+            answer = f"error: {err}"
+        except BaseException as err:  # anything else: report it to the parent
+            answer, status = f"crash: {err!r}", 1
+        os.write(write_end, answer.encode())
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.parametrize("planted", ["none", "foreign", "symlink"])
+def test_launcher_writes_rules_only_into_its_own_directory(tmp_path: Path,
+                                                           planted: str) -> None:
+    folder = Path("/tmp/unixify-65534")
+    shutil.rmtree(folder, ignore_errors=True)  # only this test makes it
+    if planted == "foreign":
+        folder.mkdir()
+        folder.chmod(0o777)  # root's, and writable by anyone
+    elif planted == "symlink":
+        folder.symlink_to(tmp_path)
+    try:
+        answer = write_as_nobody(b"UFY1")
+        if planted == "none":
+            info = os.lstat(answer)
+            assert answer.startswith(f"{folder}/rules-") and info.st_uid == 65534, answer
+            assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o711
+        elif planted == "foreign":
+            assert answer == (f"error: {folder} is not a private directory of ours (owner 0, "
+                              "mode 777); remove it or set XDG_RUNTIME_DIR")
+        else:
+            assert answer.startswith(f"error: cannot use {folder} for the rules file"), answer
+            assert not list(tmp_path.iterdir())
+    finally:
+        if folder.is_symlink():
+            folder.unlink()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -110,9 +110,11 @@ def _private_directory() -> tuple[str, int]:
     gives up root may still read its rules), or refused unless ours and writable by
     nobody else."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    candidates = [os.path.join(runtime, "unixify")] if os.path.isabs(runtime) else []
-    if os.geteuid() == 0:
-        candidates.append("/run/unixify")
+    # root first in /run: a login's runtime directory is 0700, out of reach of a server
+    # that gives up root
+    candidates = ["/run/unixify"] if os.geteuid() == 0 else []
+    if os.path.isabs(runtime):
+        candidates.append(os.path.join(runtime, "unixify"))
     candidates.append(f"/tmp/unixify-{os.geteuid()}")
     for path in candidates:
         try:
