@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from conftest import (
     free_port,
     preloaded_env,
     read_until,
+    require_tool,
     tcp_port_open,
     unixify_command,
     wait_for_socket,
@@ -103,6 +105,31 @@ def test_descendants_keep_file_rules(procs: Processes, sockdir: Path, tmp_path: 
                [sys.executable, "-c", f"import os, sys; sys.exit(os.system({command!r}) >> 8)"])
     proc = procs.start([*unixify_command(), "-f", str(rules), *program])
     serve_and_greet(proc, sockdir / f"{port}.sock", port)
+
+
+def test_systemd_rule_in_a_rules_file(procs: Processes, sockdir: Path,
+                                      tmp_path: Path) -> None:
+    """The shim holds the passed sockets at load, before it reads the rules file: the
+    reference says that a systemd rule is in it."""
+    tool = require_tool("systemd-socket-activate")
+    passed, own = free_port(), free_port()
+    rules = rule_file(tmp_path / "rules", 2000, "in,tcp,systemd", own, sockdir)
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    proc = procs.start([tool, "-l", f"127.0.0.1:{passed}", "--", *unixify_command(), "-f",
+                        str(rules), "--", sys.executable, str(script), str(own)])
+    deadline = time.monotonic() + 30
+    while True:  # the activator listens at once; the greeting needs the program
+        try:
+            with socket.create_connection(("127.0.0.1", passed), timeout=30) as client:
+                data = client.recv(100)
+            break
+        except ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert data.startswith(b"hello from "), data
+    assert not tcp_port_open(own), "the program's own port opened"
+    assert proc.wait(timeout=30) == 0
 
 
 def rules_seen(args: list[str]) -> str:
