@@ -232,6 +232,7 @@ API int listen(int fd, int backlog)
 {
 	struct fd_entry e;
 
+	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(listen)(fd, backlog);
 	classify(fd, &e);
