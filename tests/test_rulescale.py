@@ -91,6 +91,47 @@ def test_many_rules_the_last_converts(procs: Processes, sockdir: Path, tmp_path:
     serve_and_greet(proc, sockdir / f"{port}.sock", port)
 
 
+# Threads that all make their first socket at once, each binding its own port.
+THREADED = """\
+import socket, sys, threading
+ports = [int(p) for p in sys.argv[1:]]
+barrier = threading.Barrier(len(ports))
+held = []
+def listen(port):
+    barrier.wait()
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(1)
+    held.append(s)
+threads = [threading.Thread(target=listen, args=(p,)) for p in ports]
+for t in threads: t.start()
+for t in threads: t.join()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_threads_load_the_rules_file_together(procs: Processes, sockdir: Path,
+                                              tmp_path: Path) -> None:
+    """The first socket calls of several threads race to read the rules: one rule set
+    wins, every thread's socket is converted by it, and it is announced once."""
+    ports = [free_port() for _ in range(8)]
+    rules = rule_file(tmp_path / "rules", 20_000, f"in,path={sockdir}/%p.sock", 1, sockdir)
+    script = tmp_path / "threaded.py"
+    script.write_text(THREADED)
+    proc = procs.start([*unixify_command(), "-vvv", "-f", str(rules), sys.executable,
+                        str(script), *map(str, ports)], stdin=subprocess.PIPE)
+    read_until(proc, "ready", timeout=60)
+    for port in ports:
+        wait_for_socket(sockdir / f"{port}.sock")
+        assert not tcp_port_open(port)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr is not None
+    assert proc.stderr.read().count("20000 rule(s) from") == 1
+
+
 @pytest.mark.parametrize("how", ["exec", "system"])
 def test_descendants_keep_file_rules(procs: Processes, sockdir: Path, tmp_path: Path,
                                      how: str) -> None:
