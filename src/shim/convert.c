@@ -495,7 +495,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	}
 	new_entry(&e, old, ROLE_LISTENER);
 	listener_local(&e.local, addr);
-	e.sockfile = (int16_t)(idx >= 0 ? idx : -1);
+	e.sockfile = (idx >= 0 ? idx : -1);
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: listening on %s%s", fd,
@@ -630,7 +630,7 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	new_entry(&e, old, ROLE_CLIENT);
 	client_local(&e.local, old->family, addr);
 	e.peer = *addr;
-	e.sockfile = (int16_t)idx;
+	e.sockfile = idx;
 	if (old->type == SOCK_DGRAM)
 		peers_remember(&sun, (socklen_t)len, addr);
 	if (install(fd, sock, &flags, &e))
@@ -653,7 +653,7 @@ int convert_sender(int fd, const struct fd_entry *old)
 		return -1;
 	new_entry(&e, old, ROLE_NONE);
 	client_local(&e.local, old->family, &old->local);
-	e.sockfile = (int16_t)idx;
+	e.sockfile = idx;
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: datagram socket converted for sending", fd);

@@ -184,10 +184,8 @@ void fd_take(int fd, struct fd_entry *out)
 	state_unlock();
 }
 
-int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max)
+void fd_take_range(unsigned first, unsigned last, struct growbuf *sockfiles)
 {
-	int n = 0;
-
 	if (last >= MAX_FDS)
 		last = MAX_FDS - 1;
 	state_lock();
@@ -201,12 +199,11 @@ int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max)
 		e = fd_get((int)fd, 0);
 		if (!e || e->kind == FD_NONE || e->kind == FD_PASSED)
 			continue;
-		if (e->sockfile >= 0 && n < max)
-			sockfiles[n++] = e->sockfile;
+		if (e->sockfile >= 0)
+			growbuf_add(sockfiles, &e->sockfile, sizeof(e->sockfile));
 		fd_entry_init(e);
 	}
 	state_unlock();
-	return n;
 }
 
 void fd_for_each(void (*fn)(int fd, const struct fd_entry *e, void *), void *arg)

@@ -13,7 +13,9 @@
  *   item := "f," SOCK_INO "," NOREMOVE "," DEV "," INO "," PATH     a socket file
  *         | "s," FD "," SOCK_INO "," TYPE "," ROLE "," FAMILY "," LOCAL "," PEER
  *
- * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  A file is
+ * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  Past 64 KiB
+ * the items go on in UNIXIFY_INHERIT_1, _2, ...: the kernel takes no environment string
+ * over 128 KiB, and a thousand listeners need more.  A file is
  * adopted only while the path is still that file, a socket only while its fd is still
  * that socket: the program may close or move fds between fork and exec.  A pending
  * socket (made Unix on a guess) becomes the IP socket it stands for before exec: the
@@ -37,28 +39,22 @@
 
 #define VAR "UNIXIFY_INHERIT="
 #define VAR_LEN (sizeof(VAR) - 1)
-#define MAX_INHERIT 64
 #define NUM_MAX 21 /* a decimal unsigned long and its separator */
 #define SOCK_MAX (2 + 6 * NUM_MAX + 4 * sizeof(struct ipaddr))
 #define FILE_MAX (2 + 4 * NUM_MAX + 2 * sizeof(((struct sockfile *)0)->path))
 
 /* ---- export, in the process calling exec ---- */
 
-struct export {
-	int fds[MAX_INHERIT];
-	int n;
-};
-
+/* Converted and pending fds that survive exec, into a growbuf of ints. */
 static void collect(int fd, const struct fd_entry *e, void *arg)
 {
-	struct export *x = arg;
 	int flags;
 
-	if ((e->kind != FD_CONVERTED && e->kind != FD_PENDING) || x->n == MAX_INHERIT)
+	if (e->kind != FD_CONVERTED && e->kind != FD_PENDING)
 		return;
 	flags = REAL(fcntl)(fd, F_GETFD);
 	if (flags >= 0 && !(flags & FD_CLOEXEC))
-		x->fds[x->n++] = fd;
+		growbuf_add(arg, &fd, sizeof(fd));
 }
 
 static char *put_hex(char *p, const void *data, size_t len)
@@ -107,50 +103,107 @@ static char *put_file(char *p, const struct sockfile *f)
 	return p;
 }
 
+/* One variable's value stays well below the kernel's limit for one string
+ * (MAX_ARG_STRLEN, 128 KiB): the items go into UNIXIFY_INHERIT, UNIXIFY_INHERIT_1, ... */
+#define PART_LIMIT 65536
+#define ITEM_MAX (SOCK_MAX > FILE_MAX ? SOCK_MAX : FILE_MAX)
+#define PART_NAME_MAX (VAR_LEN + 12)
+
+/* Is v one of our variables ("UNIXIFY_INHERIT=" or "UNIXIFY_INHERIT_N=")? */
+static int inherit_var(const char *v)
+{
+	if (strncmp(v, VAR, VAR_LEN - 1))
+		return 0;
+	v += VAR_LEN - 1;
+	if (*v == '_')
+		v += strspn(v + 1, "0123456789") + 1;
+	return *v == '=';
+}
+
+struct parts {
+	char **vars; /* where the next variable's pointer goes */
+	char *start; /* the variable being written */
+	char *body;  /* its value */
+	char *p;
+	int n;
+};
+
+/* Room for one more item: end the variable being written if it is full, start one. */
+static void part_room(struct parts *x)
+{
+	if (x->start && x->p - x->start + ITEM_MAX < PART_LIMIT)
+		return;
+	if (x->start) {
+		*x->p++ = 0;
+		*x->vars++ = x->start;
+	}
+	x->start = x->p;
+	if (x->n++)
+		x->p += sprintf(x->p, "%.*s_%d=", (int)VAR_LEN - 1, VAR, x->n - 1);
+	else
+		x->p = (char *)memcpy(x->p, VAR, VAR_LEN) + VAR_LEN;
+	x->body = x->p;
+}
+
+/* envp without our variables, then ours (made from files and fds), in out. */
+static void fill_envp(char **out, size_t n_ptrs, char *const *envp,
+		      const struct growbuf *files, const struct growbuf *fds)
+{
+	const struct sockfile *f = (const void *)files->data;
+	const int *fd = (const void *)fds->data;
+	struct parts x = { .vars = out, .p = (char *)(out + n_ptrs) };
+
+	for (char *const *v = envp; *v; v++)
+		if (!inherit_var(*v))
+			*x.vars++ = *v;
+	for (size_t i = 0; i < files->len / sizeof(*f); i++) { /* files first: sockets need them */
+		part_room(&x);
+		x.p = put_file(x.p, &f[i]);
+	}
+	for (size_t i = 0; i < fds->len / sizeof(*fd); i++) {
+		part_room(&x);
+		x.p = put_socket(x.p, fd[i]);
+	}
+	if (x.start && x.p > x.body) {
+		*x.p = 0;
+		*x.vars++ = x.start;
+	}
+	*x.vars = NULL;
+}
+
 /* An environment for exec: envp without any UNIXIFY_INHERIT, plus ours if we have one.
  * Returns envp itself when there is nothing to pass; else memory to release with
  * inherit_release(). */
 static char *const *inherit_envp(char *const *envp, size_t *mapped)
 {
-	struct sockfile files[MAX_INHERIT];
-	struct export x = { .n = 0 };
-	int n_files = sockfile_list(files, MAX_INHERIT), saved = errno;
-	size_t n_env = 0, size;
-	char **out, *text, *p;
+	struct growbuf files = { 0 }, fds = { 0 };
+	size_t n_env = 0, text, n_ptrs;
+	char **out = NULL;
+	int saved = errno;
 
 	*mapped = 0;
+	sockfile_list(&files);
 	state_lock();
-	fd_for_each(collect, &x);
+	fd_for_each(collect, &fds);
 	state_unlock();
-	if ((!x.n && !n_files) || !envp)
-		return envp;
-	while (envp[n_env])
-		n_env++;
-	size = (n_env + 2) * sizeof(char *) + VAR_LEN + (size_t)x.n * SOCK_MAX +
-	       (size_t)n_files * FILE_MAX + 1;
-	out = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (out == MAP_FAILED) {
-		errno = saved;
-		return envp;
+	if ((files.len || fds.len) && envp) {
+		while (envp[n_env])
+			n_env++;
+		text = fds.len / sizeof(int) * SOCK_MAX +
+		       files.len / sizeof(struct sockfile) * FILE_MAX;
+		n_ptrs = n_env + 2 + text / (PART_LIMIT - ITEM_MAX - PART_NAME_MAX);
+		out = map_resize(NULL, 0, n_ptrs * sizeof(char *) + text +
+				 (n_ptrs - n_env) * (PART_NAME_MAX + 1), mapped);
 	}
-	text = p = (char *)(out + n_env + 2);
-	memcpy(p, VAR, VAR_LEN);
-	p += VAR_LEN;
-	for (int i = 0; i < n_files; i++) /* files first: sockets refer to them */
-		p = put_file(p, &files[i]);
-	for (int i = 0; i < x.n; i++)
-		p = put_socket(p, x.fds[i]);
-	*p = 0;
-	n_env = 0;
-	for (char *const *v = envp; *v; v++)
-		if (strncmp(*v, VAR, VAR_LEN))
-			out[n_env++] = *v;
-	if (p > text + VAR_LEN)
-		out[n_env++] = text;
-	out[n_env] = NULL;
-	*mapped = size;
+	if (out)
+		fill_envp(out, n_ptrs, envp, &files, &fds);
+	if (files.failed || fds.failed || ((files.len || fds.len) && envp && !out))
+		ulog(LOG_WARN_, "out of memory before exec; converted sockets may not all be "
+		     "passed on");
+	growbuf_free(&files);
+	growbuf_free(&fds);
 	errno = saved;
-	return out;
+	return out ? out : envp;
 }
 
 static void inherit_release(char *const *env, size_t mapped)
@@ -315,24 +368,46 @@ static int get_socket(const char **s)
 	e.type = (uint8_t)type;
 	e.role = (uint8_t)role;
 	e.family = (uint8_t)family;
-	e.sockfile = (int16_t)sockfile_by_socket((ino_t)sock_ino);
+	e.sockfile = sockfile_by_socket((ino_t)sock_ino);
 	fd_store(fd, &e);
 	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", fd);
 	return 0;
 }
 
+/* The items of one variable; -1 when malformed. */
+static int inherit_part(const char *s)
+{
+	while (*s) {
+		if ((*s == 'f' ? get_file(&s) : get_socket(&s)))
+			return -1;
+	}
+	return 0;
+}
+
+/* "UNIXIFY_INHERIT", then "UNIXIFY_INHERIT_1", ... */
+static const char *part_name(char *buf, int n)
+{
+	if (n)
+		snprintf(buf, PART_NAME_MAX, "%.*s_%d", (int)VAR_LEN - 1, VAR, n);
+	else
+		snprintf(buf, PART_NAME_MAX, "%.*s", (int)VAR_LEN - 1, VAR);
+	return buf;
+}
+
 void inherit_init(void)
 {
-	const char *s = getenv("UNIXIFY_INHERIT");
+	char name[PART_NAME_MAX];
+	const char *s;
+	int n;
 
-	if (!s)
-		return;
-	while (*s) {
-		if ((*s == 'f' ? get_file(&s) : get_socket(&s))) {
-			ulog(LOG_WARN_, "UNIXIFY_INHERIT is malformed; inherited sockets keep "
-			     "their Unix addresses");
+	for (n = 0; (s = getenv(part_name(name, n))) != NULL; n++) {
+		if (inherit_part(s)) {
+			ulog(LOG_WARN_, "%s is malformed; inherited sockets keep their Unix "
+			     "addresses", name);
 			break;
 		}
 	}
-	unsetenv("UNIXIFY_INHERIT"); /* what we pass on is made afresh at each exec */
+	/* what we pass on is made afresh at each exec */
+	for (n = 0; getenv(part_name(name, n)); n++)
+		unsetenv(name);
 }

@@ -552,12 +552,17 @@ API int close(int fd)
 	return r;
 }
 
-static void release_all(const int16_t *sockfiles, int n)
+/* The files of sockets close_range() closed; a list that could not grow is one line. */
+static void release_all(struct growbuf *sockfiles)
 {
 	int saved = errno;
+	const int32_t *idx = (const int32_t *)sockfiles->data;
 
-	for (int i = 0; i < n; i++)
-		release_closed(sockfiles[i]);
+	for (size_t i = 0; i < sockfiles->len / sizeof(*idx); i++)
+		release_closed(idx[i]);
+	if (sockfiles->failed)
+		ulog(LOG_WARN_, "out of memory in close_range(); some socket files stay");
+	growbuf_free(sockfiles);
 	errno = saved;
 }
 
@@ -569,13 +574,13 @@ static int real_close_range(unsigned first, unsigned last, int flags)
 
 API int close_range(unsigned int first, unsigned int last, int flags)
 {
-	int16_t sockfiles[64];
-	int n = 0, r;
+	struct growbuf sockfiles = { 0 };
+	int r;
 
 	if (!(flags & CLOSE_RANGE_CLOEXEC))
-		n = fd_take_range(first, last, sockfiles, 64);
+		fd_take_range(first, last, &sockfiles);
 	r = systemd_close_range(first, last, flags, real_close_range);
-	release_all(sockfiles, n);
+	release_all(&sockfiles);
 	return r;
 }
 

@@ -67,6 +67,19 @@ extern int log_verbosity;
 void log_init(void);
 void ulog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* ---- memory from mmap that grows (mem.c) ---- */
+/* old (old_size bytes, or NULL) resized to at least new_size bytes, contents kept; the
+ * mapping's size in *size.  NULL with old untouched when the kernel refuses. */
+void *map_resize(void *old, size_t old_size, size_t new_size, size_t *size);
+/* A list of items that grows as they are added; zero-initialised is empty. */
+struct growbuf {
+	char *data;
+	size_t len, cap;
+	int failed; /* an item was lost for want of memory */
+};
+int growbuf_add(struct growbuf *b, const void *item, size_t size);
+void growbuf_free(struct growbuf *b);
+
 /* ---- IP addresses as the program sees them (addr.c) ---- */
 struct ipaddr {
 	union {
@@ -202,7 +215,7 @@ struct fd_entry {
 	uint8_t claim_errno; /* a rule claimed this IP or pending socket and converting it
 				failed with this errno: it must not bind implicitly */
 	uint8_t claim_dir;   /* DIR_IN or DIR_OUT: which call the rule claimed */
-	int16_t sockfile; /* index into the socket file table, or -1 */
+	int32_t sockfile; /* index into the socket file table, or -1 */
 	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
 	struct ipaddr local;
 	struct ipaddr peer;
@@ -223,8 +236,8 @@ void fd_snapshot(int fd, struct fd_entry *out);
 void fd_store(int fd, const struct fd_entry *e);
 /* Remove and return the entry.  Takes the lock. */
 void fd_take(int fd, struct fd_entry *out);
-/* Remove entries in [first, last]; collect their socket files (at most max). */
-int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max);
+/* Remove entries in [first, last]; add their socket files (ints) to sockfiles. */
+void fd_take_range(unsigned first, unsigned last, struct growbuf *sockfiles);
 void fd_entry_init(struct fd_entry *e);
 /* An IP-level option the program set, as it set it, or NULL. */
 const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name);
@@ -251,8 +264,8 @@ int sockfile_blackhole(int sock);
 /* Take over the record of a file made before exec, if the file at path is still (dev,
  * ino): removed once the socket sock_ino is gone.  Index, or -1. */
 int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int noremove);
-/* Copies of up to max records in use; their number. */
-int sockfile_list(struct sockfile *out, int max);
+/* Add copies of the records in use to out (struct sockfile items). */
+void sockfile_list(struct growbuf *out);
 /* Index of the record for the socket with inode sock_ino, or -1. */
 int sockfile_by_socket(ino_t sock_ino);
 /* Index of the record for path if this process holds its socket open, or -1. */

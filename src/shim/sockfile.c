@@ -23,9 +23,12 @@
 
 #include "shim.h"
 
-#define MAX_SOCKFILES 256
-
-static struct sockfile sockfiles[MAX_SOCKFILES];
+/* The records, in memory from mmap that grows by doubling; only touched with the lock
+ * held, so growing may move them.  Indexes stay valid: records are never moved among
+ * themselves. */
+static struct sockfile *sockfiles;
+static int n_sockfiles;
+static size_t sockfiles_size;
 
 /* ---- sock_diag ---- */
 
@@ -169,6 +172,23 @@ int socket_file_live(const char *path, const struct stat *st)
 
 /* ---- the table of files we created ---- */
 
+/* With the lock held: room for one more record; its index, or -1. */
+static int sockfiles_grow(void)
+{
+	size_t size;
+	struct sockfile *p;
+
+	if ((size_t)(n_sockfiles + 1) * sizeof(*sockfiles) > sockfiles_size) {
+		p = map_resize(sockfiles, sockfiles_size,
+			       sockfiles_size ? 2 * sockfiles_size : 64 * sizeof(*sockfiles), &size);
+		if (!p)
+			return -1;
+		sockfiles = p;
+		sockfiles_size = size;
+	}
+	return n_sockfiles++;
+}
+
 /* Note that we made the file (st its lstat) for the socket with inode sock_ino. */
 static int record_file(const char *path, const struct stat *file, ino_t sock_ino,
 		       int noremove)
@@ -176,13 +196,15 @@ static int record_file(const char *path, const struct stat *file, ino_t sock_ino
 	int idx = -1;
 
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES; i++) {
+	for (int i = 0; i < n_sockfiles; i++) {
 		/* an older record for this path names a file that is gone now */
 		if (sockfiles[i].used && !strcmp(sockfiles[i].path, path))
 			sockfiles[i].used = 0;
 		if (!sockfiles[i].used && idx < 0)
 			idx = i;
 	}
+	if (idx < 0)
+		idx = sockfiles_grow();
 	if (idx >= 0) {
 		struct sockfile *f = &sockfiles[idx];
 
@@ -196,7 +218,8 @@ static int record_file(const char *path, const struct stat *file, ino_t sock_ino
 	}
 	state_unlock();
 	if (idx < 0)
-		ulog(LOG_WARN_, "too many socket files; %s will not be removed on close", path);
+		ulog(LOG_WARN_, "out of memory for socket files; %s will not be removed on close",
+		     path);
 	return idx;
 }
 
@@ -218,16 +241,13 @@ int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int n
 	return record_file(path, &file, sock_ino, noremove);
 }
 
-int sockfile_list(struct sockfile *out, int max)
+void sockfile_list(struct growbuf *out)
 {
-	int n = 0;
-
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES && n < max; i++)
+	for (int i = 0; i < n_sockfiles; i++)
 		if (sockfiles[i].used)
-			out[n++] = sockfiles[i];
+			growbuf_add(out, &sockfiles[i], sizeof(sockfiles[i]));
 	state_unlock();
-	return n;
 }
 
 int sockfile_by_socket(ino_t sock_ino)
@@ -235,7 +255,7 @@ int sockfile_by_socket(ino_t sock_ino)
 	int idx = -1;
 
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES && idx < 0; i++)
+	for (int i = 0; i < n_sockfiles && idx < 0; i++)
 		if (sockfiles[i].used && sockfiles[i].sock_ino == sock_ino)
 			idx = i;
 	state_unlock();
@@ -254,7 +274,7 @@ int sockfile_find(const char *path)
 	int found = -1;
 
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES && found < 0; i++) {
+	for (int i = 0; i < n_sockfiles && found < 0; i++) {
 		int holders = 0;
 
 		if (!sockfiles[i].used || strcmp(sockfiles[i].path, path))
@@ -398,10 +418,12 @@ void sockfile_release(int idx)
 	struct stat st;
 	int alive;
 
-	if (idx < 0 || idx >= MAX_SOCKFILES)
+	if (idx < 0)
 		return;
 	state_lock();
-	f = sockfiles[idx];
+	f.used = idx < n_sockfiles && sockfiles[idx].used;
+	if (f.used)
+		f = sockfiles[idx];
 	state_unlock();
 	if (!f.used)
 		return;
@@ -427,36 +449,45 @@ void sockfile_release(int idx)
 	}
 }
 
-struct fd_list {
-	int fds[64];
-	int n;
-};
-
 static void collect_fd(int fd, void *arg)
 {
-	struct fd_list *l = arg;
+	growbuf_add(arg, &fd, sizeof(fd));
+}
 
-	if (l->n < (int)(sizeof(l->fds) / sizeof(l->fds[0])))
-		l->fds[l->n++] = fd;
+/* Our fds on the socket of record i if it is ours to remove (1), else 0; i past the
+ * end: -1. */
+static int holders_to_close(int i, struct growbuf *fds)
+{
+	int ours;
+
+	state_lock();
+	ours = i < n_sockfiles ? sockfiles[i].used && !sockfiles[i].noremove : -1;
+	if (ours > 0)
+		fd_for_sockfile(i, collect_fd, fds);
+	state_unlock();
+	return ours;
 }
 
 /* At exit our own copies would keep the socket alive until the kernel closes them,
  * after we are gone.  Close them first, then see whether anybody else still holds it. */
 void sockfile_exit_cleanup(void)
 {
-	for (int i = 0; i < MAX_SOCKFILES; i++) {
-		struct fd_list l = { .n = 0 };
+	for (int i = 0;; i++) {
+		struct growbuf fds = { 0 };
 		struct fd_entry gone;
+		int ours = holders_to_close(i, &fds);
 
-		if (!sockfiles[i].used || sockfiles[i].noremove)
+		if (ours < 0)
+			break;
+		if (!ours)
 			continue;
-		state_lock();
-		fd_for_sockfile(i, collect_fd, &l);
-		state_unlock();
-		for (int j = 0; j < l.n; j++) {
-			fd_take(l.fds[j], &gone);
-			REAL(close)(l.fds[j]);
+		for (size_t j = 0; j < fds.len / sizeof(int); j++) {
+			int fd = ((const int *)fds.data)[j];
+
+			fd_take(fd, &gone);
+			REAL(close)(fd);
 		}
+		growbuf_free(&fds);
 		sockfile_release(i);
 	}
 }
