@@ -323,63 +323,203 @@ static int get_hex(const char **s, void *out, size_t n, int exact, size_t *len)
 	return 0;
 }
 
-/* "f,…;" at *s: take over the file's record if the file is still the one made. */
-static int get_file(const char **s)
-{
+/*
+ * The variable comes from our caller, who may be anybody: an item is a claim to check.
+ * Sockets first (pass 1): the fd must be an AF_UNIX socket of the announced type and
+ * inode.  Then files (pass 2): the path must be that socket file (lstat, no symlink),
+ * and either bound to a socket we now hold (sock_diag: the socket's file is this inode)
+ * or -- its socket gone, closed by exec -- a stale file of our own uid that no socket
+ * is bound to.  A file item of
+ * a socket still alive elsewhere is not ours to remove, but names a file a socket of
+ * ours may have been accepted from.  Last (pass 3): a socket is taken back only if
+ * sock_diag says it is bound to, or accepted from, one of those files, or -- a client
+ * -- its peer is where the rules send the announced peer address.  So a plain Unix
+ * socket the program has of its own is never relabelled, and no file that was not one
+ * of ours is removed.
+ */
+struct sock_item {
+	int fd;
+	unsigned long sock_ino;
+	struct fd_entry e;
+};
+
+struct file_item {
 	unsigned long sock_ino, dev, ino;
-	char path[sizeof(((struct sockfile *)0)->path)];
 	unsigned noremove;
+	char path[sizeof(((struct sockfile *)0)->path)];
+};
+
+struct known_file {
+	struct stat st;
+	char path[sizeof(((struct sockfile *)0)->path)];
+};
+
+struct import {
+	int pass;               /* 1 sockets, 2 files */
+	struct growbuf socks;   /* struct sock_item that passed pass 1 */
+	struct growbuf files;   /* struct known_file: files named by trustworthy items */
+	int ignored;
+};
+
+static int get_file(const char **s, struct file_item *f)
+{
 	size_t len;
 	int used = 0;
 
-	if (sscanf(*s, "f,%lu,%u,%lu,%lu,%n", &sock_ino, &noremove, &dev, &ino, &used) != 4 ||
-	    !used)
+	if (sscanf(*s, "f,%lu,%u,%lu,%lu,%n", &f->sock_ino, &f->noremove, &f->dev, &f->ino,
+		   &used) != 4 || !used)
 		return -1;
 	*s += used;
-	if (get_hex(s, path, sizeof(path) - 1, 0, &len) || (*s)[-1] != ';')
+	if (get_hex(s, f->path, sizeof(f->path) - 1, 0, &len) || (*s)[-1] != ';')
 		return -1;
-	path[len] = 0;
-	sockfile_adopt(path, (dev_t)dev, (ino_t)ino, (ino_t)sock_ino, (int)noremove);
+	f->path[len] = 0;
 	return 0;
 }
 
-/* "s,…;" at *s: the fd is a converted socket again, if it still is the same socket
- * (the program may close or move fds between fork and exec). */
-static int get_socket(const char **s)
+static int get_socket(const char **s, struct sock_item *it)
 {
-	unsigned long sock_ino;
 	unsigned type, role, family;
-	struct fd_entry e;
-	struct stat st;
 	size_t len;
-	int fd, used = 0;
+	int used = 0;
 
-	fd_entry_init(&e);
-	if (sscanf(*s, "s,%d,%lu,%u,%u,%u,%n", &fd, &sock_ino, &type, &role, &family,
+	fd_entry_init(&it->e);
+	if (sscanf(*s, "s,%d,%lu,%u,%u,%u,%n", &it->fd, &it->sock_ino, &type, &role, &family,
 		   &used) != 5 || !used)
 		return -1;
 	*s += used;
-	if (get_hex(s, &e.local, sizeof(e.local), 1, &len) || (*s)[-1] != ',' ||
-	    get_hex(s, &e.peer, sizeof(e.peer), 1, &len) || (*s)[-1] != ';')
+	if (get_hex(s, &it->e.local, sizeof(it->e.local), 1, &len) || (*s)[-1] != ',' ||
+	    get_hex(s, &it->e.peer, sizeof(it->e.peer), 1, &len) || (*s)[-1] != ';')
 		return -1;
-	if (fd < 0 || fstat(fd, &st) || !S_ISSOCK(st.st_mode) || st.st_ino != sock_ino)
-		return 0;
-	e.kind = FD_CONVERTED;
-	e.type = (uint8_t)type;
-	e.role = (uint8_t)role;
-	e.family = (uint8_t)family;
-	e.sockfile = sockfile_by_socket((ino_t)sock_ino);
-	fd_store(fd, &e);
-	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", fd);
+	it->e.kind = FD_CONVERTED;
+	it->e.type = (uint8_t)type;
+	it->e.role = (uint8_t)role;
+	it->e.family = (uint8_t)family;
 	return 0;
 }
 
-/* The items of one variable; -1 when malformed. */
-static int inherit_part(const char *s)
+static int sockopt_is(int fd, int name, int want)
 {
+	socklen_t len = sizeof(int);
+	int v;
+
+	return REAL(getsockopt)(fd, SOL_SOCKET, name, &v, &len) == 0 && v == want;
+}
+
+/* Pass 1: fd is (still) the Unix socket announced. */
+static int socket_plausible(const struct sock_item *it)
+{
+	struct stat st;
+
+	return it->fd >= 0 && !fstat(it->fd, &st) && S_ISSOCK(st.st_mode) &&
+	       st.st_ino == it->sock_ino && sockopt_is(it->fd, SO_DOMAIN, AF_UNIX) &&
+	       sockopt_is(it->fd, SO_TYPE, it->e.type) &&
+	       (it->e.family == AF_INET || it->e.family == AF_INET6) &&
+	       it->e.role <= ROLE_ACCEPTED;
+}
+
+static const struct sock_item *held(const struct import *im, unsigned long sock_ino)
+{
+	const struct sock_item *it = (const void *)im->socks.data;
+
+	for (size_t i = 0; i < im->socks.len / sizeof(*it); i++)
+		if (it[i].sock_ino == sock_ino)
+			return &it[i];
+	return NULL;
+}
+
+/* Pass 2: adopt the file if it is ours to remove. */
+static void take_file(struct import *im, const struct file_item *f)
+{
+	struct known_file k;
+	int alive;
+
+	if (lstat(f->path, &k.st))
+		return; /* gone: nothing to remove */
+	if (!S_ISSOCK(k.st.st_mode) || k.st.st_dev != f->dev || k.st.st_ino != f->ino) {
+		im->ignored++;
+		return;
+	}
+	alive = unix_socket_alive((ino_t)f->sock_ino);
+	if (alive > 0 && unix_socket_file((ino_t)f->sock_ino, &k.st)) {
+		memcpy(k.path, f->path, sizeof(k.path));
+		growbuf_add(&im->files, &k, sizeof(k)); /* sockets may come from it */
+		if (held(im, f->sock_ino))
+			sockfile_adopt(f->path, k.st.st_dev, k.st.st_ino, (ino_t)f->sock_ino,
+				       (int)f->noremove);
+		return;
+	}
+	if (alive == 0 && k.st.st_uid == geteuid() && !socket_file_live(f->path, &k.st)) {
+		sockfile_adopt(f->path, k.st.st_dev, k.st.st_ino, (ino_t)f->sock_ino,
+			       (int)f->noremove);
+		return;
+	}
+	im->ignored++;
+}
+
+/* Do the rules send a socket with addr in direction dir to (path, or the Unix name of
+ * the socket fd when path is NULL: its peer's for DIR_OUT)? */
+static int rules_lead_to(const struct sock_item *it, int dir, const struct ipaddr *addr,
+			 const char *path)
+{
+	struct sock_query q = { .dir = dir, .type = it->e.type, .addr = addr };
+	struct sockaddr_un want, got;
+	socklen_t want_len, got_len = sizeof(got);
+
+	if (addr->sa.sa_family != it->e.family ||
+	    rule_target(it->fd, &q, &want, &want_len) != 0)
+		return 0;
+	if (path)
+		return !strncmp(want.sun_path, path, sizeof(want.sun_path));
+	return !REAL(getpeername)(it->fd, (struct sockaddr *)&got, &got_len) &&
+	       got_len == want_len && !memcmp(&got, &want, want_len);
+}
+
+/* Pass 3: is the socket really one we converted?  Bound to one of the files, or accepted
+ * from one the rules put the announced local address at, or a client whose peer is
+ * where the rules send the announced peer address. */
+static int socket_genuine(const struct import *im, const struct sock_item *it)
+{
+	const struct known_file *k = (const void *)im->files.data;
+
+	for (size_t i = 0; i < im->files.len / sizeof(*k); i++) {
+		if (!unix_socket_file((ino_t)it->sock_ino, &k[i].st))
+			continue;
+		if (it->e.role != ROLE_ACCEPTED) /* bound there: the file was adopted */
+			return sockfile_by_socket((ino_t)it->sock_ino) >= 0;
+		return rules_lead_to(it, DIR_IN, &it->e.local, k[i].path);
+	}
+	return it->e.role == ROLE_CLIENT && rules_lead_to(it, DIR_OUT, &it->e.peer, NULL);
+}
+
+static void take_socket(struct sock_item *it)
+{
+	it->e.sockfile = sockfile_by_socket((ino_t)it->sock_ino);
+	fd_store(it->fd, &it->e);
+	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", it->fd);
+}
+
+/* The items of one variable for this pass; -1 when malformed. */
+static int inherit_part(const char *s, struct import *im)
+{
+	struct sock_item it;
+	struct file_item f;
+
 	while (*s) {
-		if ((*s == 'f' ? get_file(&s) : get_socket(&s)))
-			return -1;
+		if (*s == 'f') {
+			if (get_file(&s, &f))
+				return -1;
+			if (im->pass == 2)
+				take_file(im, &f);
+		} else {
+			if (get_socket(&s, &it))
+				return -1;
+			if (im->pass == 2)
+				continue;
+			if (socket_plausible(&it))
+				growbuf_add(&im->socks, &it, sizeof(it));
+			else
+				im->ignored++;
+		}
 	}
 	return 0;
 }
@@ -394,20 +534,45 @@ static const char *part_name(char *buf, int n)
 	return buf;
 }
 
-void inherit_init(void)
+/* Pass im->pass over every variable; -1 (logged) when one is malformed. */
+static int inherit_pass(struct import *im)
 {
 	char name[PART_NAME_MAX];
 	const char *s;
-	int n;
 
-	for (n = 0; (s = getenv(part_name(name, n))) != NULL; n++) {
-		if (inherit_part(s)) {
+	for (int n = 0; (s = getenv(part_name(name, n))) != NULL; n++) {
+		if (inherit_part(s, im)) {
 			ulog(LOG_WARN_, "%s is malformed; inherited sockets keep their Unix "
 			     "addresses", name);
-			break;
+			return -1;
 		}
 	}
+	return 0;
+}
+
+void inherit_init(void)
+{
+	struct import im = { .pass = 1 };
+	char name[PART_NAME_MAX];
+	struct sock_item *it;
+
+	if (!getenv("UNIXIFY_INHERIT"))
+		return;
+	if (!inherit_pass(&im) && (im.pass = 2, !inherit_pass(&im))) {
+		it = (void *)im.socks.data;
+		for (size_t i = 0; i < im.socks.len / sizeof(*it); i++) {
+			if (socket_genuine(&im, &it[i]))
+				take_socket(&it[i]);
+			else
+				im.ignored++;
+		}
+		if (im.ignored)
+			ulog(LOG_WARN_, "UNIXIFY_INHERIT: ignored %d items that are not sockets "
+			     "or socket files of ours", im.ignored);
+	}
+	growbuf_free(&im.socks);
+	growbuf_free(&im.files);
 	/* what we pass on is made afresh at each exec */
-	for (n = 0; getenv(part_name(name, n)); n++)
+	for (int n = 0; getenv(part_name(name, n)); n++)
 		unsetenv(name);
 }

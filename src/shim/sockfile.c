@@ -34,8 +34,9 @@ static size_t sockfiles_size;
 
 struct diag_query {
 	uint32_t sock_ino;   /* exact lookup by socket inode, or 0 */
-	uint32_t vfs_ino;    /* else: find a socket bound to this file */
-	uint32_t vfs_dev;
+	uint32_t vfs_ino;    /* else: find a socket bound to this file; */
+	uint32_t vfs_dev;    /* with want_vfs, the exact lookup's file found */
+	int want_vfs;
 };
 
 static int diag_open_and_send(const struct diag_query *q)
@@ -56,7 +57,7 @@ static int diag_open_and_send(const struct diag_query *q)
 	msg.req.sdiag_family = AF_UNIX;
 	msg.req.udiag_states = ~0u;
 	msg.req.udiag_ino = q->sock_ino;
-	msg.req.udiag_show = q->sock_ino ? 0 : UDIAG_SHOW_VFS;
+	msg.req.udiag_show = q->sock_ino && !q->want_vfs ? 0 : UDIAG_SHOW_VFS;
 	msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0u; /* no cookie check */
 	if (REAL(sendto)(nl, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel,
 			 sizeof(kernel)) < 0) {
@@ -66,7 +67,8 @@ static int diag_open_and_send(const struct diag_query *q)
 	return nl;
 }
 
-static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
+/* The file of the socket in h, in q's vfs fields: 1, or 0 when it has none. */
+static int vfs_of(const struct nlmsghdr *h, struct diag_query *q)
 {
 	const struct unix_diag_msg *m = NLMSG_DATA(h);
 	int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
@@ -77,8 +79,9 @@ static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
 		    a->nla_len >= NLA_HDRLEN + sizeof(struct unix_diag_vfs)) {
 			const struct unix_diag_vfs *v = (const void *)((const char *)a + NLA_HDRLEN);
 
-			if (v->udiag_vfs_ino == q->vfs_ino && v->udiag_vfs_dev == q->vfs_dev)
-				return 1;
+			q->vfs_ino = v->udiag_vfs_ino;
+			q->vfs_dev = v->udiag_vfs_dev;
+			return 1;
 		}
 		len -= NLA_ALIGN(a->nla_len);
 		a = (const struct nlattr *)((const char *)a + NLA_ALIGN(a->nla_len));
@@ -86,8 +89,15 @@ static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
 	return 0;
 }
 
+static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
+{
+	struct diag_query found = *q;
+
+	return vfs_of(h, &found) && found.vfs_ino == q->vfs_ino && found.vfs_dev == q->vfs_dev;
+}
+
 /* 1: found, 0: not found, -1: sock_diag unavailable. */
-static int diag_find(const struct diag_query *q)
+static int diag_find(struct diag_query *q)
 {
 	char buf[16384] __attribute__((aligned(8)));
 	int nl = diag_open_and_send(q);
@@ -119,7 +129,9 @@ static int diag_find(const struct diag_query *q)
 			}
 			if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY)
 				continue;
-			if (q->sock_ino || vfs_matches(h, q))
+			if (q->want_vfs)
+				found = vfs_of(h, q);
+			else if (q->sock_ino || vfs_matches(h, q))
 				found = 1;
 			if (q->sock_ino)
 				done = 1; /* an exact lookup answers with one message */
@@ -138,6 +150,16 @@ int unix_socket_alive(ino_t sock_ino)
 
 	errno = saved;
 	return r;
+}
+
+int unix_socket_file(ino_t sock_ino, const struct stat *st)
+{
+	struct diag_query q = { .sock_ino = (uint32_t)sock_ino, .want_vfs = 1 };
+	int saved = errno, r = diag_find(&q);
+
+	errno = saved;
+	return r > 0 && q.vfs_ino == (uint32_t)st->st_ino &&
+	       q.vfs_dev == (uint32_t)(major(st->st_dev) << 20 | minor(st->st_dev));
 }
 
 /* Is a socket bound to the file at path?  1 yes, 0 no (stale). */

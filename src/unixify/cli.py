@@ -162,7 +162,10 @@ def is_static_elf(path: str) -> bool:
 def build_environment(rules: list[Rule], encoded: bytes, verbosity: int) -> dict[str, str]:
     from unixify.shim import library_path
 
-    env = dict(os.environ)
+    # UNIXIFY_INHERIT (and its _1, _2... parts) is the library's message from an exec
+    # inside a wrapped program to its new image; from our caller it is stale or forged.
+    env = {k: v for k, v in os.environ.items()
+           if k != "UNIXIFY_INHERIT" and not k.startswith("UNIXIFY_INHERIT_")}
     library = library_path()
     preload = env.get("LD_PRELOAD", "").strip()
     env["LD_PRELOAD"] = f"{library} {preload}" if preload else library
