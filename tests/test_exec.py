@@ -113,10 +113,10 @@ def file_item(path: Path, sock_ino: int = 123456789) -> str:
 
 
 def run_forged(inherit: str, code: str = "pass",
-               **kwargs: object) -> subprocess.CompletedProcess[str]:
+               stdin: int | None = None) -> subprocess.CompletedProcess[str]:
     env = preloaded_env(UNIXIFY_RULES="UFY1", UNIXIFY_INHERIT=inherit)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=20, **kwargs)  # type: ignore[call-overload]
+                          text=True, timeout=20, stdin=stdin)
 
 
 def test_forged_file_item_does_not_remove_a_regular_file(tmp_path: Path) -> None:

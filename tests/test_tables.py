@@ -38,10 +38,10 @@ LISTENERS = 1000
 # socket files left while still running), or "exec" (passes them all to AFTER_EXEC).
 MANY = textwrap.dedent("""\
     import ctypes, os, resource, socket, sys
-    base, how, sockdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    base, count, how, sockdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     socks = []
-    for port in range(base, base + %d):
+    for port in range(base, base + count):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind(("127.0.0.1", port)); s.listen(1)
         socks.append(s)
@@ -55,11 +55,11 @@ MANY = textwrap.dedent("""\
         for s in socks:
             s.set_inheritable(True)
         fds = ",".join(str(s.detach()) for s in socks)
-        os.execv(sys.executable, [sys.executable, "-c", sys.argv[4], fds])
+        os.execv(sys.executable, [sys.executable, "-c", sys.argv[5], fds])
     else:  # exit with the sockets open: the library closes them and removes the files
         fds = [s.detach() for s in socks]
     print("left", len(os.listdir(sockdir)), flush=True)
-""" % LISTENERS)
+""")
 
 AFTER_EXEC = textwrap.dedent("""\
     import socket, sys
@@ -72,7 +72,7 @@ def run_many(how: str, sockdir: Path) -> tuple[dict[str, str], str]:
     """What MANY printed, and its log lines."""
     base = 20000
     result = run_wrapped([f"in,path={sockdir}/%p.sock"],
-                         [sys.executable, "-c", MANY, str(base), how, str(sockdir),
+                         [sys.executable, "-c", MANY, str(base), str(LISTENERS), how, str(sockdir),
                           AFTER_EXEC], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return dict(line.split(" ", 1) for line in result.stdout.splitlines()), result.stderr
