@@ -15,9 +15,9 @@
  *
  * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  Past 64 KiB
  * the items go on in UNIXIFY_INHERIT_1, _2, ...: the kernel takes no environment string
- * over 128 KiB, and a thousand listeners need more.  A file is
- * adopted only while the path is still that file, a socket only while its fd is still
- * that socket: the program may close or move fds between fork and exec.  A pending
+ * over 128 KiB, and a thousand listeners need more.  The new image checks every item
+ * (see "import" below): the program may close or move fds between fork and exec, and
+ * whoever starts a program can set its environment.  A pending
  * socket (made Unix on a guess) becomes the IP socket it stands for before exec: the
  * new image could not finish the guess.
  *
@@ -329,9 +329,8 @@ static int get_hex(const char **s, void *out, size_t n, int exact, size_t *len)
  * inode.  Then files (pass 2): the path must be that socket file (lstat, no symlink),
  * and either bound to a socket we now hold (sock_diag: the socket's file is this inode)
  * or -- its socket gone, closed by exec -- a stale file of our own uid that no socket
- * is bound to.  A file item of
- * a socket still alive elsewhere is not ours to remove, but names a file a socket of
- * ours may have been accepted from.  Last (pass 3): a socket is taken back only if
+ * is bound to.  A file item of a socket still alive elsewhere is not ours to remove,
+ * but names a file a socket of ours may have been accepted from.  Last (pass 3): a socket is taken back only if
  * sock_diag says it is bound to, or accepted from, one of those files, or -- a client
  * -- its peer is where the rules send the announced peer address.  So a plain Unix
  * socket the program has of its own is never relabelled, and no file that was not one
@@ -427,11 +426,21 @@ static const struct sock_item *held(const struct import *im, unsigned long sock_
 	return NULL;
 }
 
+/* Is the socket sock_ino bound to, or accepted from, the file st? */
+static int socket_of_file(unsigned long sock_ino, const struct stat *st)
+{
+	dev_t dev;
+	ino_t ino;
+
+	return unix_socket_file((ino_t)sock_ino, &dev, &ino) && dev == st->st_dev &&
+	       ino == st->st_ino;
+}
+
 /* Pass 2: adopt the file if it is ours to remove. */
 static void take_file(struct import *im, const struct file_item *f)
 {
 	struct known_file k;
-	int alive;
+	int alive, ours;
 
 	if (lstat(f->path, &k.st))
 		return; /* gone: nothing to remove */
@@ -440,20 +449,19 @@ static void take_file(struct import *im, const struct file_item *f)
 		return;
 	}
 	alive = unix_socket_alive((ino_t)f->sock_ino);
-	if (alive > 0 && unix_socket_file((ino_t)f->sock_ino, &k.st)) {
+	if (alive > 0 && socket_of_file(f->sock_ino, &k.st)) {
 		memcpy(k.path, f->path, sizeof(k.path));
 		growbuf_add(&im->files, &k, sizeof(k)); /* sockets may come from it */
-		if (held(im, f->sock_ino))
-			sockfile_adopt(f->path, k.st.st_dev, k.st.st_ino, (ino_t)f->sock_ino,
-				       (int)f->noremove);
+		ours = held(im, f->sock_ino) != NULL;
+	} else if (alive == 0 && k.st.st_uid == geteuid() && !socket_file_live(f->path, &k.st)) {
+		ours = 1;
+	} else {
+		im->ignored++;
 		return;
 	}
-	if (alive == 0 && k.st.st_uid == geteuid() && !socket_file_live(f->path, &k.st)) {
+	if (ours)
 		sockfile_adopt(f->path, k.st.st_dev, k.st.st_ino, (ino_t)f->sock_ino,
 			       (int)f->noremove);
-		return;
-	}
-	im->ignored++;
 }
 
 /* Do the rules send a socket with addr in direction dir to (path, or the Unix name of
@@ -480,9 +488,13 @@ static int rules_lead_to(const struct sock_item *it, int dir, const struct ipadd
 static int socket_genuine(const struct import *im, const struct sock_item *it)
 {
 	const struct known_file *k = (const void *)im->files.data;
+	dev_t dev;
+	ino_t ino;
 
-	for (size_t i = 0; i < im->files.len / sizeof(*k); i++) {
-		if (!unix_socket_file((ino_t)it->sock_ino, &k[i].st))
+	if (!unix_socket_file((ino_t)it->sock_ino, &dev, &ino))
+		k = NULL; /* no file: a client, if anything */
+	for (size_t i = 0; k && i < im->files.len / sizeof(*k); i++) {
+		if (k[i].st.st_dev != dev || k[i].st.st_ino != ino)
 			continue;
 		if (it->e.role != ROLE_ACCEPTED) /* bound there: the file was adopted */
 			return sockfile_by_socket((ino_t)it->sock_ino) >= 0;

@@ -275,9 +275,9 @@ void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);
-/* Is the socket with inode sock_ino bound to the file st (a listener), or accepted from
- * a socket bound there?  1 yes, 0 no or cannot tell. */
-int unix_socket_file(ino_t sock_ino, const struct stat *st);
+/* The file the socket with inode sock_ino is bound to, or was accepted from: 1 with its
+ * dev and ino as stat reports them; 0 when it has none or we cannot tell. */
+int unix_socket_file(ino_t sock_ino, dev_t *dev, ino_t *ino);
 /* Is a socket, in this network namespace or another, bound to the file at path (st its
  * lstat)?  1 yes, 0 no: a stale file. */
 int socket_file_live(const char *path, const struct stat *st);

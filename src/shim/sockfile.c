@@ -152,14 +152,17 @@ int unix_socket_alive(ino_t sock_ino)
 	return r;
 }
 
-int unix_socket_file(ino_t sock_ino, const struct stat *st)
+int unix_socket_file(ino_t sock_ino, dev_t *dev, ino_t *ino)
 {
 	struct diag_query q = { .sock_ino = (uint32_t)sock_ino, .want_vfs = 1 };
 	int saved = errno, r = diag_find(&q);
 
 	errno = saved;
-	return r > 0 && q.vfs_ino == (uint32_t)st->st_ino &&
-	       q.vfs_dev == (uint32_t)(major(st->st_dev) << 20 | minor(st->st_dev));
+	if (r <= 0)
+		return 0;
+	*dev = makedev(q.vfs_dev >> 20, q.vfs_dev & 0xfffff); /* the kernel's own dev_t */
+	*ino = q.vfs_ino;
+	return 1;
 }
 
 /* Is a socket bound to the file at path?  1 yes, 0 no (stale). */
