@@ -24,16 +24,20 @@
 
 #include "shim.h"
 
-#define MAX_SOCKFILES 256
-
-static struct sockfile sockfiles[MAX_SOCKFILES];
+/* The records, in memory from mmap that grows by doubling; only touched with the lock
+ * held, so growing may move them.  Indexes stay valid: records are never moved among
+ * themselves. */
+static struct sockfile *sockfiles;
+static int n_sockfiles;
+static size_t sockfiles_size;
 
 /* ---- sock_diag ---- */
 
 struct diag_query {
-	uint32_t sock_ino;   /* exact lookup by socket inode (vfs_* then set), or 0 */
-	uint32_t vfs_ino;    /* else: find a socket bound to this file */
-	uint32_t vfs_dev;
+	uint32_t sock_ino;   /* exact lookup by socket inode, or 0 */
+	uint32_t vfs_ino;    /* else: find a socket bound to this file; */
+	uint32_t vfs_dev;    /* with want_vfs, the exact lookup's file found */
+	int want_vfs;
 };
 
 static int diag_open_and_send(const struct diag_query *q)
@@ -54,7 +58,7 @@ static int diag_open_and_send(const struct diag_query *q)
 	msg.req.sdiag_family = AF_UNIX;
 	msg.req.udiag_states = ~0u;
 	msg.req.udiag_ino = q->sock_ino;
-	msg.req.udiag_show = UDIAG_SHOW_VFS;
+	msg.req.udiag_show = q->sock_ino && !q->want_vfs ? 0 : UDIAG_SHOW_VFS;
 	msg.req.udiag_cookie[0] = msg.req.udiag_cookie[1] = ~0u; /* no cookie check */
 	if (REAL(sendto)(nl, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel,
 			 sizeof(kernel)) < 0) {
@@ -64,8 +68,8 @@ static int diag_open_and_send(const struct diag_query *q)
 	return nl;
 }
 
-/* The file a socket in a sock_diag message is bound to: 1 and *v set, or 0. */
-static int vfs_of(const struct nlmsghdr *h, struct unix_diag_vfs *v)
+/* The file of the socket in h, in q's vfs fields: 1, or 0 when it has none. */
+static int vfs_of(const struct nlmsghdr *h, struct diag_query *q)
 {
 	const struct unix_diag_msg *m = NLMSG_DATA(h);
 	int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
@@ -73,8 +77,11 @@ static int vfs_of(const struct nlmsghdr *h, struct unix_diag_vfs *v)
 
 	while (len >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) && a->nla_len <= len) {
 		if ((a->nla_type & NLA_TYPE_MASK) == UNIX_DIAG_VFS &&
-		    a->nla_len >= NLA_HDRLEN + sizeof(*v)) {
-			memcpy(v, (const char *)a + NLA_HDRLEN, sizeof(*v));
+		    a->nla_len >= NLA_HDRLEN + sizeof(struct unix_diag_vfs)) {
+			const struct unix_diag_vfs *v = (const void *)((const char *)a + NLA_HDRLEN);
+
+			q->vfs_ino = v->udiag_vfs_ino;
+			q->vfs_dev = v->udiag_vfs_dev;
 			return 1;
 		}
 		len -= NLA_ALIGN(a->nla_len);
@@ -83,18 +90,11 @@ static int vfs_of(const struct nlmsghdr *h, struct unix_diag_vfs *v)
 	return 0;
 }
 
-/* An exact lookup notes the socket's file in q; a dump looks for q's file. */
-static int vfs_matches(const struct nlmsghdr *h, struct diag_query *q)
+static int vfs_matches(const struct nlmsghdr *h, const struct diag_query *q)
 {
-	struct unix_diag_vfs v;
-	int has = vfs_of(h, &v);
+	struct diag_query found = *q;
 
-	if (q->sock_ino) {
-		q->vfs_ino = has ? v.udiag_vfs_ino : 0;
-		q->vfs_dev = has ? v.udiag_vfs_dev : 0;
-		return 1;
-	}
-	return has && v.udiag_vfs_ino == q->vfs_ino && v.udiag_vfs_dev == q->vfs_dev;
+	return vfs_of(h, &found) && found.vfs_ino == q->vfs_ino && found.vfs_dev == q->vfs_dev;
 }
 
 /* 1: found, 0: not found, -1: sock_diag unavailable. */
@@ -130,7 +130,9 @@ static int diag_find(struct diag_query *q)
 			}
 			if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY)
 				continue;
-			if (vfs_matches(h, q))
+			if (q->want_vfs)
+				found = vfs_of(h, q);
+			else if (q->sock_ino || vfs_matches(h, q))
 				found = 1;
 			if (q->sock_ino)
 				done = 1; /* an exact lookup answers with one message */
@@ -149,6 +151,19 @@ int unix_socket_alive(ino_t sock_ino)
 
 	errno = saved;
 	return r;
+}
+
+int unix_socket_file(ino_t sock_ino, dev_t *dev, ino_t *ino)
+{
+	struct diag_query q = { .sock_ino = (uint32_t)sock_ino, .want_vfs = 1 };
+	int saved = errno, r = diag_find(&q);
+
+	errno = saved;
+	if (r <= 0)
+		return 0;
+	*dev = makedev(q.vfs_dev >> 20, q.vfs_dev & 0xfffff); /* the kernel's own dev_t */
+	*ino = q.vfs_ino;
+	return 1;
 }
 
 /* Is a socket bound to the file at path?  1 yes, 0 no (stale). */
@@ -190,7 +205,7 @@ static int bound_here(int sock, const struct stat *st)
 
 	if (!S_ISSOCK(st->st_mode) || fstat(sock, &s))
 		return 0;
-	q = (struct diag_query){ .sock_ino = (uint32_t)s.st_ino };
+	q = (struct diag_query){ .sock_ino = (uint32_t)s.st_ino, .want_vfs = 1 };
 	switch (diag_find(&q)) {
 	case 1:
 		return q.vfs_ino == (uint32_t)st->st_ino;
@@ -203,6 +218,23 @@ static int bound_here(int sock, const struct stat *st)
 
 /* ---- the table of files we created ---- */
 
+/* With the lock held: room for one more record; its index, or -1. */
+static int sockfiles_grow(void)
+{
+	size_t size;
+	struct sockfile *p;
+
+	if ((size_t)(n_sockfiles + 1) * sizeof(*sockfiles) > sockfiles_size) {
+		p = map_resize(sockfiles, sockfiles_size,
+			       sockfiles_size ? 2 * sockfiles_size : 64 * sizeof(*sockfiles), &size);
+		if (!p)
+			return -1;
+		sockfiles = p;
+		sockfiles_size = size;
+	}
+	return n_sockfiles++;
+}
+
 /* Note that we made the file (st its lstat) for the socket with inode sock_ino. */
 static int record_file(const char *path, const struct stat *file, ino_t sock_ino,
 		       int noremove)
@@ -210,13 +242,15 @@ static int record_file(const char *path, const struct stat *file, ino_t sock_ino
 	int idx = -1;
 
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES; i++) {
+	for (int i = 0; i < n_sockfiles; i++) {
 		/* an older record for this path names a file that is gone now */
 		if (sockfiles[i].used && !strcmp(sockfiles[i].path, path))
 			sockfiles[i].used = 0;
 		if (!sockfiles[i].used && idx < 0)
 			idx = i;
 	}
+	if (idx < 0)
+		idx = sockfiles_grow();
 	if (idx >= 0) {
 		struct sockfile *f = &sockfiles[idx];
 
@@ -230,7 +264,8 @@ static int record_file(const char *path, const struct stat *file, ino_t sock_ino
 	}
 	state_unlock();
 	if (idx < 0)
-		ulog(LOG_WARN_, "too many socket files; %s will not be removed on close", path);
+		ulog(LOG_WARN_, "out of memory for socket files; %s will not be removed on close",
+		     path);
 	return idx;
 }
 
@@ -262,16 +297,13 @@ int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int n
 	return record_file(path, &file, sock_ino, noremove);
 }
 
-int sockfile_list(struct sockfile *out, int max)
+void sockfile_list(struct growbuf *out)
 {
-	int n = 0;
-
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES && n < max; i++)
+	for (int i = 0; i < n_sockfiles; i++)
 		if (sockfiles[i].used)
-			out[n++] = sockfiles[i];
+			growbuf_add(out, &sockfiles[i], sizeof(sockfiles[i]));
 	state_unlock();
-	return n;
 }
 
 int sockfile_by_socket(ino_t sock_ino)
@@ -279,7 +311,7 @@ int sockfile_by_socket(ino_t sock_ino)
 	int idx = -1;
 
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES && idx < 0; i++)
+	for (int i = 0; i < n_sockfiles && idx < 0; i++)
 		if (sockfiles[i].used && sockfiles[i].sock_ino == sock_ino)
 			idx = i;
 	state_unlock();
@@ -298,7 +330,7 @@ int sockfile_find(const char *path)
 	int found = -1;
 
 	state_lock();
-	for (int i = 0; i < MAX_SOCKFILES && found < 0; i++) {
+	for (int i = 0; i < n_sockfiles && found < 0; i++) {
 		int holders = 0;
 
 		if (!sockfiles[i].used || strcmp(sockfiles[i].path, path))
@@ -646,10 +678,12 @@ void sockfile_release(int idx)
 	struct sockfile f;
 	int alive;
 
-	if (idx < 0 || idx >= MAX_SOCKFILES)
+	if (idx < 0)
 		return;
 	state_lock();
-	f = sockfiles[idx];
+	f.used = idx < n_sockfiles && sockfiles[idx].used;
+	if (f.used)
+		f = sockfiles[idx];
 	state_unlock();
 	if (!f.used)
 		return;
@@ -670,36 +704,45 @@ void sockfile_release(int idx)
 		ulog(LOG_INFO_, "removed socket file %s", f.path);
 }
 
-struct fd_list {
-	int fds[64];
-	int n;
-};
-
 static void collect_fd(int fd, void *arg)
 {
-	struct fd_list *l = arg;
+	growbuf_add(arg, &fd, sizeof(fd));
+}
 
-	if (l->n < (int)(sizeof(l->fds) / sizeof(l->fds[0])))
-		l->fds[l->n++] = fd;
+/* Our fds on the socket of record i if it is ours to remove (1), else 0; i past the
+ * end: -1. */
+static int holders_to_close(int i, struct growbuf *fds)
+{
+	int ours;
+
+	state_lock();
+	ours = i < n_sockfiles ? sockfiles[i].used && !sockfiles[i].noremove : -1;
+	if (ours > 0)
+		fd_for_sockfile(i, collect_fd, fds);
+	state_unlock();
+	return ours;
 }
 
 /* At exit our own copies would keep the socket alive until the kernel closes them,
  * after we are gone.  Close them first, then see whether anybody else still holds it. */
 void sockfile_exit_cleanup(void)
 {
-	for (int i = 0; i < MAX_SOCKFILES; i++) {
-		struct fd_list l = { .n = 0 };
+	for (int i = 0;; i++) {
+		struct growbuf fds = { 0 };
 		struct fd_entry gone;
+		int ours = holders_to_close(i, &fds);
 
-		if (!sockfiles[i].used || sockfiles[i].noremove)
+		if (ours < 0)
+			break;
+		if (!ours)
 			continue;
-		state_lock();
-		fd_for_sockfile(i, collect_fd, &l);
-		state_unlock();
-		for (int j = 0; j < l.n; j++) {
-			fd_take(l.fds[j], &gone);
-			REAL(close)(l.fds[j]);
+		for (size_t j = 0; j < fds.len / sizeof(int); j++) {
+			int fd = ((const int *)fds.data)[j];
+
+			fd_take(fd, &gone);
+			REAL(close)(fd);
 		}
+		growbuf_free(&fds);
 		sockfile_release(i);
 	}
 }
