@@ -10,6 +10,8 @@ setup     connect+close loops against a C accept loop: native Unix client vs an 
 datagram  sendto+recvfrom round trips with addresses on both sides: native Unix
           datagram sockets vs a UDP pair converted by unixify (plus plain UDP).
 launcher  `unixify -r ... true` vs `python3 -c pass`.
+rules     connect+close converted by the last of 100,000 rules vs by the only rule, and
+          the start of a program that loads 100,000 rules vs one rule.
 
 Variants run interleaved, round after round, and the median of the rounds is compared,
 so drift on a busy machine hits all of them alike.  The targets of the foundation issue
@@ -150,9 +152,9 @@ def bench_datapath(rounds: int, quick: bool, targets: Targets) -> None:
                       ">=", 2.0)
 
 
-def run_number(args: list[str]) -> float:
+def run_number(args: list[str], env: dict[str, str] | None = None) -> float:
     """A helper program's one-number answer."""
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
     return float(out.strip())
 
 
@@ -250,16 +252,68 @@ def bench_launcher(rounds: int, quick: bool, targets: Targets) -> None:
                   results["unixify ... true"] / results["python3 -c pass"], "<=", 1.5)
 
 
+def rule_set(path: Path, last: str, count: int) -> Path:
+    """count rules, last one last; the others are for other ports, as when a program's
+    many listeners each get a rule."""
+    decoys = (f"out,port={1024 + i % 30000},path=/tmp/unused-%p.sock" for i in range(count - 1))
+    path.write_text("\n".join([*decoys, last]) + "\n")
+    return path
+
+
+def shim_environment(rules: Path) -> dict[str, str]:
+    """The environment the launcher gives a program for these rules."""
+    from unixify.shim import library_path
+
+    show = 'printf %s "$UNIXIFY_RULES"'
+    value = subprocess.run([*unixify(), "-f", str(rules), "sh", "-c", show],
+                           capture_output=True, text=True, check=True).stdout
+    return {**os.environ, "LD_PRELOAD": library_path(), "UNIXIFY_RULES": value}
+
+
+def bench_rules(rounds: int, quick: bool, targets: Targets) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
+    loop = build(tmp, "connloop")
+    sock = tmp / "accept.sock"
+    count = "5000" if quick else "20000"
+    port = 31999  # above the decoys' ports; nothing listens: every connect converts
+    last = f"out,port={port},path={sock}"
+    many = shim_environment(rule_set(tmp / "many", last, 100_000))
+    one = shim_environment(rule_set(tmp / "one", last, 1))
+    client = [loop, "tcp", "127.0.0.1", str(port)]
+
+    def started(env: dict[str, str]) -> Callable[[], float]:
+        def measure() -> float:
+            start = time.perf_counter()
+            subprocess.run([*client, "1"], env=env, check=True, stdout=subprocess.DEVNULL)
+            return (time.perf_counter() - start) * 1000
+        return measure
+
+    with background([loop, "server", str(sock)]):
+        wait_until(sock.is_socket, "accept loop")
+        results = interleave({"1 rule": lambda: run_number([*client, count], one),
+                              "100,000 rules": lambda: run_number([*client, count], many)},
+                             rounds)
+        report(f"connection setup: {count} x socket+connect+close, the last rule converts",
+               "ns per connection", results, "1 rule")
+        targets.check("100,000 rules / 1 rule (time)",
+                      results["100,000 rules"] / results["1 rule"], "<=", 1.1)
+        start = interleave({"1 rule": started(one), "100,000 rules": started(many)}, rounds)
+    report("program start and one connection (rules read at the first socket call)",
+           "ms", start, "1 rule")
+    print(f"  100,000 rules load in {start['100,000 rules'] - start['1 rule']:.1f} ms")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["datapath", "setup", "datagram", "launcher", "all"])
+                        choices=["datapath", "setup", "datagram", "launcher", "rules", "all"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller runs (for CI)")
     args = parser.parse_args()
     targets = Targets()
     benches = {"datapath": bench_datapath, "setup": bench_setup, "datagram": bench_datagram,
-               "launcher": bench_launcher}
+               "launcher": bench_launcher, "rules": bench_rules}
     for name, bench in benches.items():
         if args.which in (name, "all"):
             bench(args.rounds, args.quick, targets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -101,3 +103,66 @@ def test_malformed_inherit_variable_is_one_warning(sockdir: Path) -> None:
                             text=True, timeout=20)
     assert result.returncode == 0 and result.stdout == "None\n"
     assert result.stderr.count("\n") == 1 and "UNIXIFY_INHERIT is malformed" in result.stderr
+
+
+# A forged UNIXIFY_INHERIT: what the library must not believe.
+
+def file_item(path: Path, sock_ino: int = 123456789) -> str:
+    st = os.lstat(path)
+    return f"f,{sock_ino},0,{st.st_dev},{st.st_ino},{bytes(path).hex()};"
+
+
+def run_forged(inherit: str, code: str = "pass",
+               stdin: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = preloaded_env(UNIXIFY_RULES="UFY1", UNIXIFY_INHERIT=inherit)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=20, stdin=stdin)
+
+
+def test_forged_file_item_does_not_remove_a_regular_file(tmp_path: Path) -> None:
+    victim = tmp_path / "important.txt"
+    victim.write_text("keep me")
+    result = run_forged(file_item(victim))
+    assert victim.read_text() == "keep me"
+    assert result.returncode == 0 and result.stderr.count("\n") == 1, result.stderr
+    assert "UNIXIFY_INHERIT: ignored 1 item" in result.stderr
+
+
+def test_forged_file_item_spares_symlinks_and_live_sockets(sockdir: Path) -> None:
+    live = sockdir / "live.sock"
+    link = sockdir / "link"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(live))
+        listener.listen(1)
+        link.symlink_to(live)
+        # the live file, claimed for a made-up socket and for its real one
+        real_ino = os.fstat(listener.fileno()).st_ino
+        result = run_forged(file_item(link) + file_item(live) + file_item(live, real_ino))
+        assert result.returncode == 0, result.stderr
+        assert link.is_symlink() and live.exists()
+        assert live.is_socket()
+
+
+def test_forged_socket_item_does_not_relabel_a_plain_unix_socket() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ino = os.fstat(ours.fileno()).st_ino
+        addr = (socket.AF_INET.to_bytes(2, "little") + (80).to_bytes(2, "big")
+                + bytes([1, 2, 3, 4])).ljust(28, b"\0").hex()
+        for role in range(4):
+            item = f"s,0,{ino},{socket.SOCK_STREAM},{role},{socket.AF_INET},{addr},{addr};"
+            result = run_forged(item, "import socket; s = socket.socket(fileno=0); "
+                                "print(s.family.name, s.getpeername())", stdin=ours.fileno())
+            assert result.stdout == "AF_UNIX \n", (role, result.stdout, result.stderr)
+            assert "ignored 1 item" in result.stderr
+
+
+def test_launcher_clears_a_stale_inherit_variable(tmp_path: Path) -> None:
+    victim = tmp_path / "important.txt"
+    victim.write_text("keep me")
+    env = {**os.environ, "UNIXIFY_INHERIT": file_item(victim),
+           "UNIXIFY_INHERIT_1": file_item(victim)}
+    result = run_wrapped(["in,port=1,path=/tmp/nowhere.sock"],
+                         [sys.executable, "-c", "pass"], env=env)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert victim.read_text() == "keep me"

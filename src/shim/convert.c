@@ -185,6 +185,32 @@ int materialize(int fd)
 	return replace_fd(fd, sock, &flags, &e);
 }
 
+void claim_mark(int fd, const struct fd_entry *old, int dir, int err)
+{
+	struct fd_entry *e;
+	int saved = errno;
+
+	state_lock();
+	e = fd_get(fd, err != 0);
+	if (e && e->kind == FD_NONE && old->kind == FD_IP && err)
+		*e = *old; /* an IP socket we learnt of from the kernel */
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+		e->claim_errno = (uint8_t)(err >= 0 && err < 256 ? err : EACCES);
+		e->claim_dir = (uint8_t)dir;
+	}
+	state_unlock();
+	errno = saved; /* fd_get's mmap may fail */
+}
+
+int claim_refuses(const struct fd_entry *e, int dir)
+{
+	if (!e->claim_errno || (e->kind != FD_IP && e->kind != FD_PENDING) ||
+	    (dir != DIR_ANY && e->claim_dir != dir))
+		return 0;
+	errno = e->claim_errno;
+	return -1;
+}
+
 int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
 {
 	size_t len = strlen(name);
@@ -232,6 +258,7 @@ int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
 	char text[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
 	int idx;
 
+	rules_need();
 	if (rules_state == RULES_NONE)
 		return 1;
 	if (rules_state == RULES_BROKEN) {
@@ -313,6 +340,8 @@ static void new_entry(struct fd_entry *e, const struct fd_entry *old, int role)
 	e->role = (uint8_t)role;
 	e->opts_set = 0;
 	e->sockfile = -1;
+	e->claim_errno = 0;
+	e->claim_dir = 0;
 }
 
 /* The address a converted listener reports: what it asked for, with a port if it
@@ -466,7 +495,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	}
 	new_entry(&e, old, ROLE_LISTENER);
 	listener_local(&e.local, addr);
-	e.sockfile = (int16_t)(idx >= 0 ? idx : -1);
+	e.sockfile = (idx >= 0 ? idx : -1);
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: listening on %s%s", fd,
@@ -601,7 +630,7 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	new_entry(&e, old, ROLE_CLIENT);
 	client_local(&e.local, old->family, addr);
 	e.peer = *addr;
-	e.sockfile = (int16_t)idx;
+	e.sockfile = idx;
 	if (old->type == SOCK_DGRAM)
 		peers_remember(&sun, (socklen_t)len, addr);
 	if (install(fd, sock, &flags, &e))
@@ -624,7 +653,7 @@ int convert_sender(int fd, const struct fd_entry *old)
 		return -1;
 	new_entry(&e, old, ROLE_NONE);
 	client_local(&e.local, old->family, &old->local);
-	e.sockfile = (int16_t)idx;
+	e.sockfile = idx;
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: datagram socket converted for sending", fd);

@@ -432,6 +432,8 @@ API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 	if (!vec || !fd_tracked(fd))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	fd_snapshot(fd, &e);
+	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
+		return -1;
 	if (e.kind != FD_CONVERTED && !(e.kind == FD_IP && e.type == SOCK_DGRAM))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	for (i = 0; i < vlen; i++) {

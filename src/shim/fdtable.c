@@ -5,13 +5,16 @@
  * A two-level table: chunks of CHUNK entries are mapped on first use, so a process
  * that never makes an IP socket pays nothing and one with a few sockets pays a page or
  * two.  Lookups that find nothing take no lock.  Changes take one short spinlock that
- * is never held across a system call that can block.  A signal handler that calls into
- * us while its own thread holds the lock (close() in a handler, say) waits for nobody:
- * it sees the per-thread flag and leaves the table alone.
+ * is never held across a system call that can block.  The thread holding it has its
+ * signals blocked: a handler's socket calls (async-signal-safe by POSIX) run once the
+ * lock is released and find the table whole, instead of interrupting an update half
+ * done.  Only a signal that cannot wait (a fault in our own code) could re-enter the
+ * lock on its thread; the depth counter then makes it see an empty table.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -26,15 +29,35 @@
 static _Atomic(struct fd_entry *) chunks[N_CHUNKS];
 static atomic_int lock_word;
 static __thread int lock_depth __attribute__((tls_model("initial-exec")));
+static __thread sigset_t lock_saved_mask __attribute__((tls_model("initial-exec")));
 
-/* Returns with the lock held, or -- re-entered from a signal handler on a thread that
- * already holds it -- without, in which case lock_depth tells fd_get to find nothing. */
+/* Every signal that can wait.  Faults stay open: blocked, the kernel would kill us. */
+static void deferrable_signals(sigset_t *set)
+{
+	static const int sync_signals[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS };
+
+	sigfillset(set);
+	for (unsigned i = 0; i < sizeof(sync_signals) / sizeof(sync_signals[0]); i++)
+		sigdelset(set, sync_signals[i]);
+}
+
+/* Returns with the lock held and this thread's signals blocked, or -- re-entered on a
+ * thread that already holds it, by a fault -- without, in which case lock_depth tells
+ * fd_get to find nothing. */
 void state_lock(void)
 {
-	int spins = 0;
+	int spins = 0, saved = errno;
+	sigset_t all, old;
 
-	if (lock_depth++)
+	if (lock_depth) {
+		lock_depth++;
 		return;
+	}
+	deferrable_signals(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	lock_depth = 1;
+	lock_saved_mask = old;
+	errno = saved;
 	while (atomic_exchange_explicit(&lock_word, 1, memory_order_acquire)) {
 		if (++spins > 64) {
 			sched_yield();
@@ -43,11 +66,19 @@ void state_lock(void)
 	}
 }
 
+/* Signals that arrived meanwhile are delivered here, with the lock free. */
 void state_unlock(void)
 {
-	if (lock_depth == 1)
-		atomic_store_explicit(&lock_word, 0, memory_order_release);
-	lock_depth--;
+	int saved = errno;
+
+	if (lock_depth != 1) {
+		lock_depth--;
+		return;
+	}
+	atomic_store_explicit(&lock_word, 0, memory_order_release);
+	lock_depth = 0;
+	pthread_sigmask(SIG_SETMASK, &lock_saved_mask, NULL);
+	errno = saved;
 }
 
 int state_locked_here(void)
@@ -69,6 +100,7 @@ static void atfork_child(void)
 {
 	atomic_store(&lock_word, 0);
 	lock_depth = 0;
+	pthread_sigmask(SIG_SETMASK, &lock_saved_mask, NULL);
 }
 
 __attribute__((constructor(101))) static void fdtable_init(void)
@@ -152,10 +184,8 @@ void fd_take(int fd, struct fd_entry *out)
 	state_unlock();
 }
 
-int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max)
+void fd_take_range(unsigned first, unsigned last, struct growbuf *sockfiles)
 {
-	int n = 0;
-
 	if (last >= MAX_FDS)
 		last = MAX_FDS - 1;
 	state_lock();
@@ -169,12 +199,11 @@ int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max)
 		e = fd_get((int)fd, 0);
 		if (!e || e->kind == FD_NONE || e->kind == FD_PASSED)
 			continue;
-		if (e->sockfile >= 0 && n < max)
-			sockfiles[n++] = e->sockfile;
+		if (e->sockfile >= 0)
+			growbuf_add(sockfiles, &e->sockfile, sizeof(e->sockfile));
 		fd_entry_init(e);
 	}
 	state_unlock();
-	return n;
 }
 
 void fd_for_each(void (*fn)(int fd, const struct fd_entry *e, void *), void *arg)

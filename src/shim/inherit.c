@@ -13,9 +13,11 @@
  *   item := "f," SOCK_INO "," NOREMOVE "," DEV "," INO "," PATH     a socket file
  *         | "s," FD "," SOCK_INO "," TYPE "," ROLE "," FAMILY "," LOCAL "," PEER
  *
- * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  A file is
- * adopted only while the path is still that file, a socket only while its fd is still
- * that socket: the program may close or move fds between fork and exec.  A pending
+ * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  Past 64 KiB
+ * the items go on in UNIXIFY_INHERIT_1, _2, ...: the kernel takes no environment string
+ * over 128 KiB, and a thousand listeners need more.  The new image checks every item
+ * (see "import" below): the program may close or move fds between fork and exec, and
+ * whoever starts a program can set its environment.  A pending
  * socket (made Unix on a guess) becomes the IP socket it stands for before exec: the
  * new image could not finish the guess.
  *
@@ -37,28 +39,22 @@
 
 #define VAR "UNIXIFY_INHERIT="
 #define VAR_LEN (sizeof(VAR) - 1)
-#define MAX_INHERIT 64
 #define NUM_MAX 21 /* a decimal unsigned long and its separator */
 #define SOCK_MAX (2 + 6 * NUM_MAX + 4 * sizeof(struct ipaddr))
 #define FILE_MAX (2 + 4 * NUM_MAX + 2 * sizeof(((struct sockfile *)0)->path))
 
 /* ---- export, in the process calling exec ---- */
 
-struct export {
-	int fds[MAX_INHERIT];
-	int n;
-};
-
+/* Converted and pending fds that survive exec, into a growbuf of ints. */
 static void collect(int fd, const struct fd_entry *e, void *arg)
 {
-	struct export *x = arg;
 	int flags;
 
-	if ((e->kind != FD_CONVERTED && e->kind != FD_PENDING) || x->n == MAX_INHERIT)
+	if (e->kind != FD_CONVERTED && e->kind != FD_PENDING)
 		return;
 	flags = REAL(fcntl)(fd, F_GETFD);
 	if (flags >= 0 && !(flags & FD_CLOEXEC))
-		x->fds[x->n++] = fd;
+		growbuf_add(arg, &fd, sizeof(fd));
 }
 
 static char *put_hex(char *p, const void *data, size_t len)
@@ -107,50 +103,107 @@ static char *put_file(char *p, const struct sockfile *f)
 	return p;
 }
 
+/* One variable's value stays well below the kernel's limit for one string
+ * (MAX_ARG_STRLEN, 128 KiB): the items go into UNIXIFY_INHERIT, UNIXIFY_INHERIT_1, ... */
+#define PART_LIMIT 65536
+#define ITEM_MAX (SOCK_MAX > FILE_MAX ? SOCK_MAX : FILE_MAX)
+#define PART_NAME_MAX (VAR_LEN + 12)
+
+/* Is v one of our variables ("UNIXIFY_INHERIT=" or "UNIXIFY_INHERIT_N=")? */
+static int inherit_var(const char *v)
+{
+	if (strncmp(v, VAR, VAR_LEN - 1))
+		return 0;
+	v += VAR_LEN - 1;
+	if (*v == '_')
+		v += strspn(v + 1, "0123456789") + 1;
+	return *v == '=';
+}
+
+struct parts {
+	char **vars; /* where the next variable's pointer goes */
+	char *start; /* the variable being written */
+	char *body;  /* its value */
+	char *p;
+	int n;
+};
+
+/* Room for one more item: end the variable being written if it is full, start one. */
+static void part_room(struct parts *x)
+{
+	if (x->start && x->p - x->start + ITEM_MAX < PART_LIMIT)
+		return;
+	if (x->start) {
+		*x->p++ = 0;
+		*x->vars++ = x->start;
+	}
+	x->start = x->p;
+	if (x->n++)
+		x->p += sprintf(x->p, "%.*s_%d=", (int)VAR_LEN - 1, VAR, x->n - 1);
+	else
+		x->p = (char *)memcpy(x->p, VAR, VAR_LEN) + VAR_LEN;
+	x->body = x->p;
+}
+
+/* envp without our variables, then ours (made from files and fds), in out. */
+static void fill_envp(char **out, size_t n_ptrs, char *const *envp,
+		      const struct growbuf *files, const struct growbuf *fds)
+{
+	const struct sockfile *f = (const void *)files->data;
+	const int *fd = (const void *)fds->data;
+	struct parts x = { .vars = out, .p = (char *)(out + n_ptrs) };
+
+	for (char *const *v = envp; *v; v++)
+		if (!inherit_var(*v))
+			*x.vars++ = *v;
+	for (size_t i = 0; i < files->len / sizeof(*f); i++) { /* files first: sockets need them */
+		part_room(&x);
+		x.p = put_file(x.p, &f[i]);
+	}
+	for (size_t i = 0; i < fds->len / sizeof(*fd); i++) {
+		part_room(&x);
+		x.p = put_socket(x.p, fd[i]);
+	}
+	if (x.start && x.p > x.body) {
+		*x.p = 0;
+		*x.vars++ = x.start;
+	}
+	*x.vars = NULL;
+}
+
 /* An environment for exec: envp without any UNIXIFY_INHERIT, plus ours if we have one.
  * Returns envp itself when there is nothing to pass; else memory to release with
  * inherit_release(). */
 static char *const *inherit_envp(char *const *envp, size_t *mapped)
 {
-	struct sockfile files[MAX_INHERIT];
-	struct export x = { .n = 0 };
-	int n_files = sockfile_list(files, MAX_INHERIT), saved = errno;
-	size_t n_env = 0, size;
-	char **out, *text, *p;
+	struct growbuf files = { 0 }, fds = { 0 };
+	size_t n_env = 0, text, n_ptrs;
+	char **out = NULL;
+	int saved = errno;
 
 	*mapped = 0;
+	sockfile_list(&files);
 	state_lock();
-	fd_for_each(collect, &x);
+	fd_for_each(collect, &fds);
 	state_unlock();
-	if ((!x.n && !n_files) || !envp)
-		return envp;
-	while (envp[n_env])
-		n_env++;
-	size = (n_env + 2) * sizeof(char *) + VAR_LEN + (size_t)x.n * SOCK_MAX +
-	       (size_t)n_files * FILE_MAX + 1;
-	out = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (out == MAP_FAILED) {
-		errno = saved;
-		return envp;
+	if ((files.len || fds.len) && envp) {
+		while (envp[n_env])
+			n_env++;
+		text = fds.len / sizeof(int) * SOCK_MAX +
+		       files.len / sizeof(struct sockfile) * FILE_MAX;
+		n_ptrs = n_env + 2 + text / (PART_LIMIT - ITEM_MAX - PART_NAME_MAX);
+		out = map_resize(NULL, 0, n_ptrs * sizeof(char *) + text +
+				 (n_ptrs - n_env) * (PART_NAME_MAX + 1), mapped);
 	}
-	text = p = (char *)(out + n_env + 2);
-	memcpy(p, VAR, VAR_LEN);
-	p += VAR_LEN;
-	for (int i = 0; i < n_files; i++) /* files first: sockets refer to them */
-		p = put_file(p, &files[i]);
-	for (int i = 0; i < x.n; i++)
-		p = put_socket(p, x.fds[i]);
-	*p = 0;
-	n_env = 0;
-	for (char *const *v = envp; *v; v++)
-		if (strncmp(*v, VAR, VAR_LEN))
-			out[n_env++] = *v;
-	if (p > text + VAR_LEN)
-		out[n_env++] = text;
-	out[n_env] = NULL;
-	*mapped = size;
+	if (out)
+		fill_envp(out, n_ptrs, envp, &files, &fds);
+	if (files.failed || fds.failed || ((files.len || fds.len) && envp && !out))
+		ulog(LOG_WARN_, "out of memory before exec; converted sockets may not all be "
+		     "passed on");
+	growbuf_free(&files);
+	growbuf_free(&fds);
 	errno = saved;
-	return out;
+	return out ? out : envp;
 }
 
 static void inherit_release(char *const *env, size_t mapped)
@@ -270,69 +323,268 @@ static int get_hex(const char **s, void *out, size_t n, int exact, size_t *len)
 	return 0;
 }
 
-/* "f,…;" at *s: take over the file's record if the file is still the one made. */
-static int get_file(const char **s)
-{
+/*
+ * The variable comes from our caller, who may be anybody: an item is a claim to check.
+ * Sockets first (pass 1): the fd must be an AF_UNIX socket of the announced type and
+ * inode.  Then files (pass 2): the path must be that socket file (lstat, no symlink),
+ * and either bound to a socket we now hold (sock_diag: the socket's file is this inode)
+ * or -- its socket gone, closed by exec -- a stale file of our own uid that no socket
+ * is bound to.  A file item of a socket still alive elsewhere is not ours to remove,
+ * but names a file a socket of ours may have been accepted from.  Last (pass 3): a socket is taken back only if
+ * sock_diag says it is bound to, or accepted from, one of those files, or -- a client
+ * -- its peer is where the rules send the announced peer address.  So a plain Unix
+ * socket the program has of its own is never relabelled, and no file that was not one
+ * of ours is removed.
+ */
+struct sock_item {
+	int fd;
+	unsigned long sock_ino;
+	struct fd_entry e;
+};
+
+struct file_item {
 	unsigned long sock_ino, dev, ino;
-	char path[sizeof(((struct sockfile *)0)->path)];
 	unsigned noremove;
+	char path[sizeof(((struct sockfile *)0)->path)];
+};
+
+struct known_file {
+	struct stat st;
+	char path[sizeof(((struct sockfile *)0)->path)];
+};
+
+struct import {
+	int pass;               /* 1 sockets, 2 files */
+	struct growbuf socks;   /* struct sock_item that passed pass 1 */
+	struct growbuf files;   /* struct known_file: files named by trustworthy items */
+	int ignored;
+};
+
+static int get_file(const char **s, struct file_item *f)
+{
 	size_t len;
 	int used = 0;
 
-	if (sscanf(*s, "f,%lu,%u,%lu,%lu,%n", &sock_ino, &noremove, &dev, &ino, &used) != 4 ||
-	    !used)
+	if (sscanf(*s, "f,%lu,%u,%lu,%lu,%n", &f->sock_ino, &f->noremove, &f->dev, &f->ino,
+		   &used) != 4 || !used)
 		return -1;
 	*s += used;
-	if (get_hex(s, path, sizeof(path) - 1, 0, &len) || (*s)[-1] != ';')
+	if (get_hex(s, f->path, sizeof(f->path) - 1, 0, &len) || (*s)[-1] != ';')
 		return -1;
-	path[len] = 0;
-	sockfile_adopt(path, (dev_t)dev, (ino_t)ino, (ino_t)sock_ino, (int)noremove);
+	f->path[len] = 0;
 	return 0;
 }
 
-/* "s,…;" at *s: the fd is a converted socket again, if it still is the same socket
- * (the program may close or move fds between fork and exec). */
-static int get_socket(const char **s)
+static int get_socket(const char **s, struct sock_item *it)
 {
-	unsigned long sock_ino;
 	unsigned type, role, family;
-	struct fd_entry e;
-	struct stat st;
 	size_t len;
-	int fd, used = 0;
+	int used = 0;
 
-	fd_entry_init(&e);
-	if (sscanf(*s, "s,%d,%lu,%u,%u,%u,%n", &fd, &sock_ino, &type, &role, &family,
+	fd_entry_init(&it->e);
+	if (sscanf(*s, "s,%d,%lu,%u,%u,%u,%n", &it->fd, &it->sock_ino, &type, &role, &family,
 		   &used) != 5 || !used)
 		return -1;
 	*s += used;
-	if (get_hex(s, &e.local, sizeof(e.local), 1, &len) || (*s)[-1] != ',' ||
-	    get_hex(s, &e.peer, sizeof(e.peer), 1, &len) || (*s)[-1] != ';')
+	if (get_hex(s, &it->e.local, sizeof(it->e.local), 1, &len) || (*s)[-1] != ',' ||
+	    get_hex(s, &it->e.peer, sizeof(it->e.peer), 1, &len) || (*s)[-1] != ';')
 		return -1;
-	if (fd < 0 || fstat(fd, &st) || !S_ISSOCK(st.st_mode) || st.st_ino != sock_ino)
+	it->e.kind = FD_CONVERTED;
+	it->e.type = (uint8_t)type;
+	it->e.role = (uint8_t)role;
+	it->e.family = (uint8_t)family;
+	return 0;
+}
+
+static int sockopt_is(int fd, int name, int want)
+{
+	socklen_t len = sizeof(int);
+	int v;
+
+	return REAL(getsockopt)(fd, SOL_SOCKET, name, &v, &len) == 0 && v == want;
+}
+
+/* Pass 1: fd is (still) the Unix socket announced. */
+static int socket_plausible(const struct sock_item *it)
+{
+	struct stat st;
+
+	return it->fd >= 0 && !fstat(it->fd, &st) && S_ISSOCK(st.st_mode) &&
+	       st.st_ino == it->sock_ino && sockopt_is(it->fd, SO_DOMAIN, AF_UNIX) &&
+	       sockopt_is(it->fd, SO_TYPE, it->e.type) &&
+	       (it->e.family == AF_INET || it->e.family == AF_INET6) &&
+	       it->e.role <= ROLE_ACCEPTED;
+}
+
+static const struct sock_item *held(const struct import *im, unsigned long sock_ino)
+{
+	const struct sock_item *it = (const void *)im->socks.data;
+
+	for (size_t i = 0; i < im->socks.len / sizeof(*it); i++)
+		if (it[i].sock_ino == sock_ino)
+			return &it[i];
+	return NULL;
+}
+
+/* Is the socket sock_ino bound to, or accepted from, the file st? */
+static int socket_of_file(unsigned long sock_ino, const struct stat *st)
+{
+	dev_t dev;
+	ino_t ino;
+
+	return unix_socket_file((ino_t)sock_ino, &dev, &ino) && dev == st->st_dev &&
+	       ino == st->st_ino;
+}
+
+/* Pass 2: adopt the file if it is ours to remove. */
+static void take_file(struct import *im, const struct file_item *f)
+{
+	struct known_file k;
+	int alive, ours;
+
+	if (lstat(f->path, &k.st))
+		return; /* gone: nothing to remove */
+	if (!S_ISSOCK(k.st.st_mode) || k.st.st_dev != f->dev || k.st.st_ino != f->ino) {
+		im->ignored++;
+		return;
+	}
+	alive = unix_socket_alive((ino_t)f->sock_ino);
+	if (alive > 0 && socket_of_file(f->sock_ino, &k.st)) {
+		memcpy(k.path, f->path, sizeof(k.path));
+		growbuf_add(&im->files, &k, sizeof(k)); /* sockets may come from it */
+		ours = held(im, f->sock_ino) != NULL;
+	} else if (alive == 0 && k.st.st_uid == geteuid() && !socket_file_live(f->path, &k.st)) {
+		ours = 1;
+	} else {
+		im->ignored++;
+		return;
+	}
+	if (ours)
+		sockfile_adopt(f->path, k.st.st_dev, k.st.st_ino, (ino_t)f->sock_ino,
+			       (int)f->noremove);
+}
+
+/* Do the rules send a socket with addr in direction dir to (path, or the Unix name of
+ * the socket fd when path is NULL: its peer's for DIR_OUT)? */
+static int rules_lead_to(const struct sock_item *it, int dir, const struct ipaddr *addr,
+			 const char *path)
+{
+	struct sock_query q = { .dir = dir, .type = it->e.type, .addr = addr };
+	struct sockaddr_un want, got;
+	socklen_t want_len, got_len = sizeof(got);
+
+	if (addr->sa.sa_family != it->e.family ||
+	    rule_target(it->fd, &q, &want, &want_len) != 0)
 		return 0;
-	e.kind = FD_CONVERTED;
-	e.type = (uint8_t)type;
-	e.role = (uint8_t)role;
-	e.family = (uint8_t)family;
-	e.sockfile = (int16_t)sockfile_by_socket((ino_t)sock_ino);
-	fd_store(fd, &e);
-	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", fd);
+	if (path)
+		return !strncmp(want.sun_path, path, sizeof(want.sun_path));
+	return !REAL(getpeername)(it->fd, (struct sockaddr *)&got, &got_len) &&
+	       got_len == want_len && !memcmp(&got, &want, want_len);
+}
+
+/* Pass 3: is the socket really one we converted?  Bound to one of the files, or accepted
+ * from one the rules put the announced local address at, or a client whose peer is
+ * where the rules send the announced peer address. */
+static int socket_genuine(const struct import *im, const struct sock_item *it)
+{
+	const struct known_file *k = (const void *)im->files.data;
+	dev_t dev;
+	ino_t ino;
+
+	if (!unix_socket_file((ino_t)it->sock_ino, &dev, &ino))
+		k = NULL; /* no file: a client, if anything */
+	for (size_t i = 0; k && i < im->files.len / sizeof(*k); i++) {
+		if (k[i].st.st_dev != dev || k[i].st.st_ino != ino)
+			continue;
+		if (it->e.role != ROLE_ACCEPTED) /* bound there: the file was adopted */
+			return sockfile_by_socket((ino_t)it->sock_ino) >= 0;
+		return rules_lead_to(it, DIR_IN, &it->e.local, k[i].path);
+	}
+	return it->e.role == ROLE_CLIENT && rules_lead_to(it, DIR_OUT, &it->e.peer, NULL);
+}
+
+static void take_socket(struct sock_item *it)
+{
+	it->e.sockfile = sockfile_by_socket((ino_t)it->sock_ino);
+	fd_store(it->fd, &it->e);
+	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", it->fd);
+}
+
+/* The items of one variable for this pass; -1 when malformed. */
+static int inherit_part(const char *s, struct import *im)
+{
+	struct sock_item it;
+	struct file_item f;
+
+	while (*s) {
+		if (*s == 'f') {
+			if (get_file(&s, &f))
+				return -1;
+			if (im->pass == 2)
+				take_file(im, &f);
+		} else {
+			if (get_socket(&s, &it))
+				return -1;
+			if (im->pass == 2)
+				continue;
+			if (socket_plausible(&it))
+				growbuf_add(&im->socks, &it, sizeof(it));
+			else
+				im->ignored++;
+		}
+	}
+	return 0;
+}
+
+/* "UNIXIFY_INHERIT", then "UNIXIFY_INHERIT_1", ... */
+static const char *part_name(char *buf, int n)
+{
+	if (n)
+		snprintf(buf, PART_NAME_MAX, "%.*s_%d", (int)VAR_LEN - 1, VAR, n);
+	else
+		snprintf(buf, PART_NAME_MAX, "%.*s", (int)VAR_LEN - 1, VAR);
+	return buf;
+}
+
+/* Pass im->pass over every variable; -1 (logged) when one is malformed. */
+static int inherit_pass(struct import *im)
+{
+	char name[PART_NAME_MAX];
+	const char *s;
+
+	for (int n = 0; (s = getenv(part_name(name, n))) != NULL; n++) {
+		if (inherit_part(s, im)) {
+			ulog(LOG_WARN_, "%s is malformed; inherited sockets keep their Unix "
+			     "addresses", name);
+			return -1;
+		}
+	}
 	return 0;
 }
 
 void inherit_init(void)
 {
-	const char *s = getenv("UNIXIFY_INHERIT");
+	struct import im = { .pass = 1 };
+	char name[PART_NAME_MAX];
+	struct sock_item *it;
 
-	if (!s)
+	if (!getenv("UNIXIFY_INHERIT"))
 		return;
-	while (*s) {
-		if ((*s == 'f' ? get_file(&s) : get_socket(&s))) {
-			ulog(LOG_WARN_, "UNIXIFY_INHERIT is malformed; inherited sockets keep "
-			     "their Unix addresses");
-			break;
+	if (!inherit_pass(&im) && (im.pass = 2, !inherit_pass(&im))) {
+		it = (void *)im.socks.data;
+		for (size_t i = 0; i < im.socks.len / sizeof(*it); i++) {
+			if (socket_genuine(&im, &it[i]))
+				take_socket(&it[i]);
+			else
+				im.ignored++;
 		}
+		if (im.ignored)
+			ulog(LOG_WARN_, "UNIXIFY_INHERIT: ignored %d items that are not sockets "
+			     "or socket files of ours", im.ignored);
 	}
-	unsetenv("UNIXIFY_INHERIT"); /* what we pass on is made afresh at each exec */
+	growbuf_free(&im.socks);
+	growbuf_free(&im.files);
+	/* what we pass on is made afresh at each exec */
+	for (int n = 0; getenv(part_name(name, n)); n++)
+		unsetenv(name);
 }

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -87,9 +88,11 @@ static int predicted(int domain, int base, int protocol)
 API int socket(int domain, int type, int protocol)
 {
 	int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-	int pending = predicted(domain, base, protocol), refused, fd;
+	int pending, refused, fd;
 	struct fd_entry e;
 
+	rules_need();
+	pending = predicted(domain, base, protocol);
 	if (rules_state == RULES_OK && (domain == AF_INET || domain == AF_INET6) &&
 	    (base == SOCK_STREAM || base == SOCK_DGRAM) &&
 	    (refused = rules_refuse_socket(domain, base)) != 0) {
@@ -115,6 +118,7 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	struct ipaddr a;
 	int r, saved = errno;
 
+	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(bind)(fd, sa, len);
 	if (ipaddr_from_sockaddr(&a, sa, len))
@@ -124,12 +128,17 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(bind)(fd, sa, len);
 	r = convert_bind(fd, &a, &e);
-	if (r > 0) {
-		errno = saved;
-		return REAL(bind)(fd, sa, len);
+	if (r < 0) {
+		claim_mark(fd, &e, DIR_IN, errno);
+		return -1;
 	}
+	errno = saved;
 	if (r == 0)
-		errno = saved;
+		return 0;
+	/* no rule claims this address: a retry after a failed conversion is the program's */
+	r = REAL(bind)(fd, sa, len);
+	if (r == 0 && e.claim_errno)
+		claim_mark(fd, &e, DIR_ANY, 0);
 	return r;
 }
 
@@ -155,6 +164,7 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct ipaddr a;
 	int handled, r, saved = errno;
 
+	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(connect)(fd, sa, len);
 	if (ipaddr_from_sockaddr(&a, sa, len)) {
@@ -169,6 +179,8 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = EISCONN;
 		return -1;
 	}
+	if (claim_refuses(&e, DIR_IN)) /* connect would bind it to an IP port */
+		return -1;
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(connect)(fd, sa, len);
@@ -177,9 +189,38 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = saved;
 		return REAL(connect)(fd, sa, len);
 	}
-	if (r == 0)
+	if (r < 0)
+		claim_mark(fd, &e, DIR_OUT, errno);
+	else
 		errno = saved;
 	return r;
+}
+
+/*
+ * listen() on a socket with no port binds it to one: the bind the rules decide about,
+ * to the address it has (the unspecified one unless bound with IP_BIND_ADDRESS_NO_PORT)
+ * and port 0.  A pending socket has no IP address yet.  0 when fd is ready to listen.
+ */
+static int bind_implicit(int fd, const struct fd_entry *e)
+{
+	socklen_t len = sizeof(struct ipaddr);
+	struct ipaddr a;
+	int r, saved = errno;
+
+	ipaddr_any(&a, e->family);
+	if (e->kind == FD_IP &&
+	    (REAL(getsockname)(fd, &a.sa, &len) || a.sa.sa_family != e->family ||
+	     ipaddr_port(&a) != 0)) {
+		errno = saved;
+		return 0; /* bound already, or not ours to judge: the kernel decides */
+	}
+	r = convert_bind(fd, &a, e);
+	if (r < 0) {
+		claim_mark(fd, e, DIR_IN, errno);
+		return -1;
+	}
+	errno = saved;
+	return 0;
 }
 
 /*
@@ -191,23 +232,59 @@ API int listen(int fd, int backlog)
 {
 	struct fd_entry e;
 
-	if (fd_tracked(fd)) {
-		fd_snapshot(fd, &e);
-		if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
-			backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
-		if (e.kind == FD_PENDING && materialize(fd)) /* listen without bind: IP */
+	rules_need();
+	if (rules_state == RULES_NONE)
+		return REAL(listen)(fd, backlog);
+	classify(fd, &e);
+	if ((e.kind == FD_IP || e.kind == FD_PENDING) && e.type == SOCK_STREAM) {
+		if (claim_refuses(&e, DIR_ANY) || bind_implicit(fd, &e))
 			return -1;
+		fd_snapshot(fd, &e);
 	}
+	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
+		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
+}
+
+/* Bumped by every close of ours that releases a socket file (see accept_common). */
+static atomic_uint releases;
+
+/* fd, which owned socket file idx, is closed: remove the file if nobody holds the
+ * socket any more. */
+static void release_closed(int idx)
+{
+	atomic_fetch_add(&releases, 1);
+	sockfile_release(idx);
+}
+
+/*
+ * A thread blocked in accept() holds the listener open after another thread closed it
+ * (Linux does not wake it), so the close found the socket alive and kept its file.  The
+ * socket goes once that accept returns: if a release happened meanwhile and fd no
+ * longer is that listener, look again.
+ */
+static void release_after_accept(int fd, const struct fd_entry *listener, unsigned before)
+{
+	struct fd_entry now;
+	int saved = errno;
+
+	if (listener->sockfile < 0 || atomic_load(&releases) == before)
+		return;
+	fd_snapshot(fd, &now);
+	if (now.kind != FD_CONVERTED || now.sockfile != listener->sockfile)
+		sockfile_release(listener->sockfile);
+	errno = saved;
 }
 
 static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flags, int is4)
 {
 	struct fd_entry listener, e;
+	unsigned before;
 	int conn;
 
 	if (!fd_tracked(fd))
 		goto passthrough;
+	before = atomic_load(&releases);
 	fd_snapshot(fd, &listener);
 	if (listener.kind != FD_CONVERTED)
 		goto passthrough;
@@ -217,6 +294,7 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 	}
 	/* The Unix peer's own address says nothing useful; we report a local one. */
 	conn = is4 ? REAL(accept4)(fd, NULL, NULL, flags) : REAL(accept)(fd, NULL, NULL);
+	release_after_accept(fd, &listener, before);
 	if (conn < 0)
 		return conn;
 	fd_entry_init(&e);
@@ -417,6 +495,7 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 	struct msghdr msg = { .msg_name = (void *)sa, .msg_namelen = salen,
 			      .msg_iov = &iov, .msg_iovlen = 1 };
 
+	rules_need();
 	if (!sa || (!fd_tracked(fd) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
 					 sa->sa_family == AF_UNIX)))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
@@ -429,12 +508,15 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	struct fd_entry e;
 	int handled;
 
+	rules_need();
 	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);
 	if (!msg || !msg->msg_name || !fd_tracked(fd))
 		return REAL(sendmsg)(fd, msg, flags);
 	fd_snapshot(fd, &e);
+	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
+		return -1;
 	if (e.type == SOCK_DGRAM && (e.kind == FD_IP || e.kind == FD_CONVERTED))
 		return dgram_sendmsg(fd, &e, msg, flags);
 	copy = *msg;
@@ -465,17 +547,22 @@ API int close(int fd)
 	r = REAL(close)(fd);
 	saved = errno;
 	if (gone.sockfile >= 0)
-		sockfile_release(gone.sockfile);
+		release_closed(gone.sockfile);
 	errno = saved;
 	return r;
 }
 
-static void release_all(const int16_t *sockfiles, int n)
+/* The files of sockets close_range() closed; a list that could not grow is one line. */
+static void release_all(struct growbuf *sockfiles)
 {
 	int saved = errno;
+	const int32_t *idx = (const int32_t *)sockfiles->data;
 
-	for (int i = 0; i < n; i++)
-		sockfile_release(sockfiles[i]);
+	for (size_t i = 0; i < sockfiles->len / sizeof(*idx); i++)
+		release_closed(idx[i]);
+	if (sockfiles->failed)
+		ulog(LOG_WARN_, "out of memory in close_range(); some socket files stay");
+	growbuf_free(sockfiles);
 	errno = saved;
 }
 
@@ -487,13 +574,13 @@ static int real_close_range(unsigned first, unsigned last, int flags)
 
 API int close_range(unsigned int first, unsigned int last, int flags)
 {
-	int16_t sockfiles[64];
-	int n = 0, r;
+	struct growbuf sockfiles = { 0 };
+	int r;
 
 	if (!(flags & CLOSE_RANGE_CLOEXEC))
-		n = fd_take_range(first, last, sockfiles, 64);
+		fd_take_range(first, last, &sockfiles);
 	r = systemd_close_range(first, last, flags, real_close_range);
-	release_all(sockfiles, n);
+	release_all(&sockfiles);
 	return r;
 }
 
@@ -540,7 +627,7 @@ static int dup_onto(int old, int new, int flags, int is3)
 	if (r >= 0) {
 		copy_entry(old, new);
 		if (gone.sockfile >= 0)
-			sockfile_release(gone.sockfile);
+			release_closed(gone.sockfile);
 	} else if (gone.kind != FD_NONE) {
 		fd_store(new, &gone); /* new was not touched */
 	}

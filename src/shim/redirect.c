@@ -109,7 +109,7 @@ int redirect_bind(int fd, const struct sockaddr *sa, socklen_t len)
 		return -1;
 	fd_entry_init(&e);
 	e.kind = FD_REDIRECTED;
-	e.sockfile = (int16_t)idx;
+	e.sockfile = idx;
 	fd_store(fd, &e);
 	ulog(LOG_INFO_, "fd %d: bound at %s instead", fd, target);
 	return 0;

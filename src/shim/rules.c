@@ -3,8 +3,11 @@
  * against it.  The text syntax is parsed only in Python; here every byte of the
  * encoding is validated, and anything unexpected marks the rules as broken, which
  * makes every IP bind/connect fail with EACCES rather than fall back to an open port.
+ * The encoding comes inline in UNIXIFY_RULES, read at load, or from a file that
+ * UNIXIFY_RULES names, read at the first socket call (rulefile.c).
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,18 +15,55 @@
 
 #include "shim.h"
 
-#define MAX_RULES 1024
+/* The launcher checks the same limits (unixify/encoding.py), so a rule set it accepts
+ * always loads here. */
+#define MAX_RULES 100000
+#define MAX_ENCODING (64 << 20)
 #define MAX_VALUE 4096
+/* Below this many rules a scan takes well under a microsecond: not worth the index's
+ * 256 KiB port table. */
+#define INDEX_MIN_RULES 32
+/* Rules for at most this many ports are filed under each port; wider ranges are wild. */
+#define NARROW_PORTS 16
+#define N_PORTS 65536
+
+/*
+ * A rule set is built privately and then published whole: it never changes after, so
+ * matching reads it without a lock.  One mapping holds the header, the rules and the
+ * arena of string values; the index has its own.
+ */
+struct ruleset {
+	size_t mapped;
+	int n, cap;
+	enum rules_state state;
+	int predict, use_systemd, use_unix;
+	int refusal[2][2];        /* [AF_INET6?][SOCK_DGRAM?] */
+	struct rule *rules;
+	char *arena;              /* NUL-terminated copies of string values */
+	size_t arena_used, arena_size;
+	uint32_t *index;          /* NULL: scan all rules */
+	size_t index_mapped;
+	const uint32_t *port_first; /* N_PORTS + 1 offsets into by_port */
+	const uint32_t *by_port;    /* rule numbers for each port, in rule order */
+	const uint32_t *wild;       /* IP rules for any port or a wide range */
+	const uint32_t *unix_rules; /* from-unix and from-abstract rules */
+	uint32_t n_wild, n_unix;
+};
 
 enum rules_state rules_state = RULES_NONE;
 int predict_stream_out;
 int rules_use_systemd, rules_use_unix;
-static struct rule *rules;
-static int n_rules;
-static char *arena;        /* NUL-terminated copies of string values */
-static size_t arena_used, arena_size;
+static struct ruleset *set;       /* published; NULL until then */
+static struct ruleset *building;  /* the constructor's, for rules_append() */
+static struct ruleset broken_set = { .state = RULES_BROKEN };
+
+/* A file-backed rule set waiting for its first use (rulefile.c reads it). */
+static char ref_path[PATH_MAX];
+static size_t ref_size;
+static int ref_systemd;
 
 struct cursor {
+	struct ruleset *set;
 	const char *s;
 	size_t pos, len;
 	const char *error;
@@ -36,16 +76,16 @@ static int fail(struct cursor *c, const char *why)
 	return -1;
 }
 
-static const char *arena_copy(const char *s, size_t n)
+static const char *arena_copy(struct ruleset *s, const char *v, size_t n)
 {
 	char *p;
 
-	if (arena_used + n + 1 > arena_size)
+	if (s->arena_used + n + 1 > s->arena_size)
 		return NULL;
-	p = arena + arena_used;
-	memcpy(p, s, n);
+	p = s->arena + s->arena_used;
+	memcpy(p, v, n);
 	p[n] = 0;
-	arena_used += n + 1;
+	s->arena_used += n + 1;
 	return p;
 }
 
@@ -168,15 +208,15 @@ static int parse_action(struct rule *r, const char *v, size_t n)
 	return 0;
 }
 
-static int set_string(const char **field, const char *v, size_t n)
+static int set_string(struct ruleset *s, const char **field, const char *v, size_t n)
 {
 	if (*field || memchr(v, 0, n))
 		return -1;
-	*field = arena_copy(v, n);
+	*field = arena_copy(s, v, n);
 	return *field ? 0 : -1;
 }
 
-static int apply_field(struct rule *r, char key, const char *v, size_t n)
+static int apply_field(struct ruleset *s, struct rule *r, char key, const char *v, size_t n)
 {
 	unsigned long num;
 
@@ -230,14 +270,14 @@ static int apply_field(struct rule *r, char key, const char *v, size_t n)
 		return 0;
 	case 'T':
 		return n == 0 || n >= sizeof(((struct sockaddr_un *)0)->sun_path) * 4
-			       ? -1 : set_string(&r->target, v, n);
+			       ? -1 : set_string(s, &r->target, v, n);
 	case 'N':
-		return set_string(&r->systemd_name, v, n);
+		return set_string(s, &r->systemd_name, v, n);
 	case 'u':
 	case 'b':
 		if (n > GLOB_MAX)
 			return -1;
-		return set_string(key == 'u' ? &r->from_unix : &r->from_abstract, v, n);
+		return set_string(s, key == 'u' ? &r->from_unix : &r->from_abstract, v, n);
 	}
 	return -1;
 }
@@ -280,14 +320,31 @@ static int parse_field(struct cursor *c, struct rule *r)
 	c->pos++; /* ':' */
 	if (n > c->len - c->pos)
 		return fail(c, "field runs past the end");
-	if (apply_field(r, key, c->s + c->pos, n))
+	if (apply_field(c->set, r, key, c->s + c->pos, n))
 		return fail(c, "bad field");
 	c->pos += n;
 	return 0;
 }
 
+/* A fresh rule at the end of s, or NULL when s is full. */
+static struct rule *set_append(struct ruleset *s)
+{
+	struct rule *r;
+
+	if (!s || s->n >= s->cap)
+		return NULL;
+	r = &s->rules[s->n++];
+	memset(r, 0, sizeof(*r));
+	r->mode = -1;
+	r->uid = (uid_t)-1;
+	r->gid = (gid_t)-1;
+	return r;
+}
+
 static int parse_encoding(struct cursor *c)
 {
+	struct ruleset *s = c->set;
+
 	if (c->len < 4 || memcmp(c->s, "UFY1", 4))
 		return fail(c, "unknown format or version (expected UFY1)");
 	c->pos = 4;
@@ -296,9 +353,9 @@ static int parse_encoding(struct cursor *c)
 
 		if (c->s[c->pos] != '{')
 			return fail(c, "expected '{'");
-		if (n_rules >= MAX_RULES)
-			return fail(c, "too many rules");
-		r = rules_append();
+		r = set_append(s);
+		if (!r)
+			return fail(c, "more rules than the limit of 100000");
 		c->pos++;
 		while (c->pos < c->len && c->s[c->pos] != '}') {
 			if (parse_field(c, r))
@@ -309,8 +366,8 @@ static int parse_encoding(struct cursor *c)
 		c->pos++;
 		if (check_rule(r))
 			return fail(c, "inconsistent rule");
-		rules_use_systemd |= r->action == ACT_SYSTEMD;
-		rules_use_unix |= r->from_unix || r->from_abstract;
+		s->use_systemd |= r->action == ACT_SYSTEMD;
+		s->use_unix |= r->from_unix || r->from_abstract;
 	}
 	return 0;
 }
@@ -321,17 +378,17 @@ static int parse_encoding(struct cursor *c)
  * socket() can make the Unix socket straight away and spare the program the cost of an
  * IP socket made only to be thrown away.
  */
-static void predict(void)
+static int predict(const struct ruleset *s)
 {
-	for (int i = 0; i < n_rules; i++) {
-		const struct rule *r = &rules[i];
+	for (int i = 0; i < s->n; i++) {
+		const struct rule *r = &s->rules[i];
 
 		if (r->from_unix || r->from_abstract || r->dir == DIR_IN || r->type == SOCK_DGRAM)
 			continue;
-		predict_stream_out = !r->has_addr && !r->has_ports &&
-				     (r->action == ACT_PATH || r->action == ACT_ABSTRACT);
-		return;
+		return !r->has_addr && !r->has_ports &&
+		       (r->action == ACT_PATH || r->action == ACT_ABSTRACT);
 	}
+	return 0;
 }
 
 /*
@@ -340,12 +397,10 @@ static void predict(void)
  * that family: programs fall back to the other family there, not at bind or connect.
  * 0 when socket() should go ahead.
  */
-static int refusal[2][2]; /* [AF_INET6?][SOCK_DGRAM?] */
-
-static int first_rule_rejects(int family, int type)
+static int first_rule_rejects(const struct ruleset *s, int family, int type)
 {
-	for (int i = 0; i < n_rules; i++) {
-		const struct rule *r = &rules[i];
+	for (int i = 0; i < s->n; i++) {
+		const struct rule *r = &s->rules[i];
 
 		if (r->from_unix || r->from_abstract || (r->family && r->family != family) ||
 		    (r->type && r->type != type) || r->action == ACT_SYSTEMD)
@@ -357,107 +412,333 @@ static int first_rule_rejects(int family, int type)
 	return 0;
 }
 
-int rules_refuse_socket(int family, int type)
+static int narrow(const struct rule *r)
 {
-	return refusal[family == AF_INET6][type == SOCK_DGRAM];
+	return r->has_ports && r->port_hi - r->port_lo < NARROW_PORTS;
 }
 
-static void precompute(void)
+static int is_unix_rule(const struct rule *r)
 {
-	predict();
+	return r->from_unix || r->from_abstract;
+}
+
+/*
+ * The index: for each port, the rules that name it (a single port or a narrow range);
+ * the wild rules, which may match any port; and the from-unix/from-abstract rules.
+ * Each list is in rule order, so merging a port's list with the wild one and stopping
+ * at the first match keeps "first rule wins".  Without memory for it, scan everything.
+ */
+static void build_index(struct ruleset *s)
+{
+	size_t n_by_port = 0, n_wild = 0, n_unix = 0, size;
+	uint32_t *first, *by_port, *wild, *unix_rules, sum = 0;
+
+	for (int i = 0; i < s->n; i++) {
+		const struct rule *r = &s->rules[i];
+
+		if (is_unix_rule(r))
+			n_unix++;
+		else if (narrow(r))
+			n_by_port += (size_t)(r->port_hi - r->port_lo) + 1;
+		else
+			n_wild++;
+	}
+	size = (N_PORTS + 1 + n_by_port + n_wild + n_unix) * sizeof(uint32_t);
+	first = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (first == MAP_FAILED)
+		return;
+	by_port = first + N_PORTS + 1;
+	wild = by_port + n_by_port;
+	unix_rules = wild + n_wild;
+	for (int i = 0; i < s->n; i++) {
+		if (!is_unix_rule(&s->rules[i]) && narrow(&s->rules[i]))
+			for (unsigned p = s->rules[i].port_lo; p <= s->rules[i].port_hi; p++)
+				first[p]++;
+	}
+	for (unsigned p = 0; p < N_PORTS; p++) { /* counts become where each run starts */
+		uint32_t count = first[p];
+
+		first[p] = sum;
+		sum += count;
+	}
+	for (int i = 0; i < s->n; i++) {
+		const struct rule *r = &s->rules[i];
+
+		if (is_unix_rule(r))
+			unix_rules[s->n_unix++] = (uint32_t)i;
+		else if (!narrow(r))
+			wild[s->n_wild++] = (uint32_t)i;
+		else
+			for (unsigned p = r->port_lo; p <= r->port_hi; p++)
+				by_port[first[p]++] = (uint32_t)i;
+	}
+	/* each first[p] now ends p's run, where p + 1's starts */
+	memmove(first + 1, first, N_PORTS * sizeof(*first));
+	first[0] = 0;
+	s->index = first;
+	s->index_mapped = size;
+	s->port_first = first;
+	s->by_port = by_port;
+	s->wild = wild;
+	s->unix_rules = unix_rules;
+}
+
+/* What matching needs beyond the rules themselves, worked out once. */
+static void set_finish(struct ruleset *s)
+{
+	s->predict = predict(s);
 	for (int v6 = 0; v6 < 2; v6++) {
 		for (int dgram = 0; dgram < 2; dgram++)
-			refusal[v6][dgram] = first_rule_rejects(v6 ? AF_INET6 : AF_INET,
-								dgram ? SOCK_DGRAM : SOCK_STREAM);
+			s->refusal[v6][dgram] = first_rule_rejects(s, v6 ? AF_INET6 : AF_INET,
+								   dgram ? SOCK_DGRAM : SOCK_STREAM);
 	}
+	if (s->n >= INDEX_MIN_RULES)
+		build_index(s);
+	s->state = RULES_OK;
 }
 
-static int rules_alloc(size_t strings)
+/* Room for cap rules and strings bytes of string values; NULL without memory. */
+static struct ruleset *set_new(size_t cap, size_t strings)
 {
-	arena_size = strings + 2 * MAX_RULES;
-	rules = mmap(NULL, MAX_RULES * sizeof(*rules) + arena_size, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (rules == MAP_FAILED) {
-		rules = NULL;
-		rules_state = RULES_BROKEN;
-		ulog(LOG_ERR_, "cannot allocate memory for rules; IP sockets will be refused");
-		return -1;
-	}
-	arena = (char *)(rules + MAX_RULES);
-	return 0;
-}
+	size_t size = sizeof(struct ruleset) + cap * sizeof(struct rule) + strings + 1;
+	struct ruleset *s = mmap(NULL, size, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-static void rules_ready(const char *source)
-{
-	rules_state = RULES_OK;
-	precompute();
-	ulog(LOG_DEBUG_, "%d rule(s) from %s%s", n_rules, source,
-	     predict_stream_out ? "; stream sockets start as Unix sockets" : "");
-}
-
-static void rules_broken(void)
-{
-	n_rules = 0;
-	rules_use_systemd = rules_use_unix = 0; /* broken rules refuse IP sockets only */
-	rules_state = RULES_BROKEN;
-}
-
-struct rule *rules_append(void)
-{
-	struct rule *r;
-
-	if (n_rules >= MAX_RULES)
+	if (s == MAP_FAILED)
 		return NULL;
-	r = &rules[n_rules++];
-	memset(r, 0, sizeof(*r));
-	r->mode = -1;
-	r->uid = (uid_t)-1;
-	r->gid = (gid_t)-1;
-	return r;
+	s->mapped = size;
+	s->cap = (int)cap;
+	s->rules = (struct rule *)(s + 1);
+	s->arena = (char *)(s->rules + cap);
+	s->arena_size = strings + 1;
+	return s;
 }
 
-const char *rules_keep_string(const char *s)
+static void set_free(struct ruleset *s)
 {
-	return arena_copy(s, strlen(s));
+	if (!s || s == &broken_set)
+		return;
+	if (s->index)
+		munmap(s->index, s->index_mapped);
+	munmap(s, s->mapped);
+}
+
+/*
+ * Make s the rule set of this process, unless another thread (or a signal handler that
+ * interrupted us) published one first: then that one stays and s is dropped.  No lock,
+ * so nothing waits for anything.  Returns the set in force; *won says whether it is s.
+ */
+static struct ruleset *publish(struct ruleset *s, int *won)
+{
+	struct ruleset *expected = NULL;
+
+	*won = __atomic_compare_exchange_n(&set, &expected, s, 0, __ATOMIC_ACQ_REL,
+					   __ATOMIC_ACQUIRE);
+	if (!*won) {
+		set_free(s);
+		s = expected;
+	}
+	/* every publisher stores the same values, from the one set in force */
+	predict_stream_out = s->predict;
+	rules_use_unix = s->use_unix;
+	rules_use_systemd = s->use_systemd;
+	__atomic_store_n(&rules_state, s->state, __ATOMIC_RELEASE);
+	return s;
+}
+
+static const struct ruleset *current(void)
+{
+	const struct ruleset *s = __atomic_load_n(&set, __ATOMIC_ACQUIRE);
+
+	if (!s && rules_state == RULES_LAZY) {
+		rules_load();
+		s = __atomic_load_n(&set, __ATOMIC_ACQUIRE);
+	}
+	return s ? s : &broken_set;
+}
+
+int rules_refuse_socket(int family, int type)
+{
+	return current()->refusal[family == AF_INET6][type == SOCK_DGRAM];
+}
+
+/* The rule set in text[0..len), or NULL with c->error (and c->pos) saying why. */
+static struct ruleset *decode(const char *text, size_t len, struct cursor *c)
+{
+	size_t cap = 0;
+	struct ruleset *s;
+
+	for (const char *p = text; (p = memchr(p, '{', len - (size_t)(p - text))) != NULL; p++)
+		cap++; /* at least one '{' per rule; more inside strings */
+	s = set_new(cap < MAX_RULES ? cap : MAX_RULES, len);
+	if (!s) {
+		c->error = "out of memory";
+		return NULL;
+	}
+	c->set = s;
+	c->s = text;
+	c->len = len;
+	if (parse_encoding(c)) {
+		set_free(s);
+		return NULL;
+	}
+	set_finish(s);
+	return s;
+}
+
+static void log_ready(const struct ruleset *s, const char *source)
+{
+	ulog(LOG_DEBUG_, "%d rule(s) from %s%s", s->n, source,
+	     s->predict ? "; stream sockets start as Unix sockets" : "");
+}
+
+static void from_unsock(void)
+{
+	int won;
+
+	if (!unsock_configured())
+		return;
+	building = set_new(4, 1024); /* unsock.c makes at most three rules */
+	if (!building) {
+		ulog(LOG_ERR_, "cannot allocate memory for rules; IP sockets will be refused");
+		publish(&broken_set, &won);
+		return;
+	}
+	if (unsock_rules()) {
+		set_free(building);
+		building = NULL;
+		publish(&broken_set, &won);
+		return;
+	}
+	set_finish(building);
+	log_ready(publish(building, &won), "UNSOCK_* variables");
+	building = NULL;
+}
+
+static void from_environment(const char *env)
+{
+	struct cursor c = { 0 };
+	struct ruleset *s = decode(env, strlen(env), &c);
+	int won;
+
+	if (!s) {
+		ulog(LOG_ERR_, "UNIXIFY_RULES is malformed (%s at byte %zu); IP bind/connect "
+		     "will fail with EACCES. Set it only through the unixify command.",
+		     c.error, c.pos);
+		publish(&broken_set, &won);
+		return;
+	}
+	log_ready(publish(s, &won), "UNIXIFY_RULES");
+}
+
+/* "SIZE:FLAGS:PATH" (after the '@'): remember it; NULL, or what is wrong with it. */
+static const char *parse_reference(const char *ref)
+{
+	const char *flags = strchr(ref, ':'), *path = flags ? strchr(flags + 1, ':') : NULL;
+	unsigned long size;
+
+	if (!path)
+		return "expected @SIZE:FLAGS:PATH";
+	if (parse_uint(ref, (size_t)(flags - ref), MAX_ENCODING, &size))
+		return "SIZE is not a number up to the limit of 67108864 bytes";
+	flags++;
+	if (path - flags > 1 || (path - flags == 1 && flags[0] != 'S'))
+		return "unknown FLAGS";
+	path++;
+	if (path[0] != '/' || strlen(path) >= sizeof(ref_path))
+		return "PATH is not an absolute path";
+	ref_size = size;
+	ref_systemd = path - flags == 2;
+	memcpy(ref_path, path, strlen(path) + 1);
+	return NULL;
+}
+
+static void from_reference(const char *ref)
+{
+	const char *why = parse_reference(ref);
+	int won;
+
+	if (why) {
+		ulog(LOG_ERR_, "UNIXIFY_RULES=@%s: %s; IP bind/connect will fail with EACCES. "
+		     "Set it only through the unixify command.", ref, why);
+		publish(&broken_set, &won);
+		return;
+	}
+	/* systemd_init() must know before the first socket call */
+	rules_use_systemd = ref_systemd;
+	rules_state = RULES_LAZY;
 }
 
 void rules_init(void)
 {
 	const char *env = getenv("UNIXIFY_RULES");
-	struct cursor c = { 0 };
 	int saved = errno;
 
-	if (!env) {
-		/* no rules of ours: unsock's variables, if any, stand for some */
-		if (unsock_configured() && rules_alloc(1024) == 0) {
-			if (unsock_rules())
-				rules_broken();
-			else
-				rules_ready("UNSOCK_* variables");
-		}
-		errno = saved;
-		return;
-	}
-	c.s = env;
-	c.len = strlen(env);
-	if (rules_alloc(c.len)) {
-		errno = saved;
-		return;
-	}
-	if (parse_encoding(&c)) {
-		rules_broken();
-		ulog(LOG_ERR_, "UNIXIFY_RULES is malformed (%s at byte %zu); IP bind/connect "
-		     "will fail with EACCES. Set it only through the unixify command.",
-		     c.error, c.pos);
-	} else {
-		rules_ready("UNIXIFY_RULES");
-	}
+	if (!env)
+		from_unsock(); /* no rules of ours: unsock's variables, if any, stand for some */
+	else if (env[0] == '@')
+		from_reference(env + 1);
+	else
+		from_environment(env);
 	errno = saved;
+}
+
+/* The file-backed rules, read now; on any doubt the broken set, which fails closed. */
+static struct ruleset *load(const char **why, struct cursor *c)
+{
+	char *text = rulefile_read(ref_path, ref_size, why);
+	struct ruleset *s;
+
+	if (!text)
+		return NULL;
+	s = decode(text, ref_size, c);
+	munmap(text, ref_size + 1);
+	if (s && s->use_systemd != ref_systemd) {
+		set_free(s);
+		*why = "its systemd rules differ from what UNIXIFY_RULES announced";
+		return NULL;
+	}
+	return s;
+}
+
+void rules_load(void)
+{
+	struct ruleset *s = __atomic_load_n(&set, __ATOMIC_ACQUIRE);
+	struct cursor c = { 0 };
+	const char *why = NULL;
+	int won, saved = errno;
+
+	if (s) { /* published meanwhile: make the globals agree */
+		publish(s, &won);
+		errno = saved;
+		return;
+	}
+	s = load(&why, &c);
+	s = publish(s ? s : &broken_set, &won);
+	if (won && s->state == RULES_OK)
+		log_ready(s, ref_path);
+	else if (won && c.error)
+		ulog(LOG_ERR_, "rules file %s is malformed (%s at byte %zu); IP bind/connect "
+		     "will fail with EACCES", ref_path, c.error, c.pos);
+	else if (won)
+		ulog(LOG_ERR_, "rules file %s: %s; IP bind/connect will fail with EACCES",
+		     ref_path, why);
+	errno = saved;
+}
+
+struct rule *rules_append(void)
+{
+	return set_append(building);
+}
+
+const char *rules_keep_string(const char *s)
+{
+	return building ? arena_copy(building, s, strlen(s)) : NULL;
 }
 
 const struct rule *rule_at(int index)
 {
-	return &rules[index];
+	return &current()->rules[index];
 }
 
 static int addr_matches(const struct rule *r, const struct ipaddr *a)
@@ -507,13 +788,38 @@ static int rule_matches(const struct rule *r, const struct sock_query *q)
 	return 1;
 }
 
-int rules_match(const struct sock_query *q)
+/* The first rule of lists a and b (merged in rule order) that matches q, or -1. */
+static int first_match(const struct ruleset *s, const uint32_t *a, size_t na,
+		       const uint32_t *b, size_t nb, const struct sock_query *q)
 {
-	for (int i = 0; i < n_rules; i++) {
-		if (rule_matches(&rules[i], q))
-			return i;
+	size_t i = 0, j = 0;
+
+	while (i < na || j < nb) {
+		uint32_t k = j == nb || (i < na && a[i] < b[j]) ? a[i++] : b[j++];
+
+		if (rule_matches(&s->rules[k], q))
+			return (int)k;
 	}
 	return -1;
+}
+
+int rules_match(const struct sock_query *q)
+{
+	const struct ruleset *s = current();
+	uint32_t from, to;
+
+	if (!s->index) {
+		for (int i = 0; i < s->n; i++) {
+			if (rule_matches(&s->rules[i], q))
+				return i;
+		}
+		return -1;
+	}
+	if (q->unix_name)
+		return first_match(s, s->unix_rules, s->n_unix, NULL, 0, q);
+	from = s->port_first[ipaddr_port(q->addr)];
+	to = s->port_first[ipaddr_port(q->addr) + 1];
+	return first_match(s, s->by_port + from, to - from, s->wild, s->n_wild, q);
 }
 
 static int append(char *out, size_t size, size_t *used, const char *s, size_t n)

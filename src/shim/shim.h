@@ -67,6 +67,19 @@ extern int log_verbosity;
 void log_init(void);
 void ulog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* ---- memory from mmap that grows (mem.c) ---- */
+/* old (old_size bytes, or NULL) resized to at least new_size bytes, contents kept; the
+ * mapping's size in *size.  NULL with old untouched when the kernel refuses. */
+void *map_resize(void *old, size_t old_size, size_t new_size, size_t *size);
+/* A list of items that grows as they are added; zero-initialised is empty. */
+struct growbuf {
+	char *data;
+	size_t len, cap;
+	int failed; /* an item was lost for want of memory */
+};
+int growbuf_add(struct growbuf *b, const void *item, size_t size);
+void growbuf_free(struct growbuf *b);
+
 /* ---- IP addresses as the program sees them (addr.c) ---- */
 struct ipaddr {
 	union {
@@ -128,8 +141,19 @@ struct sock_query {
 	int abstract;
 };
 
-enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN };
+/* RULES_LAZY: rules in a file, read at their first use (rules_need()). */
+enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN, RULES_LAZY };
 extern enum rules_state rules_state;
+void rules_load(void);
+/* Call before looking at rules_state or the rules from a socket call. */
+static inline void rules_need(void)
+{
+	if (__atomic_load_n(&rules_state, __ATOMIC_ACQUIRE) == RULES_LAZY)
+		rules_load();
+}
+/* The size bytes of the rules file at path, checked as ours (rulefile.c), in memory
+ * from mmap of size + 1 bytes; NULL with *why set. */
+char *rulefile_read(const char *path, size_t size, const char **why);
 /* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
 extern int predict_stream_out;
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
@@ -137,8 +161,9 @@ extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
 /* n_bytes from 2 * n_bytes lowercase hex digits; 0, or -1 on a bad digit. */
 int hex_decode(const char *hex, size_t n_bytes, uint8_t *out);
-/* For rules made here rather than decoded (unsock.c): a fresh rule at the end of the
- * table, or NULL when full; a copy of s that lives as long as the rules. */
+/* For rules made here rather than decoded (unsock.c, from rules_init() only): a fresh
+ * rule at the end of the table, or NULL when full; a copy of s that lives as long as
+ * the rules. */
 struct rule *rules_append(void);
 const char *rules_keep_string(const char *s);
 /* The errno socket() must fail with for this family (AF_INET/AF_INET6) and type, or 0. */
@@ -189,7 +214,10 @@ struct fd_entry {
 	uint8_t role;
 	uint8_t n_epoll;
 	uint8_t n_opts;
-	int16_t sockfile; /* index into the socket file table, or -1 */
+	uint8_t claim_errno; /* a rule claimed this IP or pending socket and converting it
+				failed with this errno: it must not bind implicitly */
+	uint8_t claim_dir;   /* DIR_IN or DIR_OUT: which call the rule claimed */
+	int32_t sockfile; /* index into the socket file table, or -1 */
 	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
 	struct ipaddr local;
 	struct ipaddr peer;
@@ -210,8 +238,8 @@ void fd_snapshot(int fd, struct fd_entry *out);
 void fd_store(int fd, const struct fd_entry *e);
 /* Remove and return the entry.  Takes the lock. */
 void fd_take(int fd, struct fd_entry *out);
-/* Remove entries in [first, last]; collect their socket files (at most max). */
-int fd_take_range(unsigned first, unsigned last, int16_t *sockfiles, int max);
+/* Remove entries in [first, last]; add their socket files (ints) to sockfiles. */
+void fd_take_range(unsigned first, unsigned last, struct growbuf *sockfiles);
 void fd_entry_init(struct fd_entry *e);
 /* An IP-level option the program set, as it set it, or NULL. */
 const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name);
@@ -238,8 +266,8 @@ int sockfile_blackhole(int sock);
 /* Take over the record of a file made before exec, if the file at path is still (dev,
  * ino): removed once the socket sock_ino is gone.  Index, or -1. */
 int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int noremove);
-/* Copies of up to max records in use; their number. */
-int sockfile_list(struct sockfile *out, int max);
+/* Add copies of the records in use to out (struct sockfile items). */
+void sockfile_list(struct growbuf *out);
 /* Index of the record for the socket with inode sock_ino, or -1. */
 int sockfile_by_socket(ino_t sock_ino);
 /* Index of the record for path if this process holds its socket open, or -1. */
@@ -249,6 +277,9 @@ void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);
+/* The file the socket with inode sock_ino is bound to, or was accepted from: 1 with its
+ * dev and ino as stat reports them; 0 when it has none or we cannot tell. */
+int unix_socket_file(ino_t sock_ino, dev_t *dev, ino_t *ino);
 /* Is a socket, in this network namespace or another, bound to the file at path (st its
  * lstat)?  1 yes, 0 no: a stale file. */
 int socket_file_live(const char *path, const struct stat *st);
@@ -276,6 +307,13 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname);
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+/* Remember that a rule claimed fd (old is what we knew of it) for dir and converting it
+ * failed with err: a later listen, connect or send fails with err rather than let the
+ * kernel bind an IP port.  err 0 forgets it. */
+void claim_mark(int fd, const struct fd_entry *old, int dir, int err);
+/* Would the call make e bind implicitly when a rule claimed it and its conversion failed
+ * (dir is the direction that failed, DIR_ANY for either)?  -1 with errno, else 0. */
+int claim_refuses(const struct fd_entry *e, int dir);
 
 /* ---- converted sockets across exec (inherit.c) ---- */
 void inherit_init(void);

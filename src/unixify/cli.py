@@ -13,7 +13,14 @@ import sys
 from typing import NoReturn
 
 from unixify import __version__
-from unixify.encoding import ENV_RULES, ENV_VERBOSE, encode_rules
+from unixify.encoding import (
+    ENV_RULES,
+    ENV_VERBOSE,
+    INLINE_MAX,
+    LimitError,
+    encode_checked,
+    rules_variable,
+)
 from unixify.reach import find_program, unreachable
 from unixify.rules import Rule, RuleError, parse_mode, parse_rule, parse_rules_file
 
@@ -119,14 +126,17 @@ def format_table(rules: list[Rule]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def build_environment(rules: list[Rule], verbosity: int) -> dict[str, str]:
+def build_environment(rules: list[Rule], encoded: bytes, verbosity: int) -> dict[str, str]:
     from unixify.shim import library_path
 
-    env = dict(os.environ)
+    # UNIXIFY_INHERIT (and its _1, _2... parts) is the library's message from an exec
+    # inside a wrapped program to its new image; from our caller it is stale or forged.
+    env = {k: v for k, v in os.environ.items()
+           if k != "UNIXIFY_INHERIT" and not k.startswith("UNIXIFY_INHERIT_")}
     library = library_path()
     preload = env.get("LD_PRELOAD", "").strip()
     env["LD_PRELOAD"] = f"{library} {preload}" if preload else library
-    env[ENV_RULES] = encode_rules(rules)
+    env[ENV_RULES] = rules_variable(rules, encoded)
     env[ENV_VERBOSE] = str(1 + verbosity)
     return env
 
@@ -176,8 +186,16 @@ def run_env(argv: list[str]) -> int:
     if rest:
         raise UsageError(f"env: unexpected {rest[0]!r}; it takes rules only")
     rules = rules_from_options(options, "env")
+    try:
+        encoded = encode_checked(rules)
+    except LimitError as err:
+        raise UsageError(f"env: {err}") from None
+    if len(encoded) > INLINE_MAX:  # a file named here would not follow the line elsewhere
+        raise UsageError(f"env: the rules encode to {len(encoded)} bytes, more than "
+                         f"{INLINE_MAX} for one environment variable; run the program "
+                         "with 'unixify -f FILE PROGRAM', which passes them in a file")
     sys.stdout.write(f"LD_PRELOAD={shlex.quote(library_path())}\n"
-                     f"{ENV_RULES}={shlex.quote(encode_rules(rules))}\n")
+                     f"{ENV_RULES}={shlex.quote(os.fsdecode(encoded))}\n")
     return 0
 
 
@@ -304,6 +322,7 @@ def run(argv: list[str]) -> int:
         elif option in ("-v", "--verbose"):
             verbosity += 1
     rules = rules_from_options(options)
+    encoded = encode_checked(rules)  # -c and the launcher refuse alike
     if show:
         (sys.stdout if check else sys.stderr).write(format_table(rules))
     if check:
@@ -319,7 +338,7 @@ def run(argv: list[str]) -> int:
     why = unreachable(program)
     if why:
         raise UsageError(f"{program} {why}")
-    env = build_environment(rules, verbosity)
+    env = build_environment(rules, encoded, verbosity)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -331,7 +350,7 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except (RuleError, UsageError) as err:
+    except (RuleError, UsageError, LimitError) as err:
         fail(str(err))
     except FileNotFoundError as err:
         fail(str(err))

@@ -21,6 +21,15 @@
  *                               inherits, and greet one connection
  *   probe fdops ADDR PORT SOCK  O_ASYNC owner and signal, vfork and posix_spawn children,
  *                               dup2 then close, close_range; reports whether SOCK exists
+ *   probe claimed ADDR PORT     ignore bind's error and go on: listen, connect to
+ *                               ADDR PORT, UDP sendto ADDR PORT; and listen without bind;
+ *                               reports errnos, then waits for a line on stdin
+ *   probe outfail ADDR PORT     connect, then listen and connect again on the same socket;
+ *                               reports errnos, then waits for a line on stdin
+ *   probe acceptclose ADDR PORT SOCK HOW
+ *                               listen; a thread blocks in accept; close the listener;
+ *                               wake the thread (HOW: connect to SOCK, or signal); report
+ *                               whether SOCK exists once it has returned
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,6 +37,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -36,6 +46,8 @@
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -400,6 +412,119 @@ static int fdops(const char *host, int port, const char *sock)
 	return 0;
 }
 
+/* Hold the process (and its sockets) until the test has looked: a line on stdin. */
+static void hold(void)
+{
+	char line[16];
+
+	printf("ready=1\n");
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		return;
+}
+
+static int claimed(const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	int listener = socket(ss.ss_family, SOCK_STREAM, 0);
+	int client = socket(ss.ss_family, SOCK_STREAM, 0);
+	int unbound = socket(ss.ss_family, SOCK_STREAM, 0);
+	int dgram = socket(ss.ss_family, SOCK_DGRAM, 0);
+
+	report("bind", bind(listener, (struct sockaddr *)&ss, len));
+	report("listen", listen(listener, 8));
+	report("bind_client", bind(client, (struct sockaddr *)&ss, len));
+	report("connect_after_bind", connect(client, (struct sockaddr *)&ss, len));
+	report("listen_nobind", listen(unbound, 8));
+	report("dgram_bind", bind(dgram, (struct sockaddr *)&ss, len));
+	report("sendto_after_bind", (int)sendto(dgram, "x", 1, 0, (struct sockaddr *)&ss, len));
+	hold();
+	return 0;
+}
+
+static int outfail(const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+
+	report("connect", connect(fd, (struct sockaddr *)&ss, len));
+	report("listen_after_connect", listen(fd, 8));
+	report("reconnect", connect(fd, (struct sockaddr *)&ss, len));
+	hold();
+	return 0;
+}
+
+static int accept_fd = -1;
+static volatile pid_t acceptor_tid;
+
+/* Block in accept() on accept_fd; its errno (0 for a connection) in *arg. */
+static void *acceptor(void *arg)
+{
+	int conn;
+
+	acceptor_tid = (pid_t)syscall(SYS_gettid);
+	conn = accept(accept_fd, NULL, NULL);
+	*(int *)arg = conn < 0 ? errno : 0;
+	if (conn >= 0)
+		close(conn);
+	return NULL;
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+}
+
+/* Is thread tid blocked in accept()?  Its /proc syscall file starts with the number. */
+static int in_accept(pid_t tid)
+{
+	char path[64], buf[64] = "";
+	FILE *f;
+	long nr;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	nr = strtol(buf, NULL, 10);
+	return nr == SYS_accept || nr == SYS_accept4;
+}
+
+static int acceptclose(const char *host, int port, const char *sock, const char *how)
+{
+	struct sigaction sa = { .sa_handler = on_signal }; /* no SA_RESTART: EINTR */
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int result = -1, c, i;
+	pthread_t thread;
+
+	sigaction(SIGUSR1, &sa, NULL);
+	accept_fd = listen_on(host, port, 0);
+	if (pthread_create(&thread, NULL, acceptor, &result))
+		die("pthread_create");
+	for (i = 0; i < 500 && !(acceptor_tid && in_accept(acceptor_tid)); i++)
+		usleep(10000);
+	printf("blocked=%d\n", i < 500);
+	close(accept_fd);
+	printf("after_close_exists=%d\n", exists(sock));
+	if (!strcmp(how, "signal")) {
+		pthread_kill(thread, SIGUSR1);
+	} else {
+		c = socket(AF_UNIX, SOCK_STREAM, 0);
+		strncpy(sun.sun_path, sock, sizeof(sun.sun_path) - 1);
+		report("wake_connect", connect(c, (struct sockaddr *)&sun, sizeof(sun)));
+		close(c);
+	}
+	pthread_join(thread, NULL);
+	printf("accept_result=%s\n", result ? strerrorname_np(result) : "0");
+	printf("after_accept_exists=%d\n", exists(sock));
+	return 0;
+}
+
 static int closeall(const char *host, int port)
 {
 	int fd, conn;
@@ -431,6 +556,8 @@ int main(int argc, char **argv)
 		return exec_all(argv[2], atoi(argv[3]), argv[4]);
 	if (argc == 5 && !strcmp(argv[1], "fdops"))
 		return fdops(argv[2], atoi(argv[3]), argv[4]);
+	if (argc == 6 && !strcmp(argv[1], "acceptclose"))
+		return acceptclose(argv[2], atoi(argv[3]), argv[4], argv[5]);
 	if (argc != 4) {
 		fprintf(stderr, "usage: probe MODE ADDR PORT\n");
 		return 2;
@@ -445,6 +572,10 @@ int main(int argc, char **argv)
 		return setup(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "forkserver"))
 		return forkserver(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "claimed"))
+		return claimed(argv[2], atoi(argv[3]));
+	if (!strcmp(argv[1], "outfail"))
+		return outfail(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "closeall"))
 		return closeall(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "exec-check"))

@@ -1,0 +1,100 @@
+"""The shim's state under pressure: socket calls from signal handlers, and tables of
+a thousand converted sockets and socket files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import HELPERS, compile_c, free_port, parse_kv, run_wrapped
+
+
+@pytest.fixture(scope="session")
+def sigsock(helper_dir: Path) -> str:
+    """tests/helpers/sigsock.c: socket calls from a timer signal's handler."""
+    return str(compile_c(HELPERS / "sigsock.c", helper_dir / "sigsock", extra=["-lpthread"]))
+
+
+def test_socket_calls_from_a_signal_handler_are_kept(sigsock: str, sockdir: Path) -> None:
+    # The handler often interrupts its own thread inside the shim (the other threads
+    # keep the shim busy); its socket() must be recorded, its connect() converted and
+    # its getpeername() answered as IPv4 like anywhere else.
+    path = sockdir / "s"
+    result = run_wrapped([f"out,tcp,path={path}"],
+                         [sigsock, str(free_port()), str(path), "3", "3"], timeout=60)
+    counts = parse_kv(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int(counts["handler_rounds"]) > 1000 and int(counts["loop_rounds"]) > 1000, counts
+    assert counts["handler_failures"] == "0" and counts["loop_failures"] == "0", counts
+
+
+LISTENERS = 1000
+
+# Opens LISTENERS converted listeners on ports from argv[1], then: "exit" (returns),
+# "closefrom" / "close_range" (closes them all with that libc call, then counts the
+# socket files left while still running), or "exec" (passes them all to AFTER_EXEC).
+MANY = textwrap.dedent("""\
+    import ctypes, os, resource, socket, sys
+    base, count, how, sockdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    socks = []
+    for port in range(base, base + count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", port)); s.listen(1)
+        socks.append(s)
+    print("files", len(os.listdir(sockdir)), flush=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if how == "closefrom":
+        libc.closefrom(socks[0].fileno())
+    elif how == "close_range":
+        libc.close_range(socks[0].fileno(), 0xFFFFFFFF, 0)
+    elif how == "exec":
+        for s in socks:
+            s.set_inheritable(True)
+        fds = ",".join(str(s.detach()) for s in socks)
+        os.execv(sys.executable, [sys.executable, "-c", sys.argv[5], fds])
+    else:  # exit with the sockets open: the library closes them and removes the files
+        fds = [s.detach() for s in socks]
+    print("left", len(os.listdir(sockdir)), flush=True)
+""")
+
+AFTER_EXEC = textwrap.dedent("""\
+    import socket, sys
+    seen = [socket.socket(fileno=int(fd)).getsockname() for fd in sys.argv[1].split(",")]
+    print("inet", sum(1 for name in seen if isinstance(name, tuple)), flush=True)
+""")
+
+
+def run_many(how: str, sockdir: Path) -> tuple[dict[str, str], str]:
+    """What MANY printed, and its log lines."""
+    base = 20000
+    result = run_wrapped([f"in,path={sockdir}/%p.sock"],
+                         [sys.executable, "-c", MANY, str(base), str(LISTENERS), how, str(sockdir),
+                          AFTER_EXEC], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines()), result.stderr
+
+
+def test_thousand_listeners_files_removed_at_exit(sockdir: Path) -> None:
+    seen, log = run_many("exit", sockdir)
+    assert seen["files"] == str(LISTENERS)
+    assert len(os.listdir(sockdir)) == 0 and log == ""
+
+
+@pytest.mark.parametrize("how", ["closefrom", "close_range"])
+def test_thousand_listeners_closed_at_once_remove_their_files(how: str,
+                                                              sockdir: Path) -> None:
+    seen, log = run_many(how, sockdir)
+    assert seen["files"] == str(LISTENERS) and seen["left"] == "0", seen
+    assert log == ""
+
+
+def test_thousand_listeners_across_exec(sockdir: Path) -> None:
+    # Every one reaches the new image as an IP listener, and the new image removes
+    # every file when it exits.
+    seen, log = run_many("exec", sockdir)
+    assert seen["files"] == str(LISTENERS) and seen["inet"] == str(LISTENERS), seen
+    assert len(os.listdir(sockdir)) == 0 and log == ""
