@@ -13,6 +13,7 @@
  * removed with the socket.
  */
 #include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -29,6 +30,8 @@
 #define RECV_BATCH 32
 
 static char rundir[80];
+static dev_t rundir_dev;
+static ino_t rundir_ino;
 static atomic_uint private_counter;
 
 static int pid_gone(const char *digits)
@@ -39,23 +42,82 @@ static int pid_gone(const char *digits)
 	return pid > 0 && *end == '.' && kill((pid_t)pid, 0) && errno == ESRCH;
 }
 
+/* A directory in which nobody but root and us can add, rename or remove entries of ours. */
+static int trusted_dir(const struct stat *st)
+{
+	return S_ISDIR(st->st_mode) && (st->st_uid == 0 || st->st_uid == geteuid()) &&
+	       (!(st->st_mode & 022) || (st->st_mode & S_ISVTX));
+}
+
+/*
+ * The directory at path (absolute), opened if every directory on the way is trusted and
+ * none is a symlink: then no other user can move what we make there, so a bind by path
+ * (which a datagram address must be: it is what peers reply to) lands where we meant.
+ * An fd, or -1 with errno EACCES.
+ */
+static int open_trusted(const char *path)
+{
+	int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	char name[NAME_MAX + 1];
+	struct stat st;
+	size_t len;
+
+	while (fd >= 0) {
+		int next;
+
+		if (fstat(fd, &st) || !trusted_dir(&st))
+			break;
+		path += strspn(path, "/");
+		if (!*path)
+			return fd;
+		len = strcspn(path, "/");
+		if (len > NAME_MAX)
+			break;
+		memcpy(name, path, len);
+		name[len] = 0;
+		path += len;
+		next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		REAL(close)(fd);
+		fd = next;
+	}
+	if (fd >= 0)
+		REAL(close)(fd);
+	errno = EACCES;
+	return -1;
+}
+
+/* One of our private directories, name in base: opened (readable) if it is, else -1. */
+static int open_ours(int base, const char *name, struct stat *st)
+{
+	int fd = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (!fstat(fd, st) && st->st_uid == geteuid() && (st->st_mode & 0777) == 0700)
+		return fd;
+	REAL(close)(fd);
+	errno = EACCES;
+	return -1;
+}
+
 /*
  * Empty a directory that a process killed before its exit handlers ran left behind:
  * remove the socket files nobody is bound to (a forked child of the dead process may
- * still use its own), then the directory once nothing is left.
+ * still use its own), then the directory once nothing is left.  Only a directory of
+ * ours, and only through its fd: what its name leads to may change meanwhile.
  */
 static void sweep_dir(int base_fd, const char *name)
 {
-	int fd = openat(base_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	char path[sizeof(rundir) + 300];
+	char path[64 + NAME_MAX];
+	struct stat dst, st;
 	struct dirent *d;
-	struct stat st;
 	DIR *dir;
+	int fd = open_ours(base_fd, name, &dst);
 
 	if (fd < 0)
 		return;
-	if (fstat(fd, &st) || st.st_uid != geteuid() || !(dir = fdopendir(fd))) {
-		close(fd);
+	if (!(dir = fdopendir(fd))) {
+		REAL(close)(fd);
 		return;
 	}
 	while ((d = readdir(dir))) {
@@ -63,29 +125,53 @@ static void sweep_dir(int base_fd, const char *name)
 			continue;
 		snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", fd, d->d_name);
 		if (!socket_file_live(path, &st))
-			unlinkat(fd, d->d_name, 0);
+			unlinkat_if_same(fd, d->d_name, st.st_dev, st.st_ino, 0);
 	}
 	closedir(dir);
-	unlinkat(base_fd, name, AT_REMOVEDIR); /* fails while anything is left */
+	/* fails while anything is left */
+	unlinkat_if_same(base_fd, name, dst.st_dev, dst.st_ino, AT_REMOVEDIR);
 }
 
-static void sweep_stale_rundirs(const char *base)
+static void sweep_stale_rundirs(int base_fd)
 {
-	int base_fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = openat(base_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	struct dirent *d;
 	DIR *dir;
 
-	if (base_fd < 0)
+	if (fd < 0)
 		return;
-	if (!(dir = fdopendir(base_fd))) {
-		close(base_fd);
+	if (!(dir = fdopendir(fd))) {
+		REAL(close)(fd);
 		return;
 	}
 	while ((d = readdir(dir)))
-		if ((d->d_type == DT_DIR || d->d_type == DT_UNKNOWN) &&
-		    !strncmp(d->d_name, "unixify.", 8) && pid_gone(d->d_name + 8))
+		if ((d->d_type == DT_DIR || d->d_type == DT_UNKNOWN) && !strncmp(d->d_name, "unixify.", 8) &&
+		    pid_gone(d->d_name + 8))
 			sweep_dir(base_fd, d->d_name);
 	closedir(dir);
+}
+
+/*
+ * $XDG_RUNTIME_DIR, or /tmp when it is unset, unusable or not trusted (another user could
+ * move our directory there and put a symlink in its place); opened.  -1 if neither is.
+ */
+static int open_base(const char **base)
+{
+	const char *env = getenv("XDG_RUNTIME_DIR");
+	int fd;
+
+	if (env && env[0] == '/' && strlen(env) <= 40 && !access(env, W_OK | X_OK)) {
+		if ((fd = open_trusted(env)) >= 0) {
+			*base = env;
+			return fd;
+		}
+		ulog(LOG_WARN_, "XDG_RUNTIME_DIR %s: another user can change it or a directory "
+		     "on its way; using /tmp for datagram reply addresses", env);
+	}
+	*base = "/tmp";
+	if ((fd = open_trusted(*base)) < 0)
+		ulog(LOG_ERR_, "/tmp: another user can change it or a directory on its way");
+	return fd;
 }
 
 /*
@@ -95,31 +181,54 @@ static void sweep_stale_rundirs(const char *base)
  */
 static int make_rundir(void)
 {
-	const char *base = getenv("XDG_RUNTIME_DIR");
 	char dir[sizeof(rundir)];
-	int saved = errno;
+	const char *base;
+	struct stat st;
+	int base_fd, fd, saved = errno;
 
-	if (!base || base[0] != '/' || strlen(base) > 40 || access(base, W_OK | X_OK))
-		base = "/tmp";
-	sweep_stale_rundirs(base);
+	if ((base_fd = open_base(&base)) < 0)
+		return -1;
+	sweep_stale_rundirs(base_fd);
 	errno = saved;
 	snprintf(dir, sizeof(dir), "%s/unixify.%d.XXXXXX", base, (int)getpid());
-	if (!mkdtemp(dir)) /* mode 0700 */
+	fd = mkdtemp(dir) ? open_ours(base_fd, strrchr(dir, '/') + 1, &st) : -1; /* 0700 */
+	REAL(close)(base_fd);
+	if (fd < 0)
 		return -1;
+	REAL(close)(fd);
 	state_lock();
 	if (!rundir[0]) {
 		memcpy(rundir, dir, sizeof(rundir));
+		rundir_dev = st.st_dev;
+		rundir_ino = st.st_ino;
 		dir[0] = 0;
 	}
 	state_unlock();
 	if (dir[0])
-		rmdir(dir);
+		unlink_if_same(dir, st.st_dev, st.st_ino, AT_REMOVEDIR);
 	return 0;
+}
+
+/* Is sock bound to name in our private directory (not somewhere a path led it)? */
+static int bound_in_rundir(int sock, const char *name)
+{
+	char dir[sizeof(rundir)];
+	struct stat st;
+	int fd, r = 0;
+
+	memcpy(dir, rundir, sizeof(dir));
+	fd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	if (!fstat(fd, &st) && st.st_dev == rundir_dev && st.st_ino == rundir_ino)
+		r = !fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) && bound_here(sock, &st);
+	REAL(close)(fd);
+	return r;
 }
 
 int dgram_private_bind(int sock)
 {
-	char path[sizeof(rundir) + 24];
+	char path[sizeof(rundir) + 24], *name;
 	int idx;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -131,18 +240,26 @@ int dgram_private_bind(int sock)
 		/* the pid keeps names apart in a directory shared with forked children */
 		snprintf(path, sizeof(path), "%s/%d.%x", rundir, (int)getpid(),
 			 atomic_fetch_add(&private_counter, 1));
+		name = strrchr(path, '/') + 1;
 		idx = sockfile_bind(sock, path, NULL);
-		if (idx != -2 || errno != ENOENT)
+		if (idx == -2 && errno == ENOENT) {
+			rundir[0] = 0; /* removed under us (by a child's exit, say): make another */
+			continue;
+		}
+		if (idx == -2 || bound_in_rundir(sock, name))
 			return idx;
-		rundir[0] = 0; /* removed under us (by a child's exit, say): make another */
+		ulog(LOG_ERR_, "%s: the reply address was not made in its private directory; "
+		     "refusing", path);
+		errno = EACCES;
+		return -2;
 	}
 	return -2;
 }
 
 void dgram_exit_cleanup(void)
 {
-	if (rundir[0])
-		rmdir(rundir); /* only when empty: a child may still use it */
+	if (rundir[0]) /* only when empty: a child may still use it */
+		unlink_if_same(rundir, rundir_dev, rundir_ino, AT_REMOVEDIR);
 }
 
 /*

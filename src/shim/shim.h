@@ -275,6 +275,13 @@ int sockfile_find(const char *path);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
 void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
+/* Is the socket file st (an lstat) the one sock is bound to?  1 or 0. */
+int bound_here(int sock, const struct stat *st);
+/* Remove name in dir, or path, only while it still names the file (dev, ino); flags as
+ * unlinkat's.  0, or -1 (with errno from unlinkat_if_same: ESTALE when another file is
+ * there now; unlink_if_same keeps errno). */
+int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags);
+int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);
 /* The file the socket with inode sock_ino is bound to, or was accepted from: 1 with its

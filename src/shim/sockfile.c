@@ -198,7 +198,7 @@ int socket_file_live(const char *path, const struct stat *st)
 /* Is the socket file st the one sock is bound to?  By inode number only: on btrfs (and
  * some overlays) stat's device is not the superblock's that sock_diag reports.  Without
  * sock_diag any socket file will do (callers look in a directory only we can write). */
-static int bound_here(int sock, const struct stat *st)
+int bound_here(int sock, const struct stat *st)
 {
 	struct stat s;
 	struct diag_query q;
@@ -411,15 +411,26 @@ struct private_dir {
 	const char *base;    /* its name in parent */
 };
 
-static void private_close(struct private_dir *d)
+/* Remove name in dir only while it still names the file (dev, ino); flags as unlinkat. */
+int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
 {
 	struct stat st;
+
+	if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW))
+		return -1;
+	if (st.st_dev != dev || st.st_ino != ino) {
+		errno = ESTALE;
+		return -1;
+	}
+	return unlinkat(dir, name, flags);
+}
+
+static void private_close(struct private_dir *d)
+{
 	int saved = errno;
 
-	/* remove it only while its name still leads to it */
-	if (d->ino && !d->keep && !fstatat(d->parent, d->name, &st, AT_SYMLINK_NOFOLLOW) &&
-	    st.st_dev == d->dev && st.st_ino == d->ino)
-		unlinkat(d->parent, d->name, AT_REMOVEDIR);
+	if (d->ino && !d->keep)
+		unlinkat_if_same(d->parent, d->name, d->dev, d->ino, AT_REMOVEDIR);
 	if (d->fd >= 0)
 		REAL(close)(d->fd);
 	if (d->parent >= 0)
@@ -655,20 +666,19 @@ int sockfile_blackhole(int sock)
 	return r;
 }
 
-/* Unlink path if it still names the file (dev, ino).  Its directory is resolved once, so
- * a directory on the way swapped for a symlink cannot lead the unlink elsewhere. */
-static int unlink_if_same(const char *path, dev_t dev, ino_t ino)
+/* Unlink path if it still names the file (dev, ino); flags as unlinkat.  Its directory
+ * is resolved once, so a directory on the way swapped for a symlink cannot lead the
+ * unlink elsewhere. */
+int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags)
 {
 	const char *base;
-	struct stat st;
 	int dir, r = -1, saved = errno;
 
 	dir = open_parent(path, &base);
-	if (dir >= 0 && !fstatat(dir, base, &st, AT_SYMLINK_NOFOLLOW) && st.st_dev == dev &&
-	    st.st_ino == ino)
-		r = unlinkat(dir, base, 0);
-	if (dir >= 0)
+	if (dir >= 0) {
+		r = unlinkat_if_same(dir, base, dev, ino, flags);
 		REAL(close)(dir);
+	}
 	errno = saved;
 	return r;
 }
@@ -700,7 +710,7 @@ void sockfile_release(int idx)
 	state_unlock();
 	if (f.noremove)
 		return;
-	if (unlink_if_same(f.path, f.dev, f.ino) == 0)
+	if (unlink_if_same(f.path, f.dev, f.ino, 0) == 0)
 		ulog(LOG_INFO_, "removed socket file %s", f.path);
 }
 
