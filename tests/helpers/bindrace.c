@@ -10,7 +10,7 @@
  *       PATH first, or none); exactly one must bind, the other get EADDRINUSE, and a
  *       client connecting to PATH must reach the one that bound
  *   bindrace rename DIR TARGET SECONDS
- *       (another user, no shim) whenever a directory named *unixify-* appears in DIR,
+ *       (another user, no shim) whenever a directory named *unixify* appears in DIR,
  *       move it aside and put a symlink to TARGET in its place; until stdin closes
  *   bindrace flip DIR TARGET SECONDS
  *       (another user, no shim) swap DIR/sub with a symlink to TARGET and back, again
@@ -218,7 +218,7 @@ static int renamer(const char *dir, const char *target, double seconds)
 
 			e += sizeof(*ev) + ev->len;
 			/* directories only: the symlinks put in their place are created too */
-			if (!ev->len || !(ev->mask & IN_ISDIR) || !strstr(ev->name, "unixify-"))
+			if (!ev->len || !(ev->mask & IN_ISDIR) || !strstr(ev->name, "unixify"))
 				continue;
 			snprintf(from, sizeof(from), "%s/%s", dir, ev->name);
 			snprintf(to, sizeof(to), "%s/moved-%d", dir, swaps);
