@@ -280,3 +280,9 @@ def probe_static(helper_dir: Path) -> str:
 def dgram_helper(helper_dir: Path) -> str:
     """The C datagram program (tests/helpers/dgram.c)."""
     return str(compile_c(HELPERS / "dgram.c", helper_dir / "dgram"))
+
+
+@pytest.fixture(scope="session")
+def bindrace(helper_dir: Path) -> str:
+    """The C racing program (tests/helpers/bindrace.c)."""
+    return str(compile_c(HELPERS / "bindrace.c", helper_dir / "bindrace"))

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    HELPERS,
     Processes,
-    compile_c,
     free_port,
     parse_kv,
     read_until,
@@ -39,11 +37,6 @@ for _ in range(count):
 print("held", flush=True)
 sys.stdin.readline()
 """
-
-
-@pytest.fixture(scope="module")
-def bindrace(helper_dir: Path) -> str:
-    return str(compile_c(HELPERS / "bindrace.c", helper_dir / "bindrace"))
 
 
 def as_nobody() -> None:

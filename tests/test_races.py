@@ -11,20 +11,13 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    HELPERS,
     Processes,
-    compile_c,
     free_port,
     parse_kv,
     read_until,
     require_tool,
     run_wrapped,
 )
-
-
-@pytest.fixture(scope="module")
-def bindrace(helper_dir: Path) -> str:
-    return str(compile_c(HELPERS / "bindrace.c", helper_dir / "bindrace"))
 
 
 @pytest.mark.parametrize("extra", ["", ",mode=0600"])
