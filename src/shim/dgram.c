@@ -93,7 +93,7 @@ static int open_ours(int base, const char *name, struct stat *st)
 
 	if (fd < 0)
 		return -1;
-	if (!fstat(fd, st) && st->st_uid == geteuid() && (st->st_mode & 0777) == 0700)
+	if (!fstat(fd, st) && st->st_uid == geteuid() && !(st->st_mode & 077))
 		return fd;
 	REAL(close)(fd);
 	errno = EACCES;
@@ -209,11 +209,12 @@ static int make_rundir(void)
 	return 0;
 }
 
-/* Is sock bound to name in our private directory (not somewhere a path led it)? */
-static int bound_in_rundir(int sock, const char *name)
+/* Does path lead to name in our private directory (not somewhere a rename led it)?  Only
+ * we can make entries there, and sockfile_bind checked that the file is our socket. */
+static int in_rundir(const char *path, const char *name)
 {
 	char dir[sizeof(rundir)];
-	struct stat st;
+	struct stat st, at;
 	int fd, r = 0;
 
 	memcpy(dir, rundir, sizeof(dir));
@@ -221,7 +222,8 @@ static int bound_in_rundir(int sock, const char *name)
 	if (fd < 0)
 		return 0;
 	if (!fstat(fd, &st) && st.st_dev == rundir_dev && st.st_ino == rundir_ino)
-		r = !fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) && bound_here(sock, &st);
+		r = !fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) && !lstat(path, &at) &&
+		    S_ISSOCK(st.st_mode) && st.st_dev == at.st_dev && st.st_ino == at.st_ino;
 	REAL(close)(fd);
 	return r;
 }
@@ -246,7 +248,7 @@ int dgram_private_bind(int sock)
 			rundir[0] = 0; /* removed under us (by a child's exit, say): make another */
 			continue;
 		}
-		if (idx == -2 || bound_in_rundir(sock, name))
+		if (idx == -2 || in_rundir(path, name))
 			return idx;
 		ulog(LOG_ERR_, "%s: the reply address was not made in its private directory; "
 		     "refusing", path);

@@ -275,8 +275,6 @@ int sockfile_find(const char *path);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
 void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
-/* Is the socket file st (an lstat) the one sock is bound to?  1 or 0. */
-int bound_here(int sock, const struct stat *st);
 /* Remove name in dir, or path, only while it still names the file (dev, ino); flags as
  * unlinkat's.  0, or -1 (with errno from unlinkat_if_same: ESTALE when another file is
  * there now; unlink_if_same keeps errno). */

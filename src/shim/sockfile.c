@@ -198,7 +198,7 @@ int socket_file_live(const char *path, const struct stat *st)
 /* Is the socket file st the one sock is bound to?  By inode number only: on btrfs (and
  * some overlays) stat's device is not the superblock's that sock_diag reports.  Without
  * sock_diag any socket file will do (callers look in a directory only we can write). */
-int bound_here(int sock, const struct stat *st)
+static int bound_here(int sock, const struct stat *st)
 {
 	struct stat s;
 	struct diag_query q;
