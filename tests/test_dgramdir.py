@@ -4,6 +4,7 @@ while the client binds, and entries planted in /tmp for the sweep of stale direc
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from conftest import (
     parse_kv,
     read_until,
     require_tool,
+    unixify_command,
 )
 
 NOBODY = 65534
@@ -174,3 +176,37 @@ def test_sweep_leaves_what_another_user_planted_in_tmp(procs: Processes, sockdir
     assert {p: tree(p) for p in before} == before
     assert (tmp / f"unixify.{dead}.lnk{tag}").is_symlink()
     assert not ours.exists()  # the sweep did run
+
+
+# A tmpfs of nobody's on /tmp; a shim under the old /tmp (a sanitizer build) is copied
+# to its place there from the old /tmp, still the working directory.
+MOUNT_HOSTILE_TMP = """\
+cd /tmp && mount -t tmpfs -o uid=65534,mode=1777 ufy /tmp || exit 1
+for f in $UNIXIFY_SHIM; do
+    case $f in /tmp/*) mkdir -p "${f%/*}" && cp "./${f#/tmp/}" "$f" || exit 1;; esac
+done
+cd / && exec "$@"
+"""
+
+
+def test_no_trusted_base_fails_closed() -> None:
+    """/tmp owned by another user (a tmpfs of theirs, in a mount namespace of the test's
+    own) and no usable $XDG_RUNTIME_DIR: the client's send fails with EACCES and a log
+    line, its socket stays unbound.  (The old code made its directory there.)"""
+    unshare = require_tool("unshare")
+    code = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try:\n"
+            "    s.sendto(b'x', ('127.0.0.1', 9)); print('sent')\n"
+            "except OSError as e:\n"
+            "    print('errno', e.errno)\n"
+            "print('port', s.getsockname()[1])\n")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    result = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "sh", "-c",
+         MOUNT_HOSTILE_TMP, "sh",
+         *unixify_command(), "-r", "out,udp,port=9,path=/tmp/x.sock", "--",
+         sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, env=env, cwd="/")
+    assert result.stdout.split() == ["errno", str(errno.EACCES), "port", "0"], result
+    assert "/tmp: another user can change it or a directory on its way" in result.stderr
