@@ -100,55 +100,60 @@ static int open_ours(int base, const char *name, struct stat *st)
 	return -1;
 }
 
+/* Call fn for each entry of the directory dir (opened for reading), as getdents64 lists
+ * them: readdir would malloc, and a sendto in a signal handler may get here. */
+static void each_entry(int dir, void (*fn)(int dir, const struct dirent64 *d))
+{
+	char buf[2048] __attribute__((aligned(8)));
+	ssize_t n;
+
+	while ((n = getdents64(dir, buf, sizeof(buf))) > 0)
+		for (ssize_t off = 0; off < n; off += ((struct dirent64 *)(buf + off))->d_reclen)
+			fn(dir, (struct dirent64 *)(buf + off));
+}
+
+/* In a directory being swept: remove a socket file nobody is bound to. */
+static void sweep_entry(int dir, const struct dirent64 *d)
+{
+	char path[64 + NAME_MAX];
+	struct stat st;
+
+	if (fstatat(dir, d->d_name, &st, AT_SYMLINK_NOFOLLOW) || !S_ISSOCK(st.st_mode))
+		return;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dir, d->d_name);
+	if (!socket_file_live(path, &st))
+		unlinkat_if_same(dir, d->d_name, st.st_dev, st.st_ino, 0);
+}
+
 /*
  * Empty a directory that a process killed before its exit handlers ran left behind:
  * remove the socket files nobody is bound to (a forked child of the dead process may
  * still use its own), then the directory once nothing is left.  Only a directory of
  * ours, and only through its fd: what its name leads to may change meanwhile.
  */
-static void sweep_dir(int base_fd, const char *name)
+static void sweep_dir(int base, const struct dirent64 *d)
 {
-	char path[64 + NAME_MAX];
-	struct stat dst, st;
-	struct dirent *d;
-	DIR *dir;
-	int fd = open_ours(base_fd, name, &dst);
+	struct stat st;
+	int fd;
 
-	if (fd < 0)
+	if ((d->d_type != DT_DIR && d->d_type != DT_UNKNOWN) ||
+	    strncmp(d->d_name, "unixify.", 8) || !pid_gone(d->d_name + 8) ||
+	    (fd = open_ours(base, d->d_name, &st)) < 0)
 		return;
-	if (!(dir = fdopendir(fd))) {
-		REAL(close)(fd);
-		return;
-	}
-	while ((d = readdir(dir))) {
-		if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) || !S_ISSOCK(st.st_mode))
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", fd, d->d_name);
-		if (!socket_file_live(path, &st))
-			unlinkat_if_same(fd, d->d_name, st.st_dev, st.st_ino, 0);
-	}
-	closedir(dir);
+	each_entry(fd, sweep_entry);
+	REAL(close)(fd);
 	/* fails while anything is left */
-	unlinkat_if_same(base_fd, name, dst.st_dev, dst.st_ino, AT_REMOVEDIR);
+	unlinkat_if_same(base, d->d_name, st.st_dev, st.st_ino, AT_REMOVEDIR);
 }
 
 static void sweep_stale_rundirs(int base_fd)
 {
 	int fd = openat(base_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	struct dirent *d;
-	DIR *dir;
 
 	if (fd < 0)
 		return;
-	if (!(dir = fdopendir(fd))) {
-		REAL(close)(fd);
-		return;
-	}
-	while ((d = readdir(dir)))
-		if ((d->d_type == DT_DIR || d->d_type == DT_UNKNOWN) && !strncmp(d->d_name, "unixify.", 8) &&
-		    pid_gone(d->d_name + 8))
-			sweep_dir(base_fd, d->d_name);
-	closedir(dir);
+	each_entry(fd, sweep_dir);
+	REAL(close)(fd);
 }
 
 /*
