@@ -13,9 +13,9 @@
  * removed with the socket.
  */
 #include <dirent.h>
-#include <limits.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -220,16 +220,16 @@ static int in_rundir(const char *path, const char *name)
 {
 	char dir[sizeof(rundir)];
 	struct stat st, at;
-	int fd, r = 0;
+	int fd, r = 0, saved = errno;
 
 	memcpy(dir, rundir, sizeof(dir));
 	fd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	if (!fstat(fd, &st) && st.st_dev == rundir_dev && st.st_ino == rundir_ino)
+	if (fd >= 0 && !fstat(fd, &st) && st.st_dev == rundir_dev && st.st_ino == rundir_ino)
 		r = !fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) && !lstat(path, &at) &&
 		    S_ISSOCK(st.st_mode) && st.st_dev == at.st_dev && st.st_ino == at.st_ino;
-	REAL(close)(fd);
+	if (fd >= 0)
+		REAL(close)(fd);
+	errno = saved;
 	return r;
 }
 
