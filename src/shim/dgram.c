@@ -192,8 +192,8 @@ ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg
 	ssize_t r;
 	int saved = errno;
 
-	if (ipaddr_from_sockaddr(&a, msg->msg_name, msg->msg_namelen) ||
-	    a.sa.sa_family != e->family)
+	if (ipaddr_for_socket(&a, msg->msg_name, msg->msg_namelen, e->family, SOCK_DGRAM,
+			      CALL_SEND) || a.sa.sa_family != e->family)
 		return REAL(sendmsg)(fd, msg, flags);
 	if (e->kind == FD_IP) {
 		struct sock_query q = { .dir = DIR_OUT, .type = SOCK_DGRAM, .addr = &a };
@@ -423,18 +423,31 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 	return r;
 }
 
+/* Does some message name an IP destination, making fd (unknown to us) one we track? */
+static int sends_to_ip(int fd, const struct mmsghdr *vec, unsigned vlen)
+{
+	for (unsigned i = 0; i < vlen; i++) {
+		if (tracked_for_send(fd, vec[i].msg_hdr.msg_name, vec[i].msg_hdr.msg_namelen))
+			return 1;
+	}
+	return 0;
+}
+
 /* One message at a time through sendmsg(), which knows where each one goes. */
 API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 {
 	struct fd_entry e;
 	unsigned i;
 
-	if (!vec || !fd_tracked(fd))
+	rules_need();
+	if (!vec || (!fd_tracked(fd) && !sends_to_ip(fd, vec, vlen)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	fd_snapshot(fd, &e);
 	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
 		return -1;
-	if (e.kind != FD_CONVERTED && !(e.kind == FD_IP && e.type == SOCK_DGRAM))
+	/* a datagram's destination, or a TCP Fast Open connect, is for the rules to judge */
+	if (e.kind != FD_CONVERTED && !((e.kind == FD_IP || e.kind == FD_PENDING) &&
+					(e.type == SOCK_DGRAM || flags & MSG_FASTOPEN)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	for (i = 0; i < vlen; i++) {
 		ssize_t r = sendmsg(fd, &vec[i].msg_hdr, flags);

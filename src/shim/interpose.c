@@ -59,6 +59,32 @@ static void classify(int fd, struct fd_entry *e)
 	errno = saved;
 }
 
+static int unspecified_family(const struct sockaddr *sa, socklen_t len)
+{
+	return sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC;
+}
+
+/*
+ * A socket made where we could not see it (syscall(2), or before an exec) that sends to
+ * an IP address (or AF_UNSPEC, which UDP takes for one) would be bound to a port by the
+ * kernel: learn it now, as bind and connect do.  1 when fd is tracked.
+ */
+int tracked_for_send(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd))
+		return 1;
+	if (rules_state == RULES_NONE || !sa || len < sizeof(sa_family_t) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6 && sa->sa_family != AF_UNSPEC))
+		return 0;
+	classify(fd, &e);
+	if (e.kind != FD_IP || (e.type != SOCK_STREAM && e.type != SOCK_DGRAM))
+		return 0;
+	fd_store(fd, &e);
+	return 1;
+}
+
 /* An unconverted IP socket of the address's family; a pending socket asked about another
  * family first becomes the IP socket it stands for, and the kernel answers. */
 static int convertible(int fd, const struct fd_entry *e, const struct ipaddr *a)
@@ -121,9 +147,11 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(bind)(fd, sa, len);
-	if (ipaddr_from_sockaddr(&a, sa, len))
+	if (ipaddr_from_sockaddr(&a, sa, len) && !unspecified_family(sa, len))
 		return rules_use_unix ? redirect_bind(fd, sa, len) : REAL(bind)(fd, sa, len);
 	classify(fd, &e);
+	if (ipaddr_for_socket(&a, sa, len, e.family, e.type, CALL_BIND))
+		return REAL(bind)(fd, sa, len);
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(bind)(fd, sa, len);
@@ -173,6 +201,7 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		return rules_use_unix ? redirect_connect(fd, sa, len) : REAL(connect)(fd, sa, len);
 	}
 	classify(fd, &e);
+	ipaddr_for_socket(&a, sa, len, e.family, e.type, CALL_CONNECT); /* AF_INET on IPv6 */
 	if (e.kind == FD_CONVERTED && e.type == SOCK_DGRAM)
 		return a.sa.sa_family == e.family ? dgram_connect(fd, &a) : REAL(connect)(fd, sa, len);
 	if (e.kind == FD_CONVERTED && (e.role == ROLE_CLIENT || e.role == ROLE_ACCEPTED)) {
@@ -496,7 +525,7 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 			      .msg_iov = &iov, .msg_iovlen = 1 };
 
 	rules_need();
-	if (!sa || (!fd_tracked(fd) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
+	if (!sa || (!tracked_for_send(fd, sa, salen) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
 					 sa->sa_family == AF_UNIX)))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
 	return sendmsg(fd, &msg, flags);
@@ -512,7 +541,7 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);
-	if (!msg || !msg->msg_name || !fd_tracked(fd))
+	if (!msg || !msg->msg_name || !tracked_for_send(fd, msg->msg_name, msg->msg_namelen))
 		return REAL(sendmsg)(fd, msg, flags);
 	fd_snapshot(fd, &e);
 	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
@@ -526,8 +555,10 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 		return REAL(sendmsg)(fd, &copy, flags);
 	if (flags & MSG_FASTOPEN) {
 		if (fastopen_connect(fd, &e, msg->msg_name, msg->msg_namelen, &handled) < 0 &&
-		    handled)
+		    handled) {
+			claim_mark(fd, &e, DIR_OUT, errno);
 			return -1;
+		}
 		if (handled)
 			return REAL(sendmsg)(fd, &copy, flags & ~MSG_FASTOPEN);
 	}

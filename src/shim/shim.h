@@ -90,6 +90,11 @@ struct ipaddr {
 };
 socklen_t ipaddr_len(const struct ipaddr *a);
 int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_t len);
+enum ip_call { CALL_BIND, CALL_CONNECT, CALL_SEND };
+/* The IP address sa names in call on a socket of family and type, as the kernel reads
+ * it (AF_UNSPEC for AF_INET, AF_INET as IPv4-mapped): 0 with out set, or -1. */
+int ipaddr_for_socket(struct ipaddr *out, const struct sockaddr *sa, socklen_t len,
+		      int family, int type, enum ip_call call);
 uint16_t ipaddr_port(const struct ipaddr *a);
 void ipaddr_set_port(struct ipaddr *a, uint16_t port);
 void ipaddr_any(struct ipaddr *a, int family);
@@ -371,6 +376,11 @@ int systemd_close_range(unsigned first, unsigned last, int flags,
  * its fd (no longer hidden), with *family set; -2 when this rule already took one
  * (blackhole the bind); -1 with errno and a log line when there is none. */
 int systemd_claim(int rule, const struct rule *r, int type, int *family);
+
+/* ---- interposed calls (interpose.c) ---- */
+/* fd is tracked, or it is an IP socket we did not see made that sends to sa, and is
+ * tracked now (sending would bind it to a port).  1 when tracked. */
+int tracked_for_send(int fd, const struct sockaddr *sa, socklen_t len);
 
 /* ---- datagram peers (peers.c) ---- */
 /* Pair a Unix address with the IP address the program knows it by. */
