@@ -133,3 +133,43 @@ def test_send_and_connect_in_any_address_shape_follow_the_rule(sockdir: Path,
     assert info["ip"] == "", info
     call = next(k for k in info if k not in ("ip", "unix"))
     assert info[call] in ("ECONNREFUSED", "0"), info  # "0": a datagram nobody heard
+
+
+# The program ignores bind's error and runs another one on the same socket (a server
+# that re-executes itself), which listens or sends: the claim must cross the exec.
+EXEC_AFTER_FAILED_BIND = r"""
+import errno, os, socket, sys
+if len(sys.argv) == 3:
+    kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[2])))
+    except OSError as e:
+        print("bind=" + errno.errorcode[e.errno], flush=True)
+    os.set_inheritable(s.fileno(), True)
+    os.execv(sys.executable, [sys.executable, "-c", CODE,
+                              sys.argv[1], sys.argv[2], str(s.fileno())])
+s = socket.socket(fileno=int(sys.argv[3]))
+try:
+    if sys.argv[1] == "tcp":
+        s.listen(4)
+    else:
+        s.sendto(b"hi", ("127.0.0.1", int(sys.argv[2])))
+    print("after_exec=0")
+except OSError as e:
+    print("after_exec=" + errno.errorcode[e.errno])
+ino = os.readlink("/proc/self/fd/%d" % s.fileno())[8:-1]
+print("ip=" + ",".join(line.split()[1] for t in ("tcp", "udp")
+                       for line in open("/proc/self/net/" + t).readlines()[1:]
+                       if line.split()[9] == ino))
+"""
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_failed_claim_survives_exec(sockdir: Path, kind: str) -> None:
+    port = free_port()
+    code = "CODE = %r\n" % EXEC_AFTER_FAILED_BIND + EXEC_AFTER_FAILED_BIND
+    result = run_wrapped([f"in,port={port},path={sockdir}/missing/s.sock"],
+                         [sys.executable, "-c", code, kind, str(port)])
+    info = parse_kv(result.stdout)
+    assert info == {"bind": "ENOENT", "after_exec": "ENOENT", "ip": ""}, (info, result.stderr)
