@@ -65,6 +65,15 @@ elif mode == "bind-v6-24":     # RFC 2133's sockaddr_in6, without sin6_scope_id
     fd = socket.socket(socket.AF_INET6).detach()
     print("bind=" + result(libc.bind(fd, v6(24, bytes(16)), 24)))
     print("listen=" + result(libc.listen(fd, 5)))
+elif mode == "bindresvport":    # glibc binds with its own bind, out of the shim's sight
+    fd = socket.socket().detach()
+    print("bind=" + result(libc.bindresvport(fd, None)))
+    print("listen=" + result(libc.listen(fd, 5)))
+elif mode == "rresvport":
+    lport = ctypes.c_int(1023)
+    fd = libc.rresvport(ctypes.byref(lport))
+    print("bind=" + result(fd))
+    print("listen=" + result(libc.listen(fd, 5)))
 elif mode == "connect-v6-24":
     fd = socket.socket(socket.AF_INET6).detach()
     print("connect=" + result(libc.connect(fd, v6(24), 24)))
@@ -95,7 +104,7 @@ print("unix=" + "".join(line.split()[7] for line in open("/proc/self/net/unix")
                         if line.split()[6] == ino and len(line.split()) > 7))
 """
 
-IN_MODES = ["bind-unspec", "bind-v6-24"]
+IN_MODES = ["bind-unspec", "bind-v6-24", "bindresvport", "rresvport"]
 OUT_MODES = ["connect-v6-24", "udp6-sendto-v4", "udp6-connect-v4", "udp4-sendto-unspec",
              "sendmmsg-fastopen", "raw-udp-sendto", "raw-tcp-fastopen", "raw-udp-sendmmsg"]
 
@@ -108,12 +117,12 @@ def attack(rules: list[str], mode: str, port: int) -> dict[str, str]:
 
 @pytest.mark.parametrize("mode", IN_MODES)
 def test_bind_in_any_address_shape_follows_the_rule(sockdir: Path, mode: str) -> None:
-    # Both shapes give the program a TCP listener without the shim; the rule says Unix.
+    # Each gives the program a TCP listener without the shim; the rule says Unix.
     info = attack([f"in,path={sockdir}/s.sock"], mode, free_port())
     assert info == {"bind": "0", "listen": "0", "ip": "", "unix": f"{sockdir}/s.sock"}, info
 
 
-@pytest.mark.parametrize("mode", IN_MODES)
+@pytest.mark.parametrize("mode", IN_MODES[:3])  # rresvport returns no socket then
 def test_bind_in_any_address_shape_fails_closed_on_broken_rules(sockdir: Path,
                                                                 mode: str) -> None:
     info = attack([f"in,path={sockdir}/missing/s.sock"], mode, free_port())

@@ -8,6 +8,7 @@
 #undef _FILE_OFFSET_BITS
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -273,6 +274,68 @@ API int listen(int fd, int backlog)
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
+}
+
+/*
+ * glibc's bindresvport() and rresvport_af() bind with its internal bind, out of our
+ * reach, and a program then listens on a reserved port no rule saw.  The same search
+ * for a free port, through our bind: a rule that claims the socket decides at once.
+ */
+#define RESV_LOW 512 /* IPPORT_RESERVED / 2 */
+
+API int bindresvport(int fd, struct sockaddr_in *sin)
+{
+	struct sockaddr_in any = { .sin_family = AF_INET };
+	unsigned start = (unsigned)getpid();
+	int saved = errno;
+
+	if (!sin)
+		sin = &any;
+	if (sin->sin_family != AF_INET) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	for (unsigned i = 0, n = IPPORT_RESERVED - RESV_LOW; i < n; i++) {
+		sin->sin_port = htons((uint16_t)(RESV_LOW + (start + i) % n));
+		if (bind(fd, (struct sockaddr *)sin, sizeof(*sin)) == 0) {
+			errno = saved;
+			return 0;
+		}
+		if (errno != EADDRINUSE)
+			return -1;
+	}
+	return -1;
+}
+
+API int rresvport_af(int *alport, sa_family_t family)
+{
+	struct ipaddr a;
+	int fd, saved;
+
+	if (family != AF_INET && family != AF_INET6) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	fd = socket(family, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	ipaddr_any(&a, family);
+	for (; *alport > RESV_LOW; (*alport)--) {
+		ipaddr_set_port(&a, (uint16_t)*alport);
+		if (bind(fd, &a.sa, ipaddr_len(&a)) == 0)
+			return fd;
+		if (errno != EADDRINUSE)
+			break;
+	}
+	saved = *alport > RESV_LOW ? errno : EAGAIN;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+API int rresvport(int *alport)
+{
+	return rresvport_af(alport, AF_INET);
 }
 
 /* Bumped by every close of ours that releases a socket file (see accept_common). */
