@@ -415,8 +415,8 @@ static int sockopt_is(int fd, int name, int want)
 	return sockopt_value(fd, name) == want;
 }
 
-/* A "c," item: fd, if it is the IP socket announced, keeps its failed claim.  A forged
- * one can only make a socket of the program fail, never open anything. */
+/* A "c," item: fd, if it is the IP socket announced (and not a passed one), keeps its
+ * failed claim.  A forged one can only make a socket fail, never open anything. */
 static int take_claim(const char **s, int take)
 {
 	unsigned err, dir;
@@ -437,7 +437,8 @@ static int take_claim(const char **s, int take)
 	e.type = (uint8_t)sockopt_value(fd, SO_TYPE);
 	e.claim_errno = (uint8_t)err;
 	e.claim_dir = (uint8_t)dir;
-	if (fd >= 0 && !fstat(fd, &st) && S_ISSOCK(st.st_mode) && st.st_ino == ino &&
+	if (fd >= 0 && !fd_tracked(fd) && !fstat(fd, &st) && S_ISSOCK(st.st_mode) &&
+	    st.st_ino == ino &&
 	    (e.family == AF_INET || e.family == AF_INET6) &&
 	    (e.type == SOCK_STREAM || e.type == SOCK_DGRAM))
 		fd_store(fd, &e);
