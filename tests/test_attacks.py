@@ -4,12 +4,13 @@ connect or bind implicitly by another way than bind/connect/listen."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, parse_kv, run_wrapped
+from conftest import HELPERS, compile_c, free_port, parse_kv, run_wrapped
 from test_failclosed import ip_peers
 
 # The program makes its calls through libc (ctypes), so the preloaded shim sees them
@@ -182,3 +183,18 @@ def test_failed_claim_survives_exec(sockdir: Path, kind: str) -> None:
                          [sys.executable, "-c", code, kind, str(port)])
     info = parse_kv(result.stdout)
     assert info == {"bind": "ENOENT", "after_exec": "ENOENT", "ip": ""}, (info, result.stderr)
+
+
+def test_socket_calls_before_our_constructor_follow_the_rules(helper_dir: Path,
+                                                              sockdir: Path) -> None:
+    # The dynamic linker may run a library's constructor before the shim's.
+    lib = compile_c(HELPERS / "early.c", helper_dir / "libearly.so",
+                    extra=["-DLIB", "-shared", "-fPIC"])
+    program = compile_c(HELPERS / "early.c", helper_dir / "early",
+                        extra=["-Wl,--no-as-needed", f"-L{helper_dir}", "-learly",
+                               f"-Wl,-rpath,{helper_dir}"])
+    port = free_port()
+    result = run_wrapped([f"in,path={sockdir}/s.sock"], [str(program)],
+                         env={**os.environ, "EARLY_PORT": str(port)})
+    assert parse_kv(result.stdout) == {"result": "0", "family": str(socket.AF_UNIX)}, result
+    assert lib.exists()

@@ -20,13 +20,30 @@
 
 #define SOMAXCONN_MAX 65535
 
-__attribute__((constructor(102))) static void shim_init(void)
+int shim_started;
+
+/*
+ * Once: from our constructor, or from the first socket call if it comes earlier.  The
+ * dynamic linker may run the constructor of a library the program links before ours,
+ * and a socket it opens there must meet the rules too.
+ */
+void shim_start(void)
 {
+	int expected = 0;
+
+	if (!__atomic_compare_exchange_n(&shim_started, &expected, 1, 0, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return;
 	real_init();
 	log_init();
 	rules_init();
 	systemd_init();
 	inherit_init();
+}
+
+__attribute__((constructor(102))) static void shim_init(void)
+{
+	shim_start();
 }
 
 __attribute__((destructor)) static void shim_fini(void)

@@ -150,9 +150,14 @@ struct sock_query {
 enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN, RULES_LAZY };
 extern enum rules_state rules_state;
 void rules_load(void);
+/* The library's start-up, run once (interpose.c); shim_started says it began. */
+extern int shim_started;
+void shim_start(void);
 /* Call before looking at rules_state or the rules from a socket call. */
 static inline void rules_need(void)
 {
+	if (__builtin_expect(!__atomic_load_n(&shim_started, __ATOMIC_ACQUIRE), 0))
+		shim_start();
 	if (__atomic_load_n(&rules_state, __ATOMIC_ACQUIRE) == RULES_LAZY)
 		rules_load();
 }
