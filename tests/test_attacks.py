@@ -70,6 +70,10 @@ elif mode == "bindresvport":    # glibc binds with its own bind, out of the shim
     fd = socket.socket().detach()
     print("bind=" + result(libc.bindresvport(fd, None)))
     print("listen=" + result(libc.listen(fd, 5)))
+elif mode == "bindresvport6":   # libtirpc's takes the socket's family; ours too
+    fd = socket.socket(socket.AF_INET6).detach()
+    print("bind=" + result(libc.bindresvport(fd, None)))
+    print("listen=" + result(libc.listen(fd, 5)))
 elif mode == "rresvport":
     lport = ctypes.c_int(1023)
     fd = libc.rresvport(ctypes.byref(lport))
@@ -105,7 +109,7 @@ print("unix=" + "".join(line.split()[7] for line in open("/proc/self/net/unix")
                         if line.split()[6] == ino and len(line.split()) > 7))
 """
 
-IN_MODES = ["bind-unspec", "bind-v6-24", "bindresvport", "rresvport"]
+IN_MODES = ["bind-unspec", "bind-v6-24", "bindresvport", "bindresvport6", "rresvport"]
 OUT_MODES = ["connect-v6-24", "udp6-sendto-v4", "udp6-connect-v4", "udp4-sendto-unspec",
              "sendmmsg-fastopen", "raw-udp-sendto", "raw-tcp-fastopen", "raw-udp-sendmmsg"]
 
@@ -123,7 +127,7 @@ def test_bind_in_any_address_shape_follows_the_rule(sockdir: Path, mode: str) ->
     assert info == {"bind": "0", "listen": "0", "ip": "", "unix": f"{sockdir}/s.sock"}, info
 
 
-@pytest.mark.parametrize("mode", IN_MODES[:3])  # rresvport returns no socket then
+@pytest.mark.parametrize("mode", IN_MODES[:4])  # rresvport returns no socket then
 def test_bind_in_any_address_shape_fails_closed_on_broken_rules(sockdir: Path,
                                                                 mode: str) -> None:
     info = attack([f"in,path={sockdir}/missing/s.sock"], mode, free_port())

@@ -300,21 +300,30 @@ API int listen(int fd, int backlog)
  */
 #define RESV_LOW 512 /* IPPORT_RESERVED / 2 */
 
+/* libtirpc's version takes IPv6 too, and the socket's own family when sin is NULL. */
 API int bindresvport(int fd, struct sockaddr_in *sin)
 {
-	struct sockaddr_in any = { .sin_family = AF_INET };
-	unsigned start = (unsigned)getpid();
-	int saved = errno;
+	unsigned start = (unsigned)getpid(), n = IPPORT_RESERVED - RESV_LOW;
+	socklen_t len = sizeof(int);
+	int family = AF_INET, saved = errno;
+	struct ipaddr a;
 
-	if (!sin)
-		sin = &any;
-	if (sin->sin_family != AF_INET) {
+	if (sin)
+		family = sin->sin_family;
+	else if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len))
+		return -1;
+	if (family != AF_INET && family != AF_INET6) {
 		errno = EAFNOSUPPORT;
 		return -1;
 	}
-	for (unsigned i = 0, n = IPPORT_RESERVED - RESV_LOW; i < n; i++) {
-		sin->sin_port = htons((uint16_t)(RESV_LOW + (start + i) % n));
-		if (bind(fd, (struct sockaddr *)sin, sizeof(*sin)) == 0) {
+	ipaddr_any(&a, family);
+	if (sin)
+		memcpy(&a, sin, ipaddr_len(&a));
+	for (unsigned i = 0; i < n; i++) {
+		ipaddr_set_port(&a, (uint16_t)(RESV_LOW + (start + i) % n));
+		if (bind(fd, &a.sa, ipaddr_len(&a)) == 0) {
+			if (sin) /* sin_port and sin6_port are at the same place */
+				sin->sin_port = htons(ipaddr_port(&a));
 			errno = saved;
 			return 0;
 		}
