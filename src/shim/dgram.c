@@ -93,14 +93,30 @@ static void sweep_stale_rundirs(const char *base)
  * Making one is rare (once per process tree), so it also sweeps the directories of
  * killed processes, which would otherwise pile up.
  */
-static int make_rundir(void)
+/*
+ * XDG_RUNTIME_DIR when it is ours alone, else /tmp.  Its owner could rename our
+ * directory there and leave a symlink in its place, so that our next socket file is
+ * made where they like; in /tmp the sticky bit keeps others from renaming what we make.
+ * (root keeps a login's XDG_RUNTIME_DIR after su without -.)
+ */
+static const char *rundir_base(void)
 {
 	const char *base = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+
+	if (!base || base[0] != '/' || strlen(base) > 40 || stat(base, &st) ||
+	    !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+	    st.st_mode & (S_IWGRP | S_IWOTH) || access(base, W_OK | X_OK))
+		return "/tmp";
+	return base;
+}
+
+static int make_rundir(void)
+{
+	const char *base = rundir_base();
 	char dir[sizeof(rundir)];
 	int saved = errno;
 
-	if (!base || base[0] != '/' || strlen(base) > 40 || access(base, W_OK | X_OK))
-		base = "/tmp";
 	sweep_stale_rundirs(base);
 	errno = saved;
 	snprintf(dir, sizeof(dir), "%s/unixify.%d.XXXXXX", base, (int)getpid());
