@@ -171,8 +171,16 @@ if len(sys.argv) == 3:
     except OSError as e:
         print("bind=" + errno.errorcode[e.errno], flush=True)
     os.set_inheritable(s.fileno(), True)
-    os.execv(sys.executable, [sys.executable, "-c", CODE,
-                              sys.argv[1], sys.argv[2], str(s.fileno())])
+    argv = [sys.executable, "-c", CODE, sys.argv[1], sys.argv[2], str(s.fileno())]
+    if os.environ.get("HOW") == "execveat":  # glibc 2.34's, besides the exec family
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*[a.encode() for a in argv], None)
+        c_env = (ctypes.c_char_p * (len(os.environ) + 1))(
+            *[("%s=%s" % kv).encode() for kv in os.environ.items()], None)
+        libc.execveat(-100, sys.executable.encode(), c_argv, c_env, 0)  # AT_FDCWD
+        sys.exit("execveat failed")
+    os.execv(sys.executable, argv)
 s = socket.socket(fileno=int(sys.argv[3]))
 try:
     if sys.argv[1] == "tcp":
@@ -189,12 +197,14 @@ print("ip=" + ",".join(line.split()[1] for t in ("tcp", "udp")
 """
 
 
+@pytest.mark.parametrize("how", ["execv", "execveat"])
 @pytest.mark.parametrize("kind", ["tcp", "udp"])
-def test_failed_claim_survives_exec(sockdir: Path, kind: str) -> None:
+def test_failed_claim_survives_exec(sockdir: Path, kind: str, how: str) -> None:
     port = free_port()
     code = "CODE = %r\n" % EXEC_AFTER_FAILED_BIND + EXEC_AFTER_FAILED_BIND
     result = run_wrapped([f"in,port={port},path={sockdir}/missing/s.sock"],
-                         [sys.executable, "-c", code, kind, str(port)])
+                         [sys.executable, "-c", code, kind, str(port)],
+                         env={**os.environ, "HOW": how})
     info = parse_kv(result.stdout)
     assert info == {"bind": "ENOENT", "after_exec": "ENOENT", "ip": ""}, (info, result.stderr)
 

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -242,6 +243,19 @@ API int execvpe(const char *file, char *const argv[], char *const envp[])
 API int fexecve(int fd, char *const argv[], char *const envp[])
 {
 	WITH_INHERITED_ENV(REAL(fexecve)(fd, argv, env));
+}
+
+static int real_execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
+			 int flags)
+{
+	return real.execveat ? real.execveat(dirfd, path, argv, envp, flags)
+			     : (int)syscall(SYS_execveat, dirfd, path, argv, envp, flags);
+}
+
+API int execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
+		 int flags)
+{
+	WITH_INHERITED_ENV(real_execveat(dirfd, path, argv, env, flags));
 }
 
 API int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
