@@ -201,7 +201,7 @@ print("ip=" + ",".join(line.split()[1] for t in ("tcp", "udp")
 @pytest.mark.parametrize("kind", ["tcp", "udp"])
 def test_failed_claim_survives_exec(sockdir: Path, kind: str, how: str) -> None:
     port = free_port()
-    code = "CODE = %r\n" % EXEC_AFTER_FAILED_BIND + EXEC_AFTER_FAILED_BIND
+    code = f"CODE = {EXEC_AFTER_FAILED_BIND!r}\n" + EXEC_AFTER_FAILED_BIND
     result = run_wrapped([f"in,port={port},path={sockdir}/missing/s.sock"],
                          [sys.executable, "-c", code, kind, str(port)],
                          env={**os.environ, "HOW": how})
