@@ -92,6 +92,9 @@ elif mode == "rresvport":
 elif mode == "connect-v6-24":
     fd = socket.socket(socket.AF_INET6).detach()
     print("connect=" + result(libc.connect(fd, v6(24), 24)))
+elif mode == "underscore-connect":  # glibc exports connect under this name too
+    fd = socket.socket().detach()
+    print("connect=" + result(getattr(libc, "__connect")(fd, v4(), 16)))
 elif mode == "udp6-sendto-v4":  # an IPv6 datagram socket sends to AF_INET addresses
     fd = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).detach()
     print("sendto=" + sendto(fd, v4()))
@@ -120,7 +123,7 @@ print("unix=" + "".join(line.split()[7] for line in open("/proc/self/net/unix")
 """
 
 IN_MODES = ["bind-unspec", "bind-v6-24", "bindresvport", "bindresvport6", "rresvport"]
-OUT_MODES = ["connect-v6-24", "udp6-sendto-v4", "udp6-connect-v4", "udp4-sendto-unspec",
+OUT_MODES = ["connect-v6-24", "underscore-connect", "udp6-sendto-v4", "udp6-connect-v4", "udp4-sendto-unspec",
              "sendmmsg-fastopen", "raw-udp-sendto", "raw-tcp-fastopen", "raw-udp-sendmmsg"]
 
 

@@ -243,6 +243,11 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	return r;
 }
 
+/* glibc exports connect under this name as well, with the same default version. */
+API int __connect(int fd, const struct sockaddr *sa, socklen_t len);
+API int __connect(int fd, const struct sockaddr *sa, socklen_t len)
+	__attribute__((alias("connect")));
+
 /*
  * listen() on a socket with no port binds it to one: the bind the rules decide about,
  * to the address it has (the unspecified one unless bound with IP_BIND_ADDRESS_NO_PORT)
