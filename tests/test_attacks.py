@@ -17,11 +17,15 @@ from conftest import (
     compile_c,
     free_port,
     parse_kv,
+    preloaded_env,
     read_until,
     require_tool,
     run_wrapped,
 )
 from test_failclosed import ip_peers
+
+from unixify.encoding import encode_rules
+from unixify.rules import parse_rule
 
 # The program makes its calls through libc (ctypes), so the preloaded shim sees them
 # exactly as a C program's, with the address bytes it chooses.  It prints each call's
@@ -123,8 +127,9 @@ print("unix=" + "".join(line.split()[7] for line in open("/proc/self/net/unix")
 """
 
 IN_MODES = ["bind-unspec", "bind-v6-24", "bindresvport", "bindresvport6", "rresvport"]
-OUT_MODES = ["connect-v6-24", "underscore-connect", "udp6-sendto-v4", "udp6-connect-v4", "udp4-sendto-unspec",
-             "sendmmsg-fastopen", "raw-udp-sendto", "raw-tcp-fastopen", "raw-udp-sendmmsg"]
+OUT_MODES = ["connect-v6-24", "underscore-connect", "udp6-sendto-v4", "udp6-connect-v4",
+             "udp4-sendto-unspec", "sendmmsg-fastopen", "raw-udp-sendto", "raw-tcp-fastopen",
+             "raw-udp-sendmmsg"]
 
 
 def attack(rules: list[str], mode: str, port: int) -> dict[str, str]:
@@ -264,3 +269,14 @@ def test_private_directory_not_where_another_user_can_swap_it(procs: Processes,
     assert list(target.iterdir()) == []
     assert made == []
     proc.communicate("\n", timeout=10)
+
+
+def test_forged_claim_item_for_another_fd_is_ignored(sockdir: Path) -> None:
+    # fd 0 is a pipe here, not the IP socket the item names: one warning, nothing else.
+    code = "import socket; s = socket.socket(); s.listen(1); print('listened')"
+    env = preloaded_env(UNIXIFY_RULES=encode_rules([parse_rule(f"in,path={sockdir}/s.sock")]),
+                        UNIXIFY_INHERIT="c,0,12345,2,1;")
+    result = subprocess.run([sys.executable, "-c", code], input="", capture_output=True,
+                            text=True, env=env, timeout=10)
+    assert result.stdout == "listened\n", result
+    assert "ignored 1 items" in result.stderr, result

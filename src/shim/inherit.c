@@ -431,7 +431,7 @@ static int sockopt_is(int fd, int name, int want)
 
 /* A "c," item: fd, if it is the IP socket announced (and not a passed one), keeps its
  * failed claim.  A forged one can only make a socket fail, never open anything. */
-static int take_claim(const char **s, int take)
+static int take_claim(const char **s, struct import *im)
 {
 	unsigned err, dir;
 	unsigned long ino;
@@ -443,7 +443,7 @@ static int take_claim(const char **s, int take)
 	    !err || err > 255 || (dir != DIR_IN && dir != DIR_OUT))
 		return -1;
 	*s += used;
-	if (!take)
+	if (im->pass != 1)
 		return 0;
 	fd_entry_init(&e);
 	e.kind = FD_IP;
@@ -456,6 +456,8 @@ static int take_claim(const char **s, int take)
 	    (e.family == AF_INET || e.family == AF_INET6) &&
 	    (e.type == SOCK_STREAM || e.type == SOCK_DGRAM))
 		fd_store(fd, &e);
+	else
+		im->ignored++;
 	return 0;
 }
 
@@ -573,7 +575,7 @@ static int inherit_part(const char *s, struct import *im)
 
 	while (*s) {
 		if (*s == 'c') {
-			if (take_claim(&s, im->pass == 1))
+			if (take_claim(&s, im))
 				return -1;
 		} else if (*s == 'f') {
 			if (get_file(&s, &f))
