@@ -107,3 +107,41 @@ def test_missing_program() -> None:
     result = unixify("-r", "in,path=/x", "no-such-program-here")
     assert result.returncode == 127
     assert result.stderr == "unixify: no-such-program-here: command not found\n"
+
+
+# How each command that reads rules takes them: before the rules, after them.
+RULE_COMMANDS = {"check": ([b"-c"], []), "run": ([], [b"true"]), "env": ([b"env"], []),
+                 "explain": ([b"explain"], [b"out", b"tcp", b"unix", b"/run/x"])}
+
+
+@pytest.mark.parametrize("command", sorted(RULE_COMMANDS))
+@pytest.mark.parametrize("rule,column", [
+    (b"in,systemd=\xff", 12), (b"out,from-unix=/run/\xfe*,path=/x", 20),
+    (b"out,from-abstract=a\xc3,abstract=b", 20), (b"in,path=/tmp/\x80", 14),
+])
+def test_rule_that_is_not_utf8_is_one_line_everywhere(command: str, rule: bytes,
+                                                      column: int) -> None:
+    """argv bytes that are not UTF-8 cannot reach the shim's environment: every command
+    says so in one line (it was a UnicodeEncodeError traceback, and -c said valid)."""
+    before, after = RULE_COMMANDS[command]
+    args = [os.fsencode(a) for a in unixify_command()] + before + [b"-r", rule] + after
+    result = subprocess.run(args, capture_output=True, timeout=30)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, result
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert f"-r #1, column {column}: byte 0x{rule[column - 1]:02x} is not valid UTF-8" \
+        in stderr, stderr
+
+
+@pytest.mark.parametrize("command", sorted(RULE_COMMANDS))
+def test_nul_in_rule_file_is_one_line_everywhere(command: str, tmp_path: Path) -> None:
+    """A NUL cannot go into an environment string: it was 'ValueError: embedded null
+    byte' at exec, and -c said valid."""
+    rules = tmp_path / "rules"
+    rules.write_bytes(b"# ok\nin,path=/tmp/a\0b\n")
+    before, after = RULE_COMMANDS[command]
+    args = [*before, b"-f", os.fsencode(rules), *after]
+    result = unixify(*(os.fsdecode(a) for a in args))
+    assert result.returncode == 1, result
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result
+    assert f"{rules}:2, column 15: NUL character in 'in,path=/tmp/a\\x00b'" in result.stderr

@@ -5,14 +5,29 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import select
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
 
 import pytest
-from conftest import run_wrapped, unixify_command
+from conftest import HELPERS, compile_c, preloaded_env, run_wrapped, unixify_command
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from unixify.explain import Query, explain, glob_matches, parse_query
-from unixify.rules import parse_rule
+from unixify.explain import (
+    DSTAR,
+    DSTAR_SLASH,
+    STAR,
+    Query,
+    explain,
+    glob_elements,
+    glob_matches,
+    parse_query,
+)
+from unixify.rules import GLOB_MAX, RuleError, parse_rule
 
 GLOB_CASES = [
     ("/run/app.sock", "/run/app.sock", True),
@@ -34,6 +49,20 @@ GLOB_CASES = [
     ("app.sock", "/var/run/app.sock", True),      # no '/': the basename
     ("app.sock", "/var/run/app.sock.old", False),
     ("*.sock", "/var/run/app.sock", True),
+    ("/run/**/", "/run/", True),
+    ("/a/**/**/y", "/a/y", True),
+    ("/a/**/y", "/ab/y", False),
+    ("/a/**y", "/a/b/xy", True),
+    ("**", "/any/thing", True),
+    ("/run/[z-a]", "/run/m", False),              # a reversed range holds nothing
+    ("/run/[]-a]", "/run/^", True),
+    ("/run/[a-]]", "/run/-]", True),
+    ("/run/?", "/run/\u00e9", False),             # globs match bytes, as the shim does
+    ("/run/??", "/run/\u00e9", True),
+    ("/run/[\u00e9]", "/run/\u00e9", False),
+    ("**/**/**/**/**/**/**/**/y", "/" * 98 + "x", False),
+    ("*a*a*a*a*a*a*a*ab", "a" * 100, False),
+    ("*a*a*a*a*a*a*a*ab", "a" * 99 + "b", True),
 ]
 
 
@@ -54,6 +83,105 @@ def test_shim_glob_agrees(pattern: str, path: str, expected: bool) -> None:
                          [sys.executable, "-c", code, path])
     want = errno.EPROTONOSUPPORT if expected else errno.ENOENT
     assert result.stdout.strip() == str(want), result
+
+
+def test_pathological_globs_in_explain_finish() -> None:
+    """Backtracking took minutes here; the matcher is linear now (the timeout only
+    detects a hang)."""
+    for pattern, path in [("**/**/**/**/**/**/**/**/y", "/a" * 49 + "/x"),
+                          ("*a*a*a*a*a*a*a*ab", "/" + "a" * 99)]:
+        result = subprocess.run([*unixify_command(), "explain", "-r",
+                                 f"out,from-unix={pattern},path=/tmp/y", "out", "tcp",
+                                 "unix", path], capture_output=True, text=True, timeout=10)
+        assert result.stdout.endswith("=> no rule matches: connect() goes ahead unchanged "
+                                      "on the Unix socket\n"), result
+
+
+@pytest.fixture(scope="module")
+def c_glob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, str], bool]]:
+    """The shim's glob.c, compiled into a helper that answers pattern/path queries."""
+    source = Path(__file__).parent.parent / "src" / "shim" / "glob.c"
+    binary = compile_c(HELPERS / "globmatch.c", tmp_path_factory.mktemp("glob") / "glob",
+                       extra=["-D_GNU_SOURCE", str(source)])
+    proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def match(pattern: str, path: str) -> bool:
+        stdin.write(os.fsencode(pattern) + b"\0" + os.fsencode(path) + b"\0")
+        stdin.flush()
+        ready, _, _ = select.select([stdout], [], [], 10)  # a hang detector only
+        assert ready, f"glob.c took over 10 s on {pattern!r} {path!r}"
+        return {b"1": True, b"0": False}[stdout.read(1)]
+
+    yield match
+    stdin.close()
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def backtracking_match(pattern: str, path: str) -> bool:
+    """A plain backtracking matcher over the same elements: exponential, but obviously
+    right, for checking the automaton on small inputs."""
+    elements = glob_elements(pattern)
+    raw = os.fsencode(path if "/" in pattern else path.rsplit("/", 1)[-1])
+
+    def at(k: int, j: int) -> bool:
+        if k == len(elements):
+            return j == len(raw)
+        kind = elements[k].kind
+        if kind == DSTAR:
+            return any(at(k + 1, i) for i in range(j, len(raw) + 1))
+        if kind == STAR:
+            end = raw.find(b"/", j)
+            return any(at(k + 1, i) for i in range(j, (len(raw) if end < 0 else end) + 1))
+        if kind == DSTAR_SLASH:
+            return at(k + 1, j) or any(raw[i - 1] == ord("/") and at(k + 1, i)
+                                       for i in range(j + 1, len(raw) + 1))
+        return j < len(raw) and raw[j] in elements[k].accepts and at(k + 1, j + 1)
+
+    return at(0, 0)
+
+
+GLOB_PIECES = st.sampled_from(["*", "**", "**/", "?", "/", "a", "b", "[", "]", "!", "-",
+                               "\\", "\u00e9", "[a-b]", "[!a]"])
+PATH_PIECES = st.sampled_from(["a", "b", "/", "\u00e9", "[", "]", "-", "!", "\\", "*"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(GLOB_PIECES, max_size=8).map("".join),
+       st.lists(PATH_PIECES, max_size=10).map("".join))
+def test_glob_matchers_agree(c_glob: Callable[[str, str], bool], pattern: str,
+                             path: str) -> None:
+    """The shim's matcher, explain's and a backtracking one decide alike."""
+    expected = backtracking_match(pattern, path)
+    assert glob_matches(pattern, path) is expected
+    assert c_glob(pattern, path) is expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(GLOB_PIECES, min_size=20, max_size=80).map("".join),
+       st.lists(PATH_PIECES, min_size=50, max_size=107).map("".join))
+def test_long_globs_agree(c_glob: Callable[[str, str], bool], pattern: str,
+                          path: str) -> None:
+    assert c_glob(pattern, path) is glob_matches(pattern, path)
+
+
+def test_glob_length_limit(c_glob: Callable[[str, str], bool]) -> None:
+    """Patterns are bounded (the shim's state sets are on its stack): the parser refuses
+    longer ones, and the shim matches nothing with one."""
+    longest = "*" * GLOB_MAX
+    assert parse_rule(f"from-unix={longest},ignore").from_unix == longest
+    assert c_glob(longest, "/x")
+    with pytest.raises(RuleError, match=f"at most {GLOB_MAX}"):
+        parse_rule(f"from-unix={longest}*,ignore")
+    assert not c_glob(longest + "*", "/x")
+    # an encoding made by hand with a longer one is malformed, as a whole
+    for pattern, malformed in ((longest, False), (longest + "*", True)):
+        env = preloaded_env(UNIXIFY_RULES=f"UFY1{{A1:Iu{len(pattern)}:{pattern}}}")
+        result = subprocess.run([sys.executable, "-c", "import socket"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert ("UNIXIFY_RULES is malformed" in result.stderr) is malformed, result
 
 
 RULES = ["out,port=53,ignore", "out,tcp,path=/run/%t-%p.sock",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,11 @@ from conftest import (
     HELPERS,
     Processes,
     free_port,
+    preloaded_env,
     read_until,
     require_tool,
     run_wrapped,
+    tcp_port_open,
     unixify_command,
 )
 
@@ -189,3 +192,83 @@ def test_tipc_without_the_module_fails_clearly(probe: str) -> None:
                          [probe, "refused", "127.0.0.1", str(port)])
     assert "connect=-1,EAFNOSUPPORT" in result.stdout, result
     assert "cannot make a socket for tipc addrtype 2 scope 2 128:99:0" in result.stderr
+
+
+# A control file as an attacker would write it: unsock's layout with an IPv4 destination.
+BIND_AND_REPORT = (
+    "import socket,sys\ns=socket.socket()\n"
+    "try: s.bind(('127.0.0.1',int(sys.argv[1]))); s.listen(); print('bound')\n"
+    "except OSError as e: print(e.errno)\n"
+    "q=':%04X'%int(sys.argv[2])\n"
+    "rows=[l.split() for f in ('/proc/net/tcp','/proc/net/tcp6') for l in open(f)][1:]\n"
+    "print('tcp listening', any(r[1].endswith(q) and r[3]=='0A' for r in rows if len(r)>3))\n")
+
+
+def inet_control_file(path: Path, port: int, owner: int = 0, mode: int = 0o644,
+                      host: str = "127.0.0.1") -> None:
+    dest = struct.pack("<HH4s", socket.AF_INET, 0, socket.inet_aton(host))
+    dest = dest[:2] + port.to_bytes(2, "big") + dest[4:]
+    data = controlfile.HEADER.pack(controlfile.MAGIC, 0, 0, 16, 0, 0)
+    data += bytes(128) + dest.ljust(128, b"\0")
+    path.write_bytes(data.ljust(controlfile.SIZE, b"\0"))
+    os.chown(path, owner, owner)
+    path.chmod(mode)
+
+
+@pytest.mark.parametrize("owner,mode,why", [
+    (0, 0o644, "names address family 2"),          # root's own file, but an IP address
+    (65534, 0o644, "owned by uid 65534"),          # another user's file
+    (0, 0o664, "with mode 0664 is not trusted"),   # root's, but others may write it
+])
+def test_control_file_cannot_open_a_tcp_listener(sockdir: Path, owner: int, mode: int,
+                                                 why: str) -> None:
+    """A user who can put a file where a root-run rule's socket goes must not get a TCP
+    port of their choosing: the bind fails with EACCES and no port listens."""
+    port, attacker_port = free_port(), free_port()
+    inet_control_file(sockdir / "app.sock", attacker_port, owner, mode, "0.0.0.0")
+    for rule in [f"in,path={sockdir}/app.sock,mode=0600", f"in,path={sockdir}/app.sock"]:
+        result = run_wrapped([rule], [sys.executable, "-c", BIND_AND_REPORT, str(port),
+                                      str(attacker_port)])
+        assert result.stdout.splitlines() == ["13", "tcp listening False"], (rule, result)
+        assert why in result.stderr and "refusing" in result.stderr, result
+        assert not tcp_port_open(attacker_port)
+
+
+def test_unsock_dir_control_file_cannot_open_a_tcp_listener(sockdir: Path) -> None:
+    port, attacker_port = free_port(), free_port()
+    inet_control_file(sockdir / f"{port}.sock", attacker_port, 65534)
+    env = preloaded_env(UNSOCK_DIR=str(sockdir), UNSOCK_ADDR="127.0.0.1")
+    result = subprocess.run([sys.executable, "-c", BIND_AND_REPORT, str(port),
+                             str(attacker_port)],
+                            capture_output=True, text=True, timeout=20, env=env)
+    assert result.stdout.splitlines() == ["13", "tcp listening False"], result
+    assert "owned by uid 65534" in result.stderr, result
+
+
+@pytest.mark.parametrize("owner,mode", [(0, 0o644), (65534, 0o600), (0, 0o646)])
+def test_control_file_cannot_send_a_connect_to_tcp(sockdir: Path, probe: str, owner: int,
+                                                   mode: int) -> None:
+    port = free_port()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.3)
+        inet_control_file(sockdir / f"{port}.sock", listener.getsockname()[1], owner, mode)
+        result = run_wrapped([f"out,path={sockdir}/%p.sock"],
+                             [probe, "refused", "127.0.0.1", str(port)])
+        assert "connect=-1,EACCES" in result.stdout, result
+        assert "refusing" in result.stderr, result
+        with pytest.raises(TimeoutError):
+            listener.accept()[0].close()
+
+
+def test_control_file_of_another_user_is_refused_for_any_family(sockdir: Path,
+                                                                probe: str) -> None:
+    port = free_port()
+    path = sockdir / f"{port}.sock"
+    controlfile.create(str(path), controlfile.Target("fc", (1,), str(sockdir / "fc.sock")))
+    os.chown(path, 65534, 65534)
+    result = run_wrapped([f"out,path={sockdir}/%p.sock"],
+                         [probe, "refused", "127.0.0.1", str(port)])
+    assert "connect=-1,EACCES" in result.stdout, result
+    assert "owned by uid 65534" in result.stderr, result

@@ -6,6 +6,7 @@ import grp
 import os
 import pwd
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -53,23 +54,26 @@ def test_default_mode_for_all_rules(procs: Processes, sockdir: Path) -> None:
 
 def test_the_file_appears_only_with_its_final_permissions(sockdir: Path) -> None:
     """Created in a private directory, given its mode and owner there, then renamed into
-    place: nothing is ever bound at the final path itself."""
+    place, every step after mkdir through the directory's fd (strace -y shows the path
+    behind an fd): nothing is ever bound at the final path itself."""
     strace = require_tool("strace")
     log = sockdir / "trace"
     final = sockdir / "final.sock"
-    subprocess.run([strace, "-f", "-qq", "-o", str(log), "-e",
-                    "trace=bind,chmod,fchmodat,lchown,fchownat,rename,renameat2,mkdir",
+    subprocess.run([strace, "-f", "-qq", "-y", "-o", str(log), "-e",
+                    "trace=bind,chmod,fchmodat,lchown,fchownat,rename,renameat2,mkdir,mkdirat",
                     *unixify_command(), "-r", f"in,path={final},mode=0600,owner=0",
                     sys.executable, "-c", "import socket; socket.socket().bind(('::1',0)) "
                     "if 0 else socket.socket().bind(('127.0.0.1',0))"],
                    check=True, capture_output=True, timeout=30)
     calls = [line.split(" ", 1)[1] for line in log.read_text().splitlines()
-             if str(sockdir) in line]
-    private = re.escape(f"{sockdir}/.unixify-")
-    order = [r"mkdir\(\"" + private, r"bind\(.*" + private + r".*/s\"",
-             r"chmod\(\"" + private + r".*/s\", 0600\)|fchmodat\(.*" + private,
-             r"chown\(\"" + private + r"|fchownat\(.*" + private,
-             r"renameat2\(.*" + private + r".*/s\", .*" + re.escape(str(final))]
+             if str(sockdir) in line or "/proc/self/fd/" in line]
+    private = re.escape(f"{sockdir}/.unixify-") + r"[0-9a-f]+>"
+    order = [r"mkdirat\(\d+<" + re.escape(str(sockdir)) + r">, \".unixify-",
+             r"bind\(.*sun_path=\"/proc/self/fd/\d+/s\"",
+             r"fchmodat\(\d+<" + private + r", \"s\", 0600\)",
+             r"fchownat\(\d+<" + private + r", \"s\", 0, -1, AT_SYMLINK_NOFOLLOW\)",
+             r"renameat2\(\d+<" + private + r", \"s\", \d+<" + re.escape(str(sockdir))
+             + r">, \"final.sock\", RENAME_NOREPLACE\)"]
     position = 0
     for pattern in order:
         found = next((i for i, c in enumerate(calls[position:], position)
@@ -77,6 +81,7 @@ def test_the_file_appears_only_with_its_final_permissions(sockdir: Path) -> None
         assert found is not None, (pattern, calls)
         position = found + 1
     assert not any(re.search(r"bind\(.*" + re.escape(f'"{final}"'), c) for c in calls), calls
+    assert not any(re.search(r"^(chmod|lchown|rename)\(", c) for c in calls), calls
 
 
 def test_a_chown_not_allowed_is_an_error_at_bind(sockdir: Path) -> None:
@@ -118,3 +123,20 @@ def test_permission_keywords_in_rules() -> None:
         bad = subprocess.run([*unixify_command(), "-c", "-r", text], capture_output=True,
                              text=True)
         assert bad.returncode == 1 and fragment in bad.stderr, (text, bad)
+
+
+def test_mode_without_proc(sockdir: Path) -> None:
+    """Without /proc the socket is bound in the private directory by its path, and
+    checked there through the directory's fd before its mode is set."""
+    unshare = require_tool("unshare")
+    final = sockdir / "noproc.sock"
+    code = ("import os,socket\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n"
+            f"print(oct(os.stat({str(final)!r}).st_mode))\n")
+    wrapped = " ".join(shlex.quote(a) for a in [*unixify_command(), "-r",
+                                                  f"in,path={final},mode=0640",
+                                                  sys.executable, "-c", code])
+    result = subprocess.run([unshare, "--mount", "sh", "-c",
+                             f"mount -t tmpfs none /proc && {wrapped}"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "0o140640", result
+    assert list(sockdir.iterdir()) == []

@@ -265,6 +265,28 @@ def test_live_socket_in_another_network_namespace_is_not_taken_over(
     assert owner.poll() is None and sock.is_socket()
 
 
+@pytest.mark.parametrize("listening", [True, False])
+def test_liveness_probe_never_connects_to_a_server(procs: Processes, probe: str,
+                                                   sockdir: Path, netns: list[str],
+                                                   listening: bool) -> None:
+    """A stream server in another namespace (sock_diag cannot see it), listening or
+    between bind and listen, is live to the probe and never sees a connection from it."""
+    sock = sockdir / "quiet.sock"
+    code = ("import socket,sys\n"
+            f"s=socket.socket(socket.AF_UNIX); s.bind({str(sock)!r})\n"
+            f"{'s.listen(8); ' if listening else ''}"
+            "print('ready',flush=True); sys.stdin.readline()\n"
+            "s.listen(8); s.setblocking(False)\n"
+            "try: s.accept(); print('connected')\n"
+            "except BlockingIOError: print('no connection')\n")
+    owner = procs.start([*netns, sys.executable, "-c", code], stdin=subprocess.PIPE)
+    read_until(owner, "ready")
+    result = run_wrapped([f"in,path={sock}"], [probe, "server", "127.0.0.1", str(free_port())])
+    assert "error=bind:Address already in use" in result.stdout, result
+    out, _ = owner.communicate("\n", timeout=10)
+    assert out.split() == ["no", "connection"], (out, result)
+
+
 def test_stale_socket_file_is_replaced(procs: Processes, probe: str, sockdir: Path) -> None:
     sock = sockdir / "stale.sock"
     s = socket.socket(socket.AF_UNIX)

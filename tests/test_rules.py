@@ -114,6 +114,10 @@ def test_other_actions() -> None:
     ("addr=1.2.3.4,addr=1.2.3.5,ignore", "given twice", 14),
     ("from-unix=/a,port=3,path=/b", "cannot be combined", 14),
     ("=x,ignore", "without a name", 1),
+    ("in,path=/a\0b", "NUL character", 11),
+    ("in,systemd=\udcff", "byte 0xff is not valid UTF-8", 12),
+    ("out,from-unix=\ud800,ignore", "U+D800 is not valid UTF-8", 15),
+    ("out,from-unix=" + "*" * 1025 + ",ignore", "at most 1024", 5),
 ])
 def test_errors_name_text_and_position(text: str, message: str, column: int) -> None:
     with pytest.raises(RuleError) as info:

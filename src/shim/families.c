@@ -3,7 +3,9 @@
  * unsock control files, and Firecracker-style multiplexers (fc=): a Unix socket on which
  * "CONNECT <port>\n" is answered by "OK ...\n", after which the stream is the guest's.
  *
- * Control file (unsock's format), a regular file of 452 bytes, little-endian, packed:
+ * Control file (unsock's format), a regular file of 452 bytes, little-endian, packed;
+ * trusted only when root's or ours and writable by nobody else, and only for vsock, tipc
+ * or a multiplexer, never an IP address:
  *     0  u64 magic 0x4b534e55 ("UNSK")      8  u64 options (bit 0: multiplexer)
  *    16  u32 proxy length  20  u32 destination length  24  u32 option count  28  u32 0
  *    32  128 bytes proxy sockaddr_un       160  128 bytes destination sockaddr
@@ -118,6 +120,31 @@ static int decode_control(const char *path, const unsigned char *b, struct other
 	return 1;
 }
 
+/* A control file steers the program's socket: it is trusted only from root or our own
+ * uid, and only if nobody else can write it (checked on the file actually read). */
+static int untrusted(const char *path, const struct stat *st)
+{
+	if ((st->st_uid == 0 || st->st_uid == geteuid()) && !(st->st_mode & (S_IWGRP | S_IWOTH)))
+		return 0;
+	ulog(LOG_ERR_, "%s: control file owned by uid %d with mode %04o is not trusted (it "
+	     "must be root's or ours and writable by nobody else); refusing", path,
+	     (int)st->st_uid, (unsigned)(st->st_mode & 07777));
+	errno = EACCES;
+	return -1;
+}
+
+/* Control files exist for vsock, TIPC and multiplexers; an IP address in one would open
+ * the very port a rule is there to prevent. */
+static int wrong_family(const char *path, const struct other_target *t)
+{
+	if (t->fc || t->family == AF_VSOCK || t->family == AF_TIPC)
+		return 0;
+	ulog(LOG_ERR_, "%s: control file names address family %d; only vsock, tipc and "
+	     "multiplexers are allowed; refusing", path, t->family);
+	errno = EACCES;
+	return -1;
+}
+
 int control_file_read(const char *path, struct other_target *t)
 {
 	unsigned char b[CONTROL_FILE_SIZE];
@@ -140,7 +167,9 @@ int control_file_read(const char *path, struct other_target *t)
 	memcpy(&magic, b, sizeof(magic));
 	if (le64toh(magic) != CONTROL_MAGIC)
 		return 0;
-	return decode_control(path, b, t);
+	if (untrusted(path, &st) || decode_control(path, b, t) < 0 || wrong_family(path, t))
+		return -1;
+	return 1;
 }
 
 void other_apply_options(int sock, const struct other_target *t)

@@ -274,9 +274,10 @@ static int apply_field(struct ruleset *s, struct rule *r, char key, const char *
 	case 'N':
 		return set_string(s, &r->systemd_name, v, n);
 	case 'u':
-		return set_string(s, &r->from_unix, v, n);
 	case 'b':
-		return set_string(s, &r->from_abstract, v, n);
+		if (n > GLOB_MAX)
+			return -1;
+		return set_string(s, key == 'u' ? &r->from_unix : &r->from_abstract, v, n);
 	}
 	return -1;
 }

@@ -185,7 +185,9 @@ const struct rule *rule_at(int index);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
 
-/* Does path match a from-unix / from-abstract pattern?  (glob.c) */
+/* Does path match a from-unix / from-abstract pattern?  (glob.c)  Patterns are at most
+ * GLOB_MAX bytes (rules.py: GLOB_MAX); a longer one matches nothing. */
+#define GLOB_MAX 1024
 int glob_match(const char *pattern, const char *path);
 
 /* ---- per-fd state (fdtable.c) ---- */

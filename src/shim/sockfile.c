@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -174,25 +175,45 @@ int socket_file_live(const char *path, const struct stat *st)
 		.vfs_dev = (uint32_t)(major(st->st_dev) << 20 | minor(st->st_dev)),
 	};
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	int types[] = { SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET }, probe, r;
+	int probe, r, saved = errno;
 
 	if (diag_find(&q) > 0)
 		return 1;
 	/* Not found, or no sock_diag (restricted sandbox).  sock_diag sees only this network
 	 * namespace, and a process in another one may be bound to the file: ask the file
-	 * itself.  A refused connection of every socket type means nobody is bound there;
-	 * a found socket was never probed, so a listener gets no stray connection. */
+	 * itself, with a datagram socket.  The kernel refuses it (ECONNREFUSED) only when no
+	 * socket is bound there; a stream or seqpacket socket, listening or not yet, answers
+	 * EPROTOTYPE, and a datagram socket is merely named as peer: no server ever sees a
+	 * connection from this. */
 	strncpy(sun.sun_path, path, sizeof(sun.sun_path) - 1);
-	for (unsigned i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
-		probe = REAL(socket)(AF_UNIX, types[i] | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		if (probe < 0)
-			return 1;
-		r = REAL(connect)(probe, (struct sockaddr *)&sun, sizeof(sun));
+	probe = REAL(socket)(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	r = probe < 0 || REAL(connect)(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0 ||
+	    errno != ECONNREFUSED;
+	if (probe >= 0)
 		REAL(close)(probe);
-		if (r == 0 || (errno != ECONNREFUSED && errno != EPROTOTYPE))
-			return 1;
+	errno = saved;
+	return r;
+}
+
+/* Is the socket file st the one sock is bound to?  By inode number only: on btrfs (and
+ * some overlays) stat's device is not the superblock's that sock_diag reports.  Without
+ * sock_diag any socket file will do (callers look in a directory only we can write). */
+static int bound_here(int sock, const struct stat *st)
+{
+	struct stat s;
+	struct diag_query q;
+
+	if (!S_ISSOCK(st->st_mode) || fstat(sock, &s))
+		return 0;
+	q = (struct diag_query){ .sock_ino = (uint32_t)s.st_ino, .want_vfs = 1 };
+	switch (diag_find(&q)) {
+	case 1:
+		return q.vfs_ino == (uint32_t)st->st_ino;
+	case 0:
+		return 0;
+	default:
+		return 1;
 	}
-	return 0;
 }
 
 /* ---- the table of files we created ---- */
@@ -248,13 +269,23 @@ static int record_file(const char *path, const struct stat *file, ino_t sock_ino
 	return idx;
 }
 
+/* Only the file our socket is bound to: the path may lead elsewhere by now.  Another
+ * server that judged the path's old file stale may hold ours aside for a moment before
+ * putting it back (remove_stale), so look a few times. */
 static int record(int sock, const char *path, int noremove)
 {
+	const struct timespec pause = { .tv_nsec = 100000 };
 	struct stat file, s;
 
-	if (lstat(path, &file) || fstat(sock, &s))
+	if (fstat(sock, &s))
 		return -1;
-	return record_file(path, &file, s.st_ino, noremove);
+	for (int i = 0; i < 20; i++) {
+		if (!lstat(path, &file) && bound_here(sock, &file))
+			return record_file(path, &file, s.st_ino, noremove);
+		nanosleep(&pause, NULL);
+	}
+	ulog(LOG_WARN_, "%s is not the file just bound; it will not be removed", path);
+	return -1;
 }
 
 int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int noremove)
@@ -326,26 +357,194 @@ static int bind_path(int sock, const char *path)
 			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1));
 }
 
-/* A file in the way at path: 0 when it is a stale socket file we may replace, else -1
- * with errno EADDRINUSE and a log line. */
-static int replaceable(const char *path)
+/* path's directory, resolved once, for acting on its entry *base (an absolute path). */
+static int open_parent(const char *path, const char **base)
 {
-	struct stat st;
+	const char *slash = strrchr(path, '/');
+	char parent[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
-	if (lstat(path, &st))
-		return errno == ENOENT ? 0 : -1;
-	if (!S_ISSOCK(st.st_mode)) {
+	if (!slash) {
+		errno = EINVAL;
+		return -1;
+	}
+	*base = slash + 1;
+	snprintf(parent, sizeof(parent), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+	return open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+}
+
+static int lost(const char *path, const char *how)
+{
+	ulog(LOG_WARN_, "%s %s; not taking it over", path, how);
+	errno = EADDRINUSE;
+	return -1;
+}
+
+/* The file in the way at path: 0 when it is a stale socket file (st its lstat), else -1
+ * with errno EADDRINUSE and a log line, or ENOENT when it is gone. */
+static int judge_stale(const char *path, struct stat *st)
+{
+	if (lstat(path, st))
+		return -1;
+	if (!S_ISSOCK(st->st_mode)) {
 		ulog(LOG_WARN_, "%s exists and is not a socket; not replacing it", path);
 		errno = EADDRINUSE;
 		return -1;
 	}
-	if (socket_file_live(path, &st)) {
-		ulog(LOG_WARN_, "%s is in use by a live socket; not taking it over", path);
-		errno = EADDRINUSE;
-		return -1;
-	}
-	ulog(LOG_INFO_, "replacing stale socket file %s", path);
+	if (socket_file_live(path, st))
+		return lost(path, "is in use by a live socket");
 	return 0;
+}
+
+/*
+ * A directory of ours beside a socket file, made 0700 and held open: every step after
+ * making it acts through its fd, so another user who can rename entries beside it (who
+ * owns that directory) cannot steer us anywhere else.
+ */
+struct private_dir {
+	int parent;          /* the socket file's directory */
+	int fd;              /* ours */
+	dev_t dev;
+	ino_t ino;
+	int keep;            /* a file not ours is left in it */
+	char name[24];       /* its name in parent */
+	const char *path;    /* the socket file */
+	const char *base;    /* its name in parent */
+};
+
+static void private_close(struct private_dir *d)
+{
+	struct stat st;
+	int saved = errno;
+
+	/* remove it only while its name still leads to it */
+	if (d->ino && !d->keep && !fstatat(d->parent, d->name, &st, AT_SYMLINK_NOFOLLOW) &&
+	    st.st_dev == d->dev && st.st_ino == d->ino)
+		unlinkat(d->parent, d->name, AT_REMOVEDIR);
+	if (d->fd >= 0)
+		REAL(close)(d->fd);
+	if (d->parent >= 0)
+		REAL(close)(d->parent);
+	errno = saved;
+}
+
+static int private_mkdir(struct private_dir *d)
+{
+	static uint64_t made;
+	struct timespec ts;
+	uint64_t x;
+	int tries = 0;
+
+	/* any name will do (what we open is checked); this one rarely collides */
+	do {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		x = (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 20 ^
+		    __atomic_add_fetch(&made, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15ULL;
+		snprintf(d->name, sizeof(d->name), ".unixify-%08x", (unsigned)(x ^ x >> 32));
+		if (!mkdirat(d->parent, d->name, 0700))
+			return 0;
+	} while (errno == EEXIST && ++tries < 100);
+	return -1;
+}
+
+static int private_open(struct private_dir *d, const char *path)
+{
+	struct stat st;
+
+	memset(d, 0, sizeof(*d));
+	d->path = path;
+	d->fd = -1;
+	d->parent = open_parent(path, &d->base);
+	if (d->parent < 0 || private_mkdir(d))
+		goto fail;
+	d->fd = openat(d->parent, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->fd < 0 && errno != ELOOP && errno != ENOTDIR && errno != ENOENT)
+		goto fail;
+	if (d->fd >= 0 && !fstat(d->fd, &st) && st.st_uid == geteuid() && !(st.st_mode & 077)) {
+		d->dev = st.st_dev;
+		d->ino = st.st_ino;
+		return 0;
+	}
+	ulog(LOG_ERR_, "%s: the directory made beside it was replaced at once; refusing", path);
+	errno = EACCES;
+fail:
+	private_close(d);
+	return -1;
+}
+
+/* How bind and connect, which take paths, reach name in d: through /proc/self/fd while
+ * that leads to d, which no rename can divert; else by path, and callers check. */
+static int private_entry(const struct private_dir *d, const char *name, char *out,
+			 size_t size)
+{
+	struct stat st;
+	int n;
+
+	snprintf(out, size, "/proc/self/fd/%d", d->fd);
+	if (!stat(out, &st) && st.st_dev == d->dev && st.st_ino == d->ino) {
+		snprintf(out, size, "/proc/self/fd/%d/%s", d->fd, name);
+		return 0;
+	}
+	n = snprintf(out, size, "%.*s/%s/%s", (int)(d->base - 1 - d->path), d->path, d->name,
+		     name);
+	if (n > 0 && (size_t)n < size)
+		return 0;
+	ulog(LOG_ERR_, "%s: too long to create safely without /proc (a private directory "
+	     "beside it must fit in a socket address too)", d->path);
+	errno = ENAMETOOLONG;
+	return -1;
+}
+
+/*
+ * Remove the stale file st from d's path, and nothing else.  There is no unlink-if-this-
+ * inode, so move whatever is there into d and keep it removed only when it is st and
+ * still stale: a socket another process was binding there when we judged has been bound
+ * by now (its bind holds the directory locked, and the rename waited for it).  Anything
+ * else is put back.
+ */
+static int remove_stale(struct private_dir *d, const struct stat *st)
+{
+	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct stat moved;
+
+	/* not even for a moment move a file that is plainly not st */
+	if (fstatat(d->parent, d->base, &moved, AT_SYMLINK_NOFOLLOW))
+		return errno == ENOENT ? 0 : -1; /* gone meanwhile: the bind decides */
+	if (moved.st_dev != st->st_dev || moved.st_ino != st->st_ino)
+		return lost(d->path, "was bound by another process meanwhile");
+	if (renameat(d->parent, d->base, d->fd, "stale"))
+		return errno == ENOENT ? 0 : -1;
+	if (!fstatat(d->fd, "stale", &moved, AT_SYMLINK_NOFOLLOW) &&
+	    moved.st_dev == st->st_dev && moved.st_ino == st->st_ino &&
+	    !private_entry(d, "stale", entry, sizeof(entry)) && !socket_file_live(entry, &moved)) {
+		unlinkat(d->fd, "stale", 0);
+		ulog(LOG_INFO_, "replacing stale socket file %s", d->path);
+		return 0;
+	}
+	if (renameat2(d->fd, "stale", d->parent, d->base, RENAME_NOREPLACE)) {
+		d->keep = 1;
+		ulog(LOG_ERR_, "%s: a socket file bound there meanwhile could not be put back; it "
+		     "is in %s beside it", d->path, d->name);
+	}
+	return lost(d->path, "was bound by another process meanwhile");
+}
+
+/* A stale socket file is at path: remove exactly that one (not a file that replaced it
+ * since), then bind. */
+static int bind_over_stale(int sock, const char *path)
+{
+	struct private_dir d;
+	struct stat st;
+	int r;
+
+	if (judge_stale(path, &st))
+		return errno == ENOENT ? bind_path(sock, path) : -1;
+	if (private_open(&d, path))
+		return -1;
+	r = remove_stale(&d, &st);
+	private_close(&d);
+	if (r || !bind_path(sock, path))
+		return r;
+	return errno == EADDRINUSE ? lost(path, "was bound by another process meanwhile") : -1;
 }
 
 static int wants_permissions(const struct rule *r)
@@ -353,50 +552,74 @@ static int wants_permissions(const struct rule *r)
 	return r && (r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1);
 }
 
+/* Bind sock as "s" in d and give it r's mode and owner: st is the file. */
+static int bind_private(struct private_dir *d, int sock, const struct rule *r, struct stat *st)
+{
+	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int saved;
+
+	if (private_entry(d, "s", entry, sizeof(entry)) || bind_path(sock, entry))
+		return -1;
+	if (fstatat(d->fd, "s", st, AT_SYMLINK_NOFOLLOW) || !bound_here(sock, st)) {
+		ulog(LOG_ERR_, "%s: the socket did not appear in the directory made for it; "
+		     "refusing", d->path);
+		errno = EACCES;
+		return -1;
+	}
+	/* "s" is our socket in our directory: nobody else can put anything there */
+	if (r->mode >= 0 && fchmodat(d->fd, "s", (mode_t)r->mode, 0))
+		return -1;
+	if ((r->uid == (uid_t)-1 && r->gid == (gid_t)-1) ||
+	    !fchownat(d->fd, "s", r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
+		return 0;
+	saved = errno;
+	ulog(LOG_ERR_, "cannot give %s to owner %d, group %d: %s", d->path,
+	     r->uid == (uid_t)-1 ? -1 : (int)r->uid, r->gid == (gid_t)-1 ? -1 : (int)r->gid,
+	     strerror(saved));
+	errno = saved;
+	return -1;
+}
+
+/* Move "s" from d to the path, over a stale socket file but nothing else. */
+static int place(struct private_dir *d)
+{
+	struct stat st;
+
+	if (!renameat2(d->fd, "s", d->parent, d->base, RENAME_NOREPLACE))
+		return 0;
+	if (errno != EEXIST)
+		return -1;
+	if (judge_stale(d->path, &st) ? errno != ENOENT : remove_stale(d, &st))
+		return -1;
+	if (!renameat2(d->fd, "s", d->parent, d->base, RENAME_NOREPLACE))
+		return 0;
+	return errno == EEXIST ? lost(d->path, "was bound by another process meanwhile") : -1;
+}
+
 /*
  * The file must not appear at path with other permissions than asked for, not even for
- * a moment: bind in a private directory beside it (mode 0700, same file system), set
- * mode and ownership there, then rename it into place.
+ * a moment: bind in a private directory beside it (same file system), set mode and
+ * ownership there, then rename it into place.
  */
 static int bind_private_then_rename(int sock, const char *path, const struct rule *r)
 {
-	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)], tmp[sizeof(dir) + 2];
-	int parent = (int)(strrchr(path, '/') - path), saved;
+	struct private_dir d;
+	struct stat file, s;
 
-	if (parent < 0 || (size_t)parent + sizeof("/.unixify-XXXXXX/s") > sizeof(tmp)) {
-		ulog(LOG_ERR_, "%s: too long to create with mode/owner/group safely (a private "
-		     "directory beside it must fit in a socket address too)", path);
-		errno = ENAMETOOLONG;
+	if (private_open(&d, path))
 		return -2;
-	}
-	snprintf(dir, sizeof(dir), "%.*s/.unixify-XXXXXX", parent, path);
-	if (!mkdtemp(dir))
-		return -2;
-	snprintf(tmp, sizeof(tmp), "%s/s", dir); /* fits: checked above */
-	if (bind_path(sock, tmp))
-		goto fail;
-	if (r->mode >= 0 && chmod(tmp, (mode_t)r->mode))
-		goto fail;
-	if ((r->uid != (uid_t)-1 || r->gid != (gid_t)-1) && lchown(tmp, r->uid, r->gid)) {
-		saved = errno;
-		ulog(LOG_ERR_, "cannot give %s to owner %d, group %d: %s", path,
-		     r->uid == (uid_t)-1 ? -1 : (int)r->uid, r->gid == (gid_t)-1 ? -1 : (int)r->gid,
-		     strerror(saved));
+	if (bind_private(&d, sock, r, &file) || place(&d)) {
+		int saved = errno;
+
+		unlinkat(d.fd, "s", 0); /* ours, if there */
+		private_close(&d);
 		errno = saved;
-		goto fail;
+		return -2;
 	}
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE)) {
-		if (errno != EEXIST || replaceable(path) || rename(tmp, path))
-			goto fail;
-	}
-	rmdir(dir);
-	return record(sock, path, r->noremove);
-fail:
-	saved = errno;
-	unlink(tmp);
-	rmdir(dir);
-	errno = saved;
-	return -2;
+	private_close(&d);
+	if (fstat(sock, &s))
+		return -1;
+	return record_file(path, &file, s.st_ino, r->noremove);
 }
 
 /* Returns the record index (or -1 if none could be kept) with the socket bound, or
@@ -405,34 +628,47 @@ int sockfile_bind(int sock, const char *path, const struct rule *r)
 {
 	if (wants_permissions(r))
 		return bind_private_then_rename(sock, path, r);
-	if (bind_path(sock, path) == 0)
-		return record(sock, path, r && r->noremove);
-	if (errno != EADDRINUSE || replaceable(path))
-		return -2;
-	if (unlink(path) && errno != ENOENT)
-		return -2;
-	if (bind_path(sock, path))
+	if (bind_path(sock, path) && (errno != EADDRINUSE || bind_over_stale(sock, path)))
 		return -2;
 	return record(sock, path, r && r->noremove);
 }
 
+/* Bound in a private directory of ours (in $TMPDIR, which another user may own), then
+ * unlinked with it. */
 int sockfile_blackhole(int sock)
 {
 	const char *base = getenv("TMPDIR");
-	char dir[80];
-	char path[sizeof(dir) + 2];
+	char where[80], entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct private_dir d;
 	int r, saved;
 
 	if (!base || base[0] != '/' || strlen(base) > 60)
 		base = "/tmp";
-	snprintf(dir, sizeof(dir), "%s/unixify-bh-XXXXXX", base);
-	if (!mkdtemp(dir))
+	snprintf(where, sizeof(where), "%s/s", base);
+	if (private_open(&d, where))
 		return -1;
-	snprintf(path, sizeof(path), "%s/s", dir);
-	r = bind_path(sock, path);
+	r = private_entry(&d, "s", entry, sizeof(entry)) ? -1 : bind_path(sock, entry);
 	saved = errno;
-	unlink(path);
-	rmdir(dir);
+	unlinkat(d.fd, "s", 0);
+	private_close(&d);
+	errno = saved;
+	return r;
+}
+
+/* Unlink path if it still names the file (dev, ino).  Its directory is resolved once, so
+ * a directory on the way swapped for a symlink cannot lead the unlink elsewhere. */
+static int unlink_if_same(const char *path, dev_t dev, ino_t ino)
+{
+	const char *base;
+	struct stat st;
+	int dir, r = -1, saved = errno;
+
+	dir = open_parent(path, &base);
+	if (dir >= 0 && !fstatat(dir, base, &st, AT_SYMLINK_NOFOLLOW) && st.st_dev == dev &&
+	    st.st_ino == ino)
+		r = unlinkat(dir, base, 0);
+	if (dir >= 0)
+		REAL(close)(dir);
 	errno = saved;
 	return r;
 }
@@ -440,7 +676,6 @@ int sockfile_blackhole(int sock)
 void sockfile_release(int idx)
 {
 	struct sockfile f;
-	struct stat st;
 	int alive;
 
 	if (idx < 0)
@@ -465,13 +700,8 @@ void sockfile_release(int idx)
 	state_unlock();
 	if (f.noremove)
 		return;
-	if (lstat(f.path, &st) == 0 && st.st_dev == f.dev && st.st_ino == f.ino) {
-		int saved = errno;
-
-		if (unlink(f.path) == 0)
-			ulog(LOG_INFO_, "removed socket file %s", f.path);
-		errno = saved;
-	}
+	if (unlink_if_same(f.path, f.dev, f.ino) == 0)
+		ulog(LOG_INFO_, "removed socket file %s", f.path);
 }
 
 static void collect_fd(int fd, void *arg)

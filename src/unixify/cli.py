@@ -21,13 +21,15 @@ from unixify.encoding import (
     encode_checked,
     rules_variable,
 )
+from unixify.reach import find_program, unreachable
 from unixify.rules import Rule, RuleError, parse_mode, parse_rule, parse_rules_file
 
 USAGE = """\
 usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS...]
        unixify -c [-p] (-r RULE | -f FILE)...
-       unixify explain (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
-       unixify explain (-r RULE | -f FILE)... [--] in|out tcp|udp unix PATH|abstract NAME
+       unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
+       unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp
+                       unix PATH|abstract NAME
        unixify --lib | --version | --help
 
 Run PROGRAM with its IP sockets turned into Unix domain sockets by RULEs.
@@ -39,6 +41,8 @@ options:
   -p, --print       print the rule table (stdout with -c, else stderr)
   -v, --verbose     log more from inside the program (repeatable)
       --mode OCTAL  socket file mode for path= rules that give no mode= (e.g. 0600)
+      --program PROG  (explain) check PROG as the launcher would: it refuses programs
+                    the preload cannot reach (static, Go, set-id, file capabilities)
       --lib         print the path of the preload library and exit
       --version     print the version and exit
   -h, --help        show this help and exit
@@ -122,43 +126,6 @@ def format_table(rules: list[Rule]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def find_program(name: str) -> str | None:
-    if "/" in name:
-        return name if os.path.exists(name) else None
-    for directory in os.get_exec_path():
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def is_static_elf(path: str) -> bool:
-    """True for an ELF executable with no program interpreter: LD_PRELOAD cannot reach it."""
-    import struct
-
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(64)
-            if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] not in (1, 2):
-                return False
-            is64 = header[4] == 2
-            order = "<" if header[5] == 1 else ">"
-            if is64:
-                phoff, = struct.unpack_from(order + "Q", header, 32)
-                phentsize, phnum = struct.unpack_from(order + "HH", header, 54)
-            else:
-                phoff, = struct.unpack_from(order + "I", header, 28)
-                phentsize, phnum = struct.unpack_from(order + "HH", header, 42)
-            handle.seek(phoff)
-            table = handle.read(phentsize * phnum)
-    except OSError:
-        return False
-    pt_interp = 3
-    types = [struct.unpack_from(order + "I", table, i * phentsize)[0]
-             for i in range(phnum) if (i + 1) * phentsize <= len(table)]
-    return pt_interp not in types
-
-
 def build_environment(rules: list[Rule], encoded: bytes, verbosity: int) -> dict[str, str]:
     from unixify.shim import library_path
 
@@ -236,7 +203,7 @@ def run_explain(argv: list[str]) -> int:
     from unixify.explain import explain, parse_query
 
     try:
-        options, rest = getopt.getopt(argv, "r:f:", ["rule=", "file="])
+        options, rest = getopt.getopt(argv, "r:f:", ["rule=", "file=", "program="])
     except getopt.GetoptError as err:
         raise UsageError(f"explain: {err.msg} (see 'unixify --help')") from None
     rules = rules_from_options(options, "explain")
@@ -244,7 +211,19 @@ def run_explain(argv: list[str]) -> int:
         query = parse_query(rest)
     except ValueError as err:
         raise UsageError(f"explain: {err}") from None
-    sys.stdout.write(explain(rules, query))
+    names = [value for option, value in options if option == "--program"]
+    refusal = None
+    if not names:
+        note = ("(as in a program the preload reaches: dynamically linked, socket calls "
+                "through the C library; --program PATH checks one)")
+    else:
+        program = find_program(names[-1])
+        if program is None:
+            raise UsageError(f"explain: {names[-1]}: command not found")
+        why = unreachable(program)
+        refusal = f"unixify refuses to run it: {program} {why}" if why else None
+        note = f"({program}: the preload reaches it)" if not why else ""
+    sys.stdout.write((note + "\n" if note else "") + explain(rules, query, refusal))
     return 0
 
 
@@ -356,9 +335,9 @@ def run(argv: list[str]) -> int:
     program = find_program(rest[0])
     if program is None:
         fail(f"{rest[0]}: command not found", 127)
-    if is_static_elf(program):
-        raise UsageError(f"{program} is statically linked; preloading cannot reach its "
-                         "sockets, so its IP ports would open unconverted")
+    why = unreachable(program)
+    if why:
+        raise UsageError(f"{program} {why}")
     env = build_environment(rules, encoded, verbosity)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -38,74 +38,113 @@ class Query(NamedTuple):
         return f"{call} of a {kind} socket to {self.address} port {self.port}"
 
 
-@lru_cache(maxsize=64)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The from-unix glob as a regular expression (see glob.c for the syntax)."""
-    out, i = [], 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif ch == "[" and (end := _class_end(pattern, i)) > 0:
-            out.append(_class_regex(pattern[i + 1:end]))
-            i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
+# Elements of a from-unix glob (see glob.c for the syntax).
+LITERAL, ANY, CLASS, STAR, DSTAR, DSTAR_SLASH = range(6)
+SKIPPABLE = (STAR, DSTAR, DSTAR_SLASH)
 
 
-def _class_end(pattern: str, start: int) -> int:
-    """Index of the ']' closing the bracket expression at start, or -1."""
+class _Element(NamedTuple):
+    kind: int
+    accepts: frozenset[int] = frozenset()   # the bytes a LITERAL, ANY or CLASS consumes
+
+
+_ALL_BUT_SLASH = frozenset(range(256)) - {ord("/")}
+
+
+def _class_end(pattern: bytes, start: int) -> int:
+    """Index just past the ']' closing the bracket expression at start, or -1."""
     i = start + 1
-    if i < len(pattern) and pattern[i] == "!":
+    if i < len(pattern) and pattern[i:i + 1] == b"!":
         i += 1
     first = True
-    while i < len(pattern) and (first or pattern[i] != "]"):
-        i += 2 if pattern[i] == "\\" and i + 1 < len(pattern) else 1
+    while i < len(pattern) and (first or pattern[i:i + 1] != b"]"):
+        i += 2 if pattern[i:i + 1] == b"\\" and i + 1 < len(pattern) else 1
         first = False
-    return i if i < len(pattern) else -1
+    return i + 1 if i < len(pattern) else -1
 
 
-def _class_regex(body: str) -> str:
-    negate = body.startswith("!")
+def _class_bytes(body: bytes) -> frozenset[int]:
+    """The bytes the bracket expression [body] matches ('/' never)."""
+    negate = body.startswith(b"!")
     if negate:
         body = body[1:]
-    parts, i = [], 0
+    members: set[int] = set()
+    i = 0
     while i < len(body):
-        if body[i] == "\\" and i + 1 < len(body):
+        if body[i] == ord("\\") and i + 1 < len(body):
             i += 1
-        low = body[i]
+        low = high = body[i]
         i += 1
-        high = low
-        if i + 1 < len(body) and body[i] == "-":
+        if i + 1 < len(body) and body[i] == ord("-"):
             i += 1
-            if body[i] == "\\" and i + 1 < len(body):
+            if body[i] == ord("\\") and i + 1 < len(body):
                 i += 1
             high = body[i]
             i += 1
-        parts.append(re.escape(low) if low == high else f"{re.escape(low)}-{re.escape(high)}")
-    inner = "".join(parts)
-    return f"[^/{inner}]" if negate else f"(?!/)[{inner}]" if inner else "(?!)"
+        members.update(range(low, high + 1))
+    return (_ALL_BUT_SLASH - members) if negate else frozenset(members) & _ALL_BUT_SLASH
+
+
+@lru_cache(maxsize=64)
+def glob_elements(pattern: str) -> tuple[_Element, ...]:
+    """The pattern, as bytes like the shim sees it, split into its elements."""
+    raw = os.fsencode(pattern)
+    elements: list[_Element] = []
+    i = 0
+    while i < len(raw):
+        if raw.startswith(b"**/", i):
+            elements.append(_Element(DSTAR_SLASH))
+            i += 3
+        elif raw.startswith(b"**", i):
+            elements.append(_Element(DSTAR))
+            i += 2
+        elif raw.startswith(b"*", i):
+            elements.append(_Element(STAR))
+            i += 1
+        elif raw.startswith(b"?", i):
+            elements.append(_Element(ANY, _ALL_BUT_SLASH))
+            i += 1
+        elif raw.startswith(b"[", i) and (end := _class_end(raw, i)) > 0:
+            elements.append(_Element(CLASS, _class_bytes(raw[i + 1:end - 1])))
+            i = end
+        else:
+            if raw.startswith(b"\\", i) and i + 1 < len(raw):
+                i += 1
+            elements.append(_Element(LITERAL, frozenset((raw[i],))))
+            i += 1
+    return tuple(elements)
 
 
 def glob_matches(pattern: str, path: str) -> bool:
+    """The shim's glob_match: a set of live pattern positions advanced together over the
+    path's bytes, so the cost is at most pattern x path (no backtracking)."""
     if "/" not in pattern:
         path = path.rsplit("/", 1)[-1]
-    return glob_regex(pattern).fullmatch(path) is not None
+    elements = glob_elements(pattern)
+    count = len(elements)
+    # closure[k]: position k and those after it that stars matching nothing reach
+    closure = [0] * (count + 1)
+    closure[count] = 1 << count
+    for k in range(count - 1, -1, -1):
+        closure[k] = 1 << k | (closure[k + 1] if elements[k].kind in SKIPPABLE else 0)
+    live = closure[0]
+    for byte in os.fsencode(path):
+        following = 0
+        for k, element in enumerate(elements):
+            if not live >> k & 1:
+                continue
+            if element.kind == DSTAR or (element.kind == STAR and byte != ord("/")):
+                following |= closure[k]
+            elif element.kind == DSTAR_SLASH:
+                following |= 1 << k  # inside the directories: no skipping ahead
+                if byte == ord("/"):
+                    following |= closure[k + 1]
+            elif byte in element.accepts:
+                following |= closure[k + 1]
+        live = following
+        if not live:
+            return False
+    return bool(live >> count & 1)
 
 
 def mismatch(rule: Rule, query: Query) -> str | None:
@@ -192,7 +231,9 @@ def outcome(rule: Rule | None, query: Query) -> str:
     return f"{call} takes the {query.socket_type} socket{name} passed by systemd (LISTEN_FDS)"
 
 
-def explain(rules: list[Rule], query: Query) -> str:
+def explain(rules: list[Rule], query: Query, refusal: str | None = None) -> str:
+    """Which rule matches query and what happens; refusal: why the launcher would not run
+    the program at all (then that is the outcome)."""
     lines = [query.describe() + ":"]
     chosen = None
     for number, rule in enumerate(rules, 1):
@@ -202,7 +243,7 @@ def explain(rules: list[Rule], query: Query) -> str:
         if why is None:
             chosen = rule
             break
-    lines.append("=> " + outcome(chosen, query))
+    lines.append("=> " + (refusal or outcome(chosen, query)))
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ VMADDR_CID_ANY = 0xFFFFFFFF
 TYPE_ALIASES = {"tcp": "stream", "stream": "stream",
                 "udp": "dgram", "dgram": "dgram", "datagram": "dgram"}
 MAX_PATH = 107  # sizeof(sun_path) - 1: room for the terminating NUL
+GLOB_MAX = 1024  # longest from-unix/from-abstract pattern, in bytes (shim.h: GLOB_MAX)
 PLACEHOLDERS = "pat%"
 
 
@@ -263,8 +264,6 @@ def _check_template(value: str, what: str) -> None:
             bad = value[i:i + 2]
             raise ValueError(f"unknown placeholder {bad!r} in {what} (use %p, %a, %t or %%)")
         i = value.find("%", i + 2)
-    if "\0" in value:
-        raise ValueError(f"{what} contains a NUL character")
 
 
 def _absolute(path: str, cwd: str) -> str:
@@ -284,6 +283,7 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
 
     if not text.strip():
         raise fail("empty rule")
+    _check_characters(text)
     for token in _split(text):
         key, equals, value = token.text.partition("=")
         has_value = bool(equals)
@@ -309,6 +309,9 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
                 fields["ports"] = _parse_ports(_need_value(key, has_value, value))
             elif canonical in ("from-unix", "from-abstract"):
                 pattern = _need_value(key, has_value, value)
+                if len(pattern.encode()) > GLOB_MAX:
+                    raise ValueError(f"pattern is {len(pattern.encode())} bytes; "
+                                     f"at most {GLOB_MAX}")
                 fields[canonical.replace("-", "_")] = pattern
             elif canonical == "noremove":
                 _no_value(key, has_value)
@@ -369,6 +372,18 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
         raise fail("'addr'/'port' match IP sockets and cannot be combined with "
                    "'from-unix'/'from-abstract'", token)
     return Rule(action=action, text=text, **fields)  # type: ignore[arg-type]
+
+
+def _check_characters(text: str) -> None:
+    """Rule text becomes C strings in the shim's environment: no NUL, and UTF-8 only
+    (an argv byte that is not UTF-8 arrives as a lone surrogate)."""
+    for column, ch in enumerate(text, 1):
+        if ch == "\0":
+            raise RuleError("NUL character", text, column)
+        if "\ud800" <= ch <= "\udfff":
+            byte = ord(ch) - 0xDC00
+            what = f"byte 0x{byte:02x}" if 0x80 <= byte <= 0xFF else f"U+{ord(ch):04X}"
+            raise RuleError(f"{what} is not valid UTF-8", text, column)
 
 
 def _no_value(key: str, has_value: bool) -> None:
