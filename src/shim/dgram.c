@@ -93,14 +93,30 @@ static void sweep_stale_rundirs(const char *base)
  * Making one is rare (once per process tree), so it also sweeps the directories of
  * killed processes, which would otherwise pile up.
  */
-static int make_rundir(void)
+/*
+ * XDG_RUNTIME_DIR when it is ours alone, else /tmp.  Its owner could rename our
+ * directory there and leave a symlink in its place, so that our next socket file is
+ * made where they like; in /tmp the sticky bit keeps others from renaming what we make.
+ * (root keeps a login's XDG_RUNTIME_DIR after su without -.)
+ */
+static const char *rundir_base(void)
 {
 	const char *base = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+
+	if (!base || base[0] != '/' || strlen(base) > 40 || stat(base, &st) ||
+	    !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+	    st.st_mode & (S_IWGRP | S_IWOTH) || access(base, W_OK | X_OK))
+		return "/tmp";
+	return base;
+}
+
+static int make_rundir(void)
+{
+	const char *base = rundir_base();
 	char dir[sizeof(rundir)];
 	int saved = errno;
 
-	if (!base || base[0] != '/' || strlen(base) > 40 || access(base, W_OK | X_OK))
-		base = "/tmp";
 	sweep_stale_rundirs(base);
 	errno = saved;
 	snprintf(dir, sizeof(dir), "%s/unixify.%d.XXXXXX", base, (int)getpid());
@@ -192,8 +208,8 @@ ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg
 	ssize_t r;
 	int saved = errno;
 
-	if (ipaddr_from_sockaddr(&a, msg->msg_name, msg->msg_namelen) ||
-	    a.sa.sa_family != e->family)
+	if (ipaddr_for_socket(&a, msg->msg_name, msg->msg_namelen, e->family, SOCK_DGRAM,
+			      CALL_SEND) || a.sa.sa_family != e->family)
 		return REAL(sendmsg)(fd, msg, flags);
 	if (e->kind == FD_IP) {
 		struct sock_query q = { .dir = DIR_OUT, .type = SOCK_DGRAM, .addr = &a };
@@ -423,18 +439,31 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 	return r;
 }
 
+/* Does some message name an IP destination, making fd (unknown to us) one we track? */
+static int sends_to_ip(int fd, const struct mmsghdr *vec, unsigned vlen)
+{
+	for (unsigned i = 0; i < vlen; i++) {
+		if (tracked_for_send(fd, vec[i].msg_hdr.msg_name, vec[i].msg_hdr.msg_namelen))
+			return 1;
+	}
+	return 0;
+}
+
 /* One message at a time through sendmsg(), which knows where each one goes. */
 API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 {
 	struct fd_entry e;
 	unsigned i;
 
-	if (!vec || !fd_tracked(fd))
+	rules_need();
+	if (!vec || (!fd_tracked(fd) && !sends_to_ip(fd, vec, vlen)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	fd_snapshot(fd, &e);
 	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
 		return -1;
-	if (e.kind != FD_CONVERTED && !(e.kind == FD_IP && e.type == SOCK_DGRAM))
+	/* a datagram's destination, or a TCP Fast Open connect, is for the rules to judge */
+	if (e.kind != FD_CONVERTED && !((e.kind == FD_IP || e.kind == FD_PENDING) &&
+					(e.type == SOCK_DGRAM || flags & MSG_FASTOPEN)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	for (i = 0; i < vlen; i++) {
 		ssize_t r = sendmsg(fd, &vec[i].msg_hdr, flags);

@@ -8,6 +8,7 @@
 #undef _FILE_OFFSET_BITS
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -19,13 +20,30 @@
 
 #define SOMAXCONN_MAX 65535
 
-__attribute__((constructor(102))) static void shim_init(void)
+int shim_started;
+
+/*
+ * Once: from our constructor, or from the first socket call if it comes earlier.  The
+ * dynamic linker may run the constructor of a library the program links before ours,
+ * and a socket it opens there must meet the rules too.
+ */
+void shim_start(void)
 {
+	int expected = 0;
+
+	if (!__atomic_compare_exchange_n(&shim_started, &expected, 1, 0, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return;
 	real_init();
 	log_init();
 	rules_init();
 	systemd_init();
 	inherit_init();
+}
+
+__attribute__((constructor(102))) static void shim_init(void)
+{
+	shim_start();
 }
 
 __attribute__((destructor)) static void shim_fini(void)
@@ -57,6 +75,32 @@ static void classify(int fd, struct fd_entry *e)
 		e->type = (uint8_t)type;
 	}
 	errno = saved;
+}
+
+static int unspecified_family(const struct sockaddr *sa, socklen_t len)
+{
+	return sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC;
+}
+
+/*
+ * A socket made where we could not see it (syscall(2), or before an exec) that sends to
+ * an IP address (or AF_UNSPEC, which UDP takes for one) would be bound to a port by the
+ * kernel: learn it now, as bind and connect do.  1 when fd is tracked.
+ */
+int tracked_for_send(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd))
+		return 1;
+	if (rules_state == RULES_NONE || !sa || len < sizeof(sa_family_t) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6 && sa->sa_family != AF_UNSPEC))
+		return 0;
+	classify(fd, &e);
+	if (e.kind != FD_IP || (e.type != SOCK_STREAM && e.type != SOCK_DGRAM))
+		return 0;
+	fd_store(fd, &e);
+	return 1;
 }
 
 /* An unconverted IP socket of the address's family; a pending socket asked about another
@@ -121,9 +165,11 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(bind)(fd, sa, len);
-	if (ipaddr_from_sockaddr(&a, sa, len))
+	if (ipaddr_from_sockaddr(&a, sa, len) && !unspecified_family(sa, len))
 		return rules_use_unix ? redirect_bind(fd, sa, len) : REAL(bind)(fd, sa, len);
 	classify(fd, &e);
+	if (ipaddr_for_socket(&a, sa, len, e.family, e.type, CALL_BIND))
+		return REAL(bind)(fd, sa, len);
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(bind)(fd, sa, len);
@@ -173,6 +219,7 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		return rules_use_unix ? redirect_connect(fd, sa, len) : REAL(connect)(fd, sa, len);
 	}
 	classify(fd, &e);
+	ipaddr_for_socket(&a, sa, len, e.family, e.type, CALL_CONNECT); /* AF_INET on IPv6 */
 	if (e.kind == FD_CONVERTED && e.type == SOCK_DGRAM)
 		return a.sa.sa_family == e.family ? dgram_connect(fd, &a) : REAL(connect)(fd, sa, len);
 	if (e.kind == FD_CONVERTED && (e.role == ROLE_CLIENT || e.role == ROLE_ACCEPTED)) {
@@ -195,6 +242,11 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = saved;
 	return r;
 }
+
+/* glibc exports connect under this name as well, with the same default version. */
+API int __connect(int fd, const struct sockaddr *sa, socklen_t len);
+API int __connect(int fd, const struct sockaddr *sa, socklen_t len)
+	__attribute__((alias("connect")));
 
 /*
  * listen() on a socket with no port binds it to one: the bind the rules decide about,
@@ -244,6 +296,77 @@ API int listen(int fd, int backlog)
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
+}
+
+/*
+ * glibc's bindresvport() and rresvport_af() bind with its internal bind, out of our
+ * reach, and a program then listens on a reserved port no rule saw.  The same search
+ * for a free port, through our bind: a rule that claims the socket decides at once.
+ */
+#define RESV_LOW 512 /* IPPORT_RESERVED / 2 */
+
+/* libtirpc's version takes IPv6 too, and the socket's own family when sin is NULL. */
+API int bindresvport(int fd, struct sockaddr_in *sin)
+{
+	unsigned start = (unsigned)getpid(), n = IPPORT_RESERVED - RESV_LOW;
+	socklen_t len = sizeof(int);
+	int family = AF_INET, saved = errno;
+	struct ipaddr a;
+
+	if (sin)
+		family = sin->sin_family;
+	else if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len))
+		return -1;
+	if (family != AF_INET && family != AF_INET6) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	ipaddr_any(&a, family);
+	if (sin)
+		memcpy(&a, sin, ipaddr_len(&a));
+	for (unsigned i = 0; i < n; i++) {
+		ipaddr_set_port(&a, (uint16_t)(RESV_LOW + (start + i) % n));
+		if (bind(fd, &a.sa, ipaddr_len(&a)) == 0) {
+			if (sin) /* sin_port and sin6_port are at the same place */
+				sin->sin_port = htons(ipaddr_port(&a));
+			errno = saved;
+			return 0;
+		}
+		if (errno != EADDRINUSE)
+			return -1;
+	}
+	return -1;
+}
+
+API int rresvport_af(int *alport, sa_family_t family)
+{
+	struct ipaddr a;
+	int fd, saved;
+
+	if (family != AF_INET && family != AF_INET6) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	fd = socket(family, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	ipaddr_any(&a, family);
+	for (; *alport > RESV_LOW; (*alport)--) {
+		ipaddr_set_port(&a, (uint16_t)*alport);
+		if (bind(fd, &a.sa, ipaddr_len(&a)) == 0)
+			return fd;
+		if (errno != EADDRINUSE)
+			break;
+	}
+	saved = *alport > RESV_LOW ? errno : EAGAIN;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+API int rresvport(int *alport)
+{
+	return rresvport_af(alport, AF_INET);
 }
 
 /* Bumped by every close of ours that releases a socket file (see accept_common). */
@@ -496,7 +619,7 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 			      .msg_iov = &iov, .msg_iovlen = 1 };
 
 	rules_need();
-	if (!sa || (!fd_tracked(fd) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
+	if (!sa || (!tracked_for_send(fd, sa, salen) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
 					 sa->sa_family == AF_UNIX)))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
 	return sendmsg(fd, &msg, flags);
@@ -512,7 +635,7 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);
-	if (!msg || !msg->msg_name || !fd_tracked(fd))
+	if (!msg || !msg->msg_name || !tracked_for_send(fd, msg->msg_name, msg->msg_namelen))
 		return REAL(sendmsg)(fd, msg, flags);
 	fd_snapshot(fd, &e);
 	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
@@ -526,8 +649,10 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 		return REAL(sendmsg)(fd, &copy, flags);
 	if (flags & MSG_FASTOPEN) {
 		if (fastopen_connect(fd, &e, msg->msg_name, msg->msg_namelen, &handled) < 0 &&
-		    handled)
+		    handled) {
+			claim_mark(fd, &e, DIR_OUT, errno);
 			return -1;
+		}
 		if (handled)
 			return REAL(sendmsg)(fd, &copy, flags & ~MSG_FASTOPEN);
 	}

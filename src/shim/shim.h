@@ -52,6 +52,7 @@ struct real_funcs {
 	int (*execve)(const char *, char *const[], char *const[]);
 	int (*execvpe)(const char *, char *const[], char *const[]);
 	int (*fexecve)(int, char *const[], char *const[]);
+	int (*execveat)(int, const char *, char *const[], char *const[], int); /* may be NULL */
 	int (*posix_spawn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			   const posix_spawnattr_t *, char *const[], char *const[]);
 	int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
@@ -90,6 +91,11 @@ struct ipaddr {
 };
 socklen_t ipaddr_len(const struct ipaddr *a);
 int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_t len);
+enum ip_call { CALL_BIND, CALL_CONNECT, CALL_SEND };
+/* The IP address sa names in call on a socket of family and type, as the kernel reads
+ * it (AF_UNSPEC for AF_INET, AF_INET as IPv4-mapped): 0 with out set, or -1. */
+int ipaddr_for_socket(struct ipaddr *out, const struct sockaddr *sa, socklen_t len,
+		      int family, int type, enum ip_call call);
 uint16_t ipaddr_port(const struct ipaddr *a);
 void ipaddr_set_port(struct ipaddr *a, uint16_t port);
 void ipaddr_any(struct ipaddr *a, int family);
@@ -145,9 +151,14 @@ struct sock_query {
 enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN, RULES_LAZY };
 extern enum rules_state rules_state;
 void rules_load(void);
+/* The library's start-up, run once (interpose.c); shim_started says it began. */
+extern int shim_started;
+void shim_start(void);
 /* Call before looking at rules_state or the rules from a socket call. */
 static inline void rules_need(void)
 {
+	if (__builtin_expect(!__atomic_load_n(&shim_started, __ATOMIC_ACQUIRE), 0))
+		shim_start();
 	if (__atomic_load_n(&rules_state, __ATOMIC_ACQUIRE) == RULES_LAZY)
 		rules_load();
 }
@@ -373,6 +384,11 @@ int systemd_close_range(unsigned first, unsigned last, int flags,
  * its fd (no longer hidden), with *family set; -2 when this rule already took one
  * (blackhole the bind); -1 with errno and a log line when there is none. */
 int systemd_claim(int rule, const struct rule *r, int type, int *family);
+
+/* ---- interposed calls (interpose.c) ---- */
+/* fd is tracked, or it is an IP socket we did not see made that sends to sa, and is
+ * tracked now (sending would bind it to a port).  1 when tracked. */
+int tracked_for_send(int fd, const struct sockaddr *sa, socklen_t len);
 
 /* ---- datagram peers (peers.c) ---- */
 /* Pair a Unix address with the IP address the program knows it by. */
