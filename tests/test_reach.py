@@ -147,15 +147,23 @@ sys.exit(unixify.cli.main(sys.argv[3:]))
 """
 
 
+def shim_copy(directory: str, mode: int) -> str:
+    """The preload list with our library copied into directory (a sanitizer runtime
+    before it, as UNIXIFY_SHIM may name, stays where it is)."""
+    *before, ours = library_path().split()
+    copy = os.path.join(directory, LIBRARY_NAME)
+    shutil.copy(ours, copy)
+    os.chmod(copy, mode)
+    return " ".join([*before, copy])
+
+
 def launcher(program: str, uid: int = 0, gid: int = 0,
              shim: str | None = None) -> subprocess.CompletedProcess[str]:
     """The launcher run by uid/gid.  Another user gets a copy of the shim beside the
     program (the installed one may sit where only root can read, as under /root)."""
     env = dict(os.environ)
     if shim is None and uid != 0:
-        shim = os.path.join(os.path.dirname(program), LIBRARY_NAME)
-        shutil.copy(library_path(), shim)
-        os.chmod(shim, 0o755)
+        shim = shim_copy(os.path.dirname(program), 0o755)
     if shim is not None:
         env["UNIXIFY_SHIM"] = shim
     return subprocess.run([sys.executable, "-c", AS_USER, str(uid), str(gid), "-r",
@@ -188,8 +196,7 @@ def test_preload_the_user_cannot_read_is_refused(secure_probe: Path,
     private = shared_dir / "private"
     private.mkdir(mode=0o700)
     shim = private / LIBRARY_NAME
-    shutil.copy(library_path(), shim)
-    result = launcher(program, NOBODY, NOBODY, shim=str(shim))
+    result = launcher(program, NOBODY, NOBODY, shim=shim_copy(str(private), 0o644))
     assert (result.returncode, result.stdout) == (1, ""), result
     assert result.stderr == (f"unixify: the preload library {shim} cannot be read by uid "
                              f"{NOBODY} (Permission denied); the program would run "
