@@ -1,0 +1,142 @@
+#define _GNU_SOURCE
+/*
+ * records: what the shim must remember of an IP socket it may convert, past any small
+ * number.  Prints "key=value" lines.
+ *
+ *   records epoll ADDR PORT N    a non-blocking stream socket registered with N epoll
+ *                                instances, then connected; reports how many of them see
+ *                                it, and how many EPOLL_CTL_MOD / DEL calls then fail
+ *   records opts ADDR PORT THEN  set many IP- and TCP-level options on a stream socket and
+ *                                read them back; then THEN ("bind" to ADDR port 0, or
+ *                                "connect" to ADDR PORT) and read them back again;
+ *                                reports the options that read back wrong
+ */
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "common.h"
+
+static int stream_socket(const char *host, int flags)
+{
+	int fd = socket(strchr(host, ':') ? AF_INET6 : AF_INET, SOCK_STREAM | flags, 0);
+
+	if (fd < 0)
+		die("socket");
+	return fd;
+}
+
+static int epoll_many(const char *host, int port, int n)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, port, &ss);
+	int fd = stream_socket(host, SOCK_NONBLOCK), seen = 0, mod_fail = 0, del_fail = 0;
+	int ep[64];
+
+	if (n < 1 || n > 64)
+		return 2;
+	for (int i = 0; i < n; i++) {
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)i };
+
+		ep[i] = epoll_create1(EPOLL_CLOEXEC);
+		if (ep[i] < 0 || epoll_ctl(ep[i], EPOLL_CTL_ADD, fd, &ev))
+			die("epoll");
+	}
+	if (connect(fd, (struct sockaddr *)&ss, len) && errno != EINPROGRESS)
+		die("connect");
+	for (int i = 0; i < n; i++) {
+		struct epoll_event ev = { 0 };
+
+		if (epoll_wait(ep[i], &ev, 1, 3000) == 1 && ev.data.u32 == (uint32_t)i)
+			seen++;
+		else
+			printf("unseen=%d\n", i);
+	}
+	for (int i = 0; i < n; i++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
+
+		mod_fail += epoll_ctl(ep[i], EPOLL_CTL_MOD, fd, &ev) != 0;
+		del_fail += epoll_ctl(ep[i], EPOLL_CTL_DEL, fd, NULL) != 0;
+	}
+	printf("seen=%d\nmod_fail=%d\ndel_fail=%d\n", seen, mod_fail, del_fail);
+	return 0;
+}
+
+struct opt {
+	int level, name, value;
+	const char *text;
+};
+
+#define OPT(level, name, value) { level, name, value, #name }
+static const struct opt tcp_opts[] = {
+	OPT(IPPROTO_TCP, TCP_NODELAY, 1),         OPT(IPPROTO_TCP, TCP_KEEPIDLE, 77),
+	OPT(IPPROTO_TCP, TCP_KEEPINTVL, 13),      OPT(IPPROTO_TCP, TCP_KEEPCNT, 5),
+	OPT(IPPROTO_TCP, TCP_USER_TIMEOUT, 12345), OPT(IPPROTO_TCP, TCP_NOTSENT_LOWAT, 4096),
+	OPT(IPPROTO_TCP, TCP_MAXSEG, 1000),       OPT(IPPROTO_TCP, TCP_SYNCNT, 4),
+	OPT(IPPROTO_TCP, TCP_LINGER2, 30),
+};
+static const struct opt ip4_opts[] = {
+	OPT(IPPROTO_IP, IP_TOS, 0x10),   OPT(IPPROTO_IP, IP_TTL, 33),
+	OPT(IPPROTO_IP, IP_FREEBIND, 1), OPT(IPPROTO_IP, IP_RECVERR, 1),
+	OPT(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1),
+};
+static const struct opt ip6_opts[] = {
+	OPT(IPPROTO_IPV6, IPV6_V6ONLY, 1),  OPT(IPPROTO_IPV6, IPV6_UNICAST_HOPS, 33),
+	OPT(IPPROTO_IPV6, IPV6_TCLASS, 0x10), OPT(IPPROTO_IPV6, IPV6_RECVERR, 1),
+	OPT(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1),
+};
+#define N(a) (int)(sizeof(a) / sizeof((a)[0]))
+
+static void set_all(int fd, const struct opt *o, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (setsockopt(fd, o[i].level, o[i].name, &o[i].value, sizeof(int)))
+			printf("set_fail=%s:%s\n", o[i].text, strerror(errno));
+	}
+}
+
+static int check_all(int fd, const struct opt *o, int n, const char *when)
+{
+	int bad = 0;
+
+	for (int i = 0; i < n; i++) {
+		int value = -1;
+		socklen_t len = sizeof(value);
+
+		if (getsockopt(fd, o[i].level, o[i].name, &value, &len) || value != o[i].value) {
+			printf("%s_bad=%s:%d\n", when, o[i].text, value);
+			bad++;
+		}
+	}
+	return bad;
+}
+
+static int options(const char *host, int port, const char *then)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = make_addr(host, !strcmp(then, "bind") ? 0 : port, &ss);
+	int fd = stream_socket(host, 0), v6 = strchr(host, ':') != NULL, bad;
+	const struct opt *ip = v6 ? ip6_opts : ip4_opts;
+	int n_ip = v6 ? N(ip6_opts) : N(ip4_opts);
+
+	set_all(fd, tcp_opts, N(tcp_opts));
+	set_all(fd, ip, n_ip);
+	bad = check_all(fd, tcp_opts, N(tcp_opts), "before") + check_all(fd, ip, n_ip, "before");
+	if (!strcmp(then, "bind") ? bind(fd, (struct sockaddr *)&ss, len)
+				   : connect(fd, (struct sockaddr *)&ss, len))
+		die(then);
+	bad += check_all(fd, tcp_opts, N(tcp_opts), "after") + check_all(fd, ip, n_ip, "after");
+	printf("options=%d\nbad=%d\n", N(tcp_opts) + n_ip, bad);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 5 && !strcmp(argv[1], "epoll"))
+		return epoll_many(argv[2], atoi(argv[3]), atoi(argv[4]));
+	if (argc == 5 && !strcmp(argv[1], "opts"))
+		return options(argv[2], atoi(argv[3]), argv[4]);
+	fprintf(stderr, "usage: records epoll|opts ADDR PORT N|THEN\n");
+	return 2;
+}

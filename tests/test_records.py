@@ -1,0 +1,57 @@
+"""What the shim remembers of a socket it may convert has no fixed size: every epoll
+registration and every IP- or TCP-level option comes through a conversion."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import HELPERS, compile_c, free_port, parse_kv, run_wrapped
+
+
+@pytest.fixture(scope="session")
+def records(helper_dir: Path) -> str:
+    """The C program of tests/helpers/records.c."""
+    return str(compile_c(HELPERS / "records.c", helper_dir / "records"))
+
+
+@pytest.fixture
+def unix_listener(sockdir: Path) -> Iterator[Path]:
+    """A listening Unix socket that takes connections into its backlog."""
+    path = sockdir / "peer.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(path))
+        s.listen(16)
+        yield path
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_every_epoll_instance_follows_a_converted_socket(records: str, unix_listener: Path,
+                                                          host: str) -> None:
+    port = free_port()
+    n = 9
+    result = run_wrapped([f"out,port={port},path={unix_listener}"],
+                         [records, "epoll", host, str(port), str(n)], timeout=60)
+    info = parse_kv(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (info["seen"], info["mod_fail"], info["del_fail"]) == (str(n), "0", "0"), \
+        result.stdout
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("then", ["bind", "connect"])
+def test_every_option_survives_conversion_or_materializing(
+        records: str, unix_listener: Path, host: str, then: str) -> None:
+    """bind: the socket is pending (every connect converts) and binding where no rule
+    says makes it the IP socket it was; connect: an IP socket becomes a Unix one."""
+    port = free_port()
+    rule = f"out,path={unix_listener}" if then == "bind" else \
+        f"out,port={port},path={unix_listener}"
+    result = run_wrapped([rule], [records, "opts", host, str(port), then], timeout=60)
+    info = parse_kv(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int(info["options"]) > 8
+    assert info["bad"] == "0", result.stdout + result.stderr
+    assert "set_fail" not in result.stdout
