@@ -4,11 +4,14 @@
  * number.  Prints "key=value" lines.
  *
  *   records epoll ADDR PORT N    a non-blocking stream socket registered with N epoll
- *                                instances, then connected; reports how many of them see
- *                                it, and how many EPOLL_CTL_MOD / DEL calls then fail
+ *                                instances, removed from the first and the last, then
+ *                                connected; reports how many of the others see it (and
+ *                                which of the two do), and how many EPOLL_CTL_MOD / DEL
+ *                                calls on the others then fail
  *   records opts ADDR PORT THEN  set many IP- and TCP-level options on a stream socket and
  *                                read them back; then THEN ("bind" to ADDR port 0, or
- *                                "connect" to ADDR PORT) and read them back again;
+ *                                "connect" to ADDR PORT, or "dup" and close the
+ *                                original) and read them back again;
  *                                reports the options that read back wrong
  */
 #include <netinet/tcp.h>
@@ -33,7 +36,7 @@ static int epoll_many(const char *host, int port, int n)
 	int fd = stream_socket(host, SOCK_NONBLOCK), seen = 0, mod_fail = 0, del_fail = 0;
 	int ep[64];
 
-	if (n < 1 || n > 64)
+	if (n < 3 || n > 64)
 		return 2;
 	for (int i = 0; i < n; i++) {
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)i };
@@ -42,9 +45,12 @@ static int epoll_many(const char *host, int port, int n)
 		if (ep[i] < 0 || epoll_ctl(ep[i], EPOLL_CTL_ADD, fd, &ev))
 			die("epoll");
 	}
+	/* the first and the last leave before the conversion, and must stay out */
+	if (epoll_ctl(ep[0], EPOLL_CTL_DEL, fd, NULL) || epoll_ctl(ep[n - 1], EPOLL_CTL_DEL, fd, NULL))
+		die("epoll_del");
 	if (connect(fd, (struct sockaddr *)&ss, len) && errno != EINPROGRESS)
 		die("connect");
-	for (int i = 0; i < n; i++) {
+	for (int i = 1; i < n - 1; i++) {
 		struct epoll_event ev = { 0 };
 
 		if (epoll_wait(ep[i], &ev, 1, 3000) == 1 && ev.data.u32 == (uint32_t)i)
@@ -52,7 +58,13 @@ static int epoll_many(const char *host, int port, int n)
 		else
 			printf("unseen=%d\n", i);
 	}
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n; i += n - 1) {
+		struct epoll_event ev;
+
+		if (epoll_wait(ep[i], &ev, 1, 0) != 0)
+			printf("stale=%d\n", i);
+	}
+	for (int i = 1; i < n - 1; i++) {
 		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
 
 		mod_fail += epoll_ctl(ep[i], EPOLL_CTL_MOD, fd, &ev) != 0;
@@ -122,9 +134,16 @@ static int options(const char *host, int port, const char *then)
 	set_all(fd, tcp_opts, N(tcp_opts));
 	set_all(fd, ip, n_ip);
 	bad = check_all(fd, tcp_opts, N(tcp_opts), "before") + check_all(fd, ip, n_ip, "before");
-	if (!strcmp(then, "bind") ? bind(fd, (struct sockaddr *)&ss, len)
-				   : connect(fd, (struct sockaddr *)&ss, len))
+	if (!strcmp(then, "dup")) { /* another name for the socket keeps them all */
+		int copy = dup(fd);
+
+		if (copy < 0 || close(fd))
+			die("dup");
+		fd = copy;
+	} else if (!strcmp(then, "bind") ? bind(fd, (struct sockaddr *)&ss, len)
+					  : connect(fd, (struct sockaddr *)&ss, len)) {
 		die(then);
+	}
 	bad += check_all(fd, tcp_opts, N(tcp_opts), "after") + check_all(fd, ip, n_ip, "after");
 	printf("options=%d\nbad=%d\n", N(tcp_opts) + n_ip, bad);
 	return 0;
