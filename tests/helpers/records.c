@@ -9,10 +9,11 @@
  *                                which of the two do), and how many EPOLL_CTL_MOD / DEL
  *                                calls on the others then fail
  *   records opts ADDR PORT THEN  set many IP- and TCP-level options on a stream socket and
- *                                read them back; then THEN ("bind" to ADDR port 0, or
+ *                                read them back; then THEN ("bind" to ADDR port 0,
  *                                "connect" to ADDR PORT, or "dup" and close the
- *                                original) and read them back again;
- *                                reports the options that read back wrong
+ *                                original) and read them back again (after "dup", a new
+ *                                socket must have none of them); reports the options
+ *                                that read back wrong
  */
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -123,6 +124,22 @@ static int check_all(int fd, const struct opt *o, int n, const char *when)
 	return bad;
 }
 
+static int stale_none(int fd, const struct opt *o, int n)
+{
+	int stale = 0;
+
+	for (int i = 0; i < n; i++) {
+		int value = -1;
+		socklen_t len = sizeof(value);
+
+		if (getsockopt(fd, o[i].level, o[i].name, &value, &len) == 0 && value == o[i].value) {
+			printf("stale=%s\n", o[i].text);
+			stale++;
+		}
+	}
+	return stale;
+}
+
 static int options(const char *host, int port, const char *then)
 {
 	struct sockaddr_storage ss;
@@ -145,6 +162,8 @@ static int options(const char *host, int port, const char *then)
 		die(then);
 	}
 	bad += check_all(fd, tcp_opts, N(tcp_opts), "after") + check_all(fd, ip, n_ip, "after");
+	if (!strcmp(then, "dup")) /* a new socket, likely at the closed number, has none */
+		bad += stale_none(stream_socket(host, 0), ip, n_ip);
 	printf("options=%d\nbad=%d\n", N(tcp_opts) + n_ip, bad);
 	return 0;
 }
