@@ -57,3 +57,15 @@ def test_every_option_survives_conversion_or_materializing(
     assert int(info["options"]) > 8
     assert info["bad"] == "0", result.stdout + result.stderr
     assert "set_fail" not in result.stdout
+
+
+@pytest.mark.no_asan  # the sanitizer's shadow memory does not live under RLIMIT_AS
+def test_without_memory_the_call_fails_rather_than_the_record_lost(
+        records: str, sockdir: Path) -> None:
+    result = run_wrapped([f"out,path={sockdir / 'x.sock'}"], [records, "nomem", "127.0.0.1"])
+    info = parse_kv(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (info["opt"], info["epoll"]) == ("-1,ENOMEM", "-1,ENOMEM"), result.stdout
+    assert info["undone"] == "1"   # the refused registration did not stay in the kernel
+    assert (info["opt_later"], info["epoll_later"]) == ("0", "0")
+    assert result.stderr.count("Cannot allocate memory") == 2, result.stderr

@@ -14,9 +14,12 @@
  *                                original) and read them back again (after "dup", a new
  *                                socket must have none of them); reports the options
  *                                that read back wrong
+ *   records nomem ADDR           with no memory to spare, one option and one epoll
+ *                                registration more than a socket's entry holds inline
  */
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -168,6 +171,56 @@ static int options(const char *host, int port, const char *then)
 	return 0;
 }
 
+/* Address space limited to what is mapped now: no mmap succeeds until unlimit(). */
+static struct rlimit saved_as;
+
+static void limit_memory(void)
+{
+	char line[128];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+	struct rlimit tight;
+
+	while (f && fgets(line, sizeof(line), f))
+		sscanf(line, "VmSize: %ld kB", &kb);
+	if (!f || kb <= 0 || fclose(f) || getrlimit(RLIMIT_AS, &saved_as))
+		die("vmsize");
+	tight = (struct rlimit){ (rlim_t)kb * 1024, saved_as.rlim_max };
+	if (setrlimit(RLIMIT_AS, &tight))
+		die("setrlimit");
+}
+
+/* A pending socket with as many options and registrations as its entry holds inline; one
+ * more of each, with no memory to record them, must fail with ENOMEM (and the
+ * registration not stay), then succeed once memory is back. */
+static int nomem(const char *host)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT };
+	int fd = stream_socket(host, SOCK_NONBLOCK), ep[5], one = 1, r_opt, r_ep, e_opt, e_ep;
+
+	set_all(fd, tcp_opts, 8);
+	for (int i = 0; i < 5; i++) {
+		ep[i] = epoll_create1(EPOLL_CLOEXEC);
+		if (ep[i] < 0 || (i < 4 && epoll_ctl(ep[i], EPOLL_CTL_ADD, fd, &ev)))
+			die("epoll");
+	}
+	printf("limited=1\n");
+	limit_memory();
+	r_opt = setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one));
+	e_opt = errno;
+	r_ep = epoll_ctl(ep[4], EPOLL_CTL_ADD, fd, &ev);
+	e_ep = errno;
+	printf("opt=%d,%s\nepoll=%d,%s\n", r_opt, strerrorname_np(e_opt), r_ep,
+	       strerrorname_np(e_ep));
+	printf("undone=%d\n", epoll_wait(ep[4], &ev, 1, 0) == 0);
+	if (setrlimit(RLIMIT_AS, &saved_as))
+		die("setrlimit");
+	printf("opt_later=%d\nepoll_later=%d\n",
+	       setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one)),
+	       epoll_ctl(ep[4], EPOLL_CTL_ADD, fd, &ev));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -175,6 +228,8 @@ int main(int argc, char **argv)
 		return epoll_many(argv[2], atoi(argv[3]), atoi(argv[4]));
 	if (argc == 5 && !strcmp(argv[1], "opts"))
 		return options(argv[2], atoi(argv[3]), argv[4]);
-	fprintf(stderr, "usage: records epoll|opts ADDR PORT N|THEN\n");
+	if (argc == 3 && !strcmp(argv[1], "nomem"))
+		return nomem(argv[2]);
+	fprintf(stderr, "usage: records epoll|opts ADDR PORT N|THEN, records nomem ADDR\n");
 	return 2;
 }
