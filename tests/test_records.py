@@ -28,12 +28,16 @@ def unix_listener(sockdir: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("n", [4, 9])
+@pytest.mark.parametrize("bind", [False, True])
 def test_every_epoll_instance_follows_a_converted_socket(records: str, unix_listener: Path,
-                                                          host: str) -> None:
+                                                          host: str, n: int,
+                                                          bind: bool) -> None:
+    """bind: the socket is pending, becomes IP at bind, and converts at connect."""
     port = free_port()
-    n = 9
-    result = run_wrapped([f"out,port={port},path={unix_listener}"],
-                         [records, "epoll", host, str(port), str(n)], timeout=60)
+    rule = f"out,path={unix_listener}" if bind else f"out,port={port},path={unix_listener}"
+    result = run_wrapped([rule], [records, "epoll", host, str(port), str(n)]
+                         + (["bind"] if bind else []), timeout=60)
     info = parse_kv(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (info["seen"], info["mod_fail"], info["del_fail"]) == (str(n - 2), "0", "0"), \

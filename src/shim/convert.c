@@ -136,7 +136,10 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
 			     strerror(errno));
 	}
-	fd_store_no_epoll(fd, e);
+	if (e->kind == FD_IP) /* materialized: a later connect may still convert it */
+		fd_store(fd, e);
+	else
+		fd_store_no_epoll(fd, e);
 	return 0;
 }
 

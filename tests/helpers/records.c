@@ -8,6 +8,7 @@
  *                                connected; reports how many of the others see it (and
  *                                which of the two do), and how many EPOLL_CTL_MOD / DEL
  *                                calls on the others then fail
+ *   records epoll ADDR PORT N bind  the same, binding ADDR port 0 before the connect
  *   records opts ADDR PORT THEN  set many IP- and TCP-level options on a stream socket and
  *                                read them back; then THEN ("bind" to ADDR port 0,
  *                                "connect" to ADDR PORT, or "dup" and close the
@@ -33,7 +34,7 @@ static int stream_socket(const char *host, int flags)
 	return fd;
 }
 
-static int epoll_many(const char *host, int port, int n)
+static int epoll_many(const char *host, int port, int n, int bind_first)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = make_addr(host, port, &ss);
@@ -48,6 +49,13 @@ static int epoll_many(const char *host, int port, int n)
 		ep[i] = epoll_create1(EPOLL_CLOEXEC);
 		if (ep[i] < 0 || epoll_ctl(ep[i], EPOLL_CTL_ADD, fd, &ev))
 			die("epoll");
+	}
+	if (bind_first) { /* a pending socket becomes IP, then converts at connect */
+		struct sockaddr_storage any;
+		socklen_t anylen = make_addr(host, 0, &any);
+
+		if (bind(fd, (struct sockaddr *)&any, anylen))
+			die("bind");
 	}
 	/* the first and the last leave before the conversion, and must stay out */
 	if (epoll_ctl(ep[0], EPOLL_CTL_DEL, fd, NULL) || epoll_ctl(ep[n - 1], EPOLL_CTL_DEL, fd, NULL))
@@ -224,8 +232,8 @@ static int nomem(const char *host)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc == 5 && !strcmp(argv[1], "epoll"))
-		return epoll_many(argv[2], atoi(argv[3]), atoi(argv[4]));
+	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "epoll"))
+		return epoll_many(argv[2], atoi(argv[3]), atoi(argv[4]), argc == 6);
 	if (argc == 5 && !strcmp(argv[1], "opts"))
 		return options(argv[2], atoi(argv[3]), argv[4]);
 	if (argc == 3 && !strcmp(argv[1], "nomem"))
