@@ -33,6 +33,9 @@
 #define N_CHUNKS (MAX_FDS / CHUNK)
 
 static _Atomic(struct fd_entry *) chunks[N_CHUNKS];
+static atomic_int lock_word;
+static __thread int lock_depth __attribute__((tls_model("initial-exec")));
+static __thread sigset_t lock_saved_mask __attribute__((tls_model("initial-exec")));
 
 struct spill {
 	uint32_t id;
@@ -42,9 +45,6 @@ static struct spill *spills[N_CHUNKS]; /* with the lock held only */
 static uint32_t spill_ids;
 
 static void spill_drop(int fd);
-static atomic_int lock_word;
-static __thread int lock_depth __attribute__((tls_model("initial-exec")));
-static __thread sigset_t lock_saved_mask __attribute__((tls_model("initial-exec")));
 
 /* Every signal that can wait.  Faults stay open: blocked, the kernel would kill us. */
 static void deferrable_signals(sigset_t *set)
