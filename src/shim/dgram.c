@@ -269,13 +269,13 @@ static void report_sender(const struct fd_entry *e, const struct sockaddr_un *su
 	errno = saved;
 }
 
-static int option_on(const struct fd_entry *e, int level, int name)
+static int option_on(int fd, const struct fd_entry *e, int level, int name)
 {
-	const struct pending_opt *o = fd_option(e, level, name);
+	struct pending_opt o;
 	int value = 0;
 
-	if (o && o->len >= sizeof(int))
-		memcpy(&value, o->value, sizeof(int)); /* value[] is not int-aligned */
+	if (fd_option(fd, e, level, name, &o) == 0 && o.len >= sizeof(int))
+		memcpy(&value, o.value, sizeof(int)); /* value[] is not int-aligned */
 	return value != 0;
 }
 
@@ -285,7 +285,7 @@ static int option_on(const struct fd_entry *e, int level, int name)
  * such thing, so we say what a local datagram on loopback would say.  cap is the
  * control buffer's size; msg_controllen is what the kernel used of it.
  */
-static void add_pktinfo(const struct fd_entry *e, struct msghdr *msg, size_t cap)
+static void add_pktinfo(int fd, const struct fd_entry *e, struct msghdr *msg, size_t cap)
 {
 	int v6 = e->family == AF_INET6;
 	size_t room = v6 ? CMSG_SPACE(sizeof(struct in6_pktinfo))
@@ -294,8 +294,8 @@ static void add_pktinfo(const struct fd_entry *e, struct msghdr *msg, size_t cap
 	struct ipaddr local = e->local;
 	struct cmsghdr *c;
 
-	if (!(v6 ? option_on(e, IPPROTO_IPV6, IPV6_RECVPKTINFO)
-		 : option_on(e, IPPROTO_IP, IP_PKTINFO)))
+	if (!(v6 ? option_on(fd, e, IPPROTO_IPV6, IPV6_RECVPKTINFO)
+		 : option_on(fd, e, IPPROTO_IP, IP_PKTINFO)))
 		return;
 	if (!msg->msg_control || used + room > cap) {
 		msg->msg_flags |= MSG_CTRUNC;
@@ -386,7 +386,7 @@ API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 		if (msg->msg_name)
 			report_sender(&e, &sun, copy.msg_namelen, msg->msg_name,
 				      &msg->msg_namelen);
-		add_pktinfo(&e, &copy, msg->msg_controllen);
+		add_pktinfo(fd, &e, &copy, msg->msg_controllen);
 	} else {
 		msg->msg_namelen = 0;
 	}
@@ -434,7 +434,7 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 		}
 		if (orig[i])
 			report_sender(&e, &names[i], got, orig[i], &h->msg_namelen);
-		add_pktinfo(&e, h, cap[i]);
+		add_pktinfo(fd, &e, h, cap[i]);
 	}
 	return r;
 }

@@ -496,32 +496,25 @@ static int ip_level(int level)
 }
 
 /* Keep an option the Unix socket cannot take, to answer getsockopt and to replay it if
- * the socket turns out to be an IP one after all.  With the lock held. */
-static int log_option(struct fd_entry *e, int level, int name, const void *val, socklen_t len)
+ * the socket turns out to be an IP one after all.  With the lock held; -1 with errno
+ * when it cannot be kept. */
+static int log_option(int fd, struct fd_entry *e, int level, int name, const void *val,
+		      socklen_t len)
 {
-	int i;
+	struct pending_opt o = { .level = level, .name = name, .len = (uint8_t)len };
 
-	if (!val || len > sizeof(e->opts[0].value))
+	if (!val || len > sizeof(o.value)) {
+		errno = EMSGSIZE;
 		return -1;
-	for (i = 0; i < e->n_opts; i++) {
-		if (e->opts[i].level == level && e->opts[i].name == name)
-			break;
 	}
-	if (i == MAX_PENDING_OPTS)
-		return -1;
-	if (i == e->n_opts)
-		e->n_opts++;
-	e->opts[i].level = level;
-	e->opts[i].name = name;
-	e->opts[i].len = (uint8_t)len;
-	memcpy(e->opts[i].value, val, len);
-	return 0;
+	memcpy(o.value, val, len);
+	return fd_record_put(fd, e, REC_OPT, &o);
 }
 
 API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
 {
 	struct fd_entry *e;
-	int kind = FD_NONE, r, logged = -1, saved = errno;
+	int kind = FD_NONE, r, logged = -1, saved = errno, why = 0;
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
@@ -533,36 +526,41 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 			copyable_option_mark(e, level, optname);
 		/* IP- and TCP-level tuning has nothing to act on in a Unix socket; keep it
 		 * to answer getsockopt after conversion */
-		if (ip_level(level))
-			logged = log_option(e, level, optname, val, len);
+		if (ip_level(level) && (logged = log_option(fd, e, level, optname, val, len))) {
+			why = errno;
+			errno = saved;
+		}
 	}
 	state_unlock();
-	if (kind == FD_CONVERTED && ip_level(level))
-		return 0;
-	if (kind == FD_PENDING && ip_level(level)) {
-		if (logged)
-			ulog(LOG_WARN_, "fd %d: option %d/%d not kept for a later IP socket", fd,
-			     level, optname);
+	if ((kind == FD_CONVERTED || kind == FD_PENDING) && ip_level(level)) {
+		if (logged && (kind == FD_PENDING || why == ENOMEM))
+			ulog(LOG_WARN_, "fd %d: option %d/%d not kept: %s", fd, level, optname,
+			     strerror(why));
+		if (logged && why == ENOMEM) { /* fail rather than lose it */
+			errno = why;
+			return -1;
+		}
 		return 0;
 	}
 	r = REAL(setsockopt)(fd, level, optname, val, len);
 	if (r && kind == FD_PENDING) {
 		/* a socket-level option only IP sockets take (SO_REUSEPORT, say) */
+		why = errno;
 		state_lock();
 		e = fd_get(fd, 0);
-		logged = e && e->kind == FD_PENDING ? log_option(e, level, optname, val, len) : -1;
+		logged = e && e->kind == FD_PENDING ? log_option(fd, e, level, optname, val, len)
+						     : -1;
 		state_unlock();
-		if (logged == 0) {
-			errno = saved;
-			return 0;
-		}
+		errno = logged == 0 ? saved : why;
+		return logged == 0 ? 0 : r;
 	}
 	return r;
 }
 
 API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 {
-	const struct pending_opt *o;
+	const struct pending_opt *o = NULL;
+	struct pending_opt set;
 	struct fd_entry e;
 	int answer;
 
@@ -574,8 +572,9 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
 		answer = optname == SO_DOMAIN ? e.family
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
-		o = NULL;
-	} else if ((o = fd_option(&e, level, optname)) == NULL && !ip_level(level)) {
+	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
+		o = &set;
+	} else if (!ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
 	if (!val || !len) {
@@ -715,18 +714,23 @@ API void closefrom(int lowfd)
 		close_range((unsigned)lowfd, ~0u, 0);
 }
 
-/* The new fd is another name for the same socket: same addresses, same file. */
+/* The new fd is another name for the same socket: same addresses, same file, same
+ * options; epoll registrations belong to the fd number. */
 static void copy_entry(int from, int to)
 {
 	struct fd_entry *src, *dst;
+	int lost = 0;
 
 	state_lock();
 	src = fd_get(from, 0);
 	if (src && src->kind != FD_NONE && (dst = fd_get(to, 1))) {
 		*dst = *src;
-		dst->n_epoll = 0; /* registrations belong to the fd number */
+		dst->n_epoll = 0;
+		lost = fd_record_copy_opts(from, src, to, dst);
 	}
 	state_unlock();
+	if (lost)
+		ulog(LOG_WARN_, "fd %d: out of memory; options of fd %d not all copied", to, from);
 }
 
 API int dup(int fd)
@@ -791,41 +795,39 @@ API int fcntl(int fd, int cmd, ...)
 API int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
 
 /* Remember where unconverted IP sockets are registered, to register the Unix socket
- * that replaces them in the same places. */
-static void record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
+ * that replaces them in the same places.  -1 with errno when it cannot be kept. */
+static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 {
+	struct epoll_reg reg = { .epfd = epfd };
 	struct fd_entry *e;
-	int i, overflow = 0;
+	int r = 0;
 
 	state_lock();
 	e = fd_get(fd, 0);
-	if (!e || (e->kind != FD_IP && e->kind != FD_PENDING))
-		goto out;
-	for (i = 0; i < e->n_epoll && e->epoll[i].epfd != epfd; i++)
-		;
-	if (op == EPOLL_CTL_DEL) {
-		if (i < e->n_epoll)
-			e->epoll[i] = e->epoll[--e->n_epoll];
-	} else if (i < e->n_epoll) {
-		e->epoll[i].ev = *ev;
-	} else if (i < MAX_EPOLL_REGS) {
-		e->epoll[i].epfd = epfd;
-		e->epoll[i].ev = *ev;
-		e->n_epoll++;
-	} else {
-		overflow = 1;
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+		if (op == EPOLL_CTL_DEL) {
+			fd_record_del(fd, e, REC_EPOLL, &reg);
+		} else {
+			reg.ev = *ev;
+			r = fd_record_put(fd, e, REC_EPOLL, &reg);
+		}
 	}
-out:
 	state_unlock();
-	if (overflow)
-		ulog(LOG_WARN_, "fd %d is in too many epoll sets to follow", fd);
+	return r;
 }
 
 API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
-	int r = REAL(epoll_ctl)(epfd, op, fd, ev);
+	int r = REAL(epoll_ctl)(epfd, op, fd, ev), saved;
 
-	if (r == 0 && fd_tracked(fd) && (ev || op == EPOLL_CTL_DEL))
-		record_epoll(epfd, op, fd, ev);
-	return r;
+	if (r || !fd_tracked(fd) || (!ev && op != EPOLL_CTL_DEL) ||
+	    record_epoll(epfd, op, fd, ev) == 0)
+		return r;
+	/* a conversion would lose this registration: refuse it instead */
+	saved = errno;
+	ulog(LOG_WARN_, "fd %d: epoll registration not kept: %s", fd, strerror(saved));
+	if (op == EPOLL_CTL_ADD)
+		REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL);
+	errno = saved;
+	return -1;
 }
