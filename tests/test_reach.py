@@ -24,6 +24,7 @@ from conftest import (
 )
 
 from unixify.reach import elf_facts
+from unixify.shim import LIBRARY_NAME, library_path
 
 NOBODY = 65534
 
@@ -146,10 +147,28 @@ sys.exit(unixify.cli.main(sys.argv[3:]))
 """
 
 
-def launcher(program: str, uid: int = 0, gid: int = 0) -> subprocess.CompletedProcess[str]:
+def shim_copy(directory: str, mode: int) -> str:
+    """The preload list with our library copied into directory (a sanitizer runtime
+    before it, as UNIXIFY_SHIM may name, stays where it is)."""
+    *before, ours = library_path().split()
+    copy = os.path.join(directory, LIBRARY_NAME)
+    shutil.copy(ours, copy)
+    os.chmod(copy, mode)
+    return " ".join([*before, copy])
+
+
+def launcher(program: str, uid: int = 0, gid: int = 0,
+             shim: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The launcher run by uid/gid.  Another user gets a copy of the shim beside the
+    program (the installed one may sit where only root can read, as under /root)."""
+    env = dict(os.environ)
+    if shim is None and uid != 0:
+        shim = shim_copy(os.path.dirname(program), 0o755)
+    if shim is not None:
+        env["UNIXIFY_SHIM"] = shim
     return subprocess.run([sys.executable, "-c", AS_USER, str(uid), str(gid), "-r",
                            "in,path=/tmp/unused.sock", program], capture_output=True,
-                          text=True, timeout=30)
+                          text=True, timeout=30, env=env)
 
 
 def by_hand(program: str, uid: int = 0, gid: int = 0) -> str:
@@ -167,6 +186,21 @@ def test_setuid_program_of_another_user_is_refused(secure_probe: Path,
     assert_refused(launcher(program), f"{program} is set-user-ID to uid {NOBODY}")
     # its owner runs it in normal mode, so the preload reaches it
     assert launcher(program, NOBODY, NOBODY).stdout == "secure=0 preloaded=1\n"
+
+
+def test_preload_the_user_cannot_read_is_refused(secure_probe: Path,
+                                                 shared_dir: Path) -> None:
+    """ld.so would skip an unreadable preload with a warning and run the program
+    unconverted: the launcher refuses instead, with one line."""
+    program = installed(secure_probe, shared_dir, 0, 0, 0o755)
+    private = shared_dir / "private"
+    private.mkdir(mode=0o700)
+    shim = private / LIBRARY_NAME
+    result = launcher(program, NOBODY, NOBODY, shim=shim_copy(str(private), 0o644))
+    assert (result.returncode, result.stdout) == (1, ""), result
+    assert result.stderr == (f"unixify: the preload library {shim} cannot be read by uid "
+                             f"{NOBODY} (Permission denied); the program would run "
+                             "unconverted\n"), result
 
 
 def test_setgid_program_of_another_group_is_refused(secure_probe: Path,

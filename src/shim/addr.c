@@ -7,6 +7,8 @@
 
 #include "shim.h"
 
+#define SIN6_LEN_RFC2133 24 /* the kernel's name for it */
+
 socklen_t ipaddr_len(const struct ipaddr *a)
 {
 	return a->sa.sa_family == AF_INET6 ? sizeof(a->in6) : sizeof(a->in4);
@@ -21,10 +23,46 @@ int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_
 		memcpy(&out->in4, sa, sizeof(out->in4));
 		return 0;
 	}
-	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
-		memcpy(&out->in6, sa, sizeof(out->in6));
+	/* the kernel takes RFC 2133's sockaddr_in6 too, 24 bytes without sin6_scope_id */
+	if (sa->sa_family == AF_INET6 && len >= SIN6_LEN_RFC2133) {
+		memcpy(&out->in6, sa, len < sizeof(out->in6) ? len : sizeof(out->in6));
 		return 0;
 	}
+	return -1;
+}
+
+/*
+ * Besides the usual forms, the kernel reads two more as IP addresses: an IPv4 socket
+ * binds AF_UNSPEC with the unspecified address, and a UDP one sends to AF_UNSPEC, as to
+ * AF_INET (BSD compatibility); an IPv6 datagram socket connects and sends to AF_INET
+ * addresses as to their IPv4-mapped form.  The rules must see those too.
+ */
+int ipaddr_for_socket(struct ipaddr *out, const struct sockaddr *sa, socklen_t len,
+		      int family, int type, enum ip_call call)
+{
+	if (ipaddr_from_sockaddr(out, sa, len) == 0) {
+		if (family == AF_INET6 && type == SOCK_DGRAM && call != CALL_BIND &&
+		    out->sa.sa_family == AF_INET) {
+			struct in_addr v4 = out->in4.sin_addr;
+			uint16_t port = out->in4.sin_port;
+
+			memset(out, 0, sizeof(*out));
+			out->in6.sin6_family = AF_INET6;
+			out->in6.sin6_port = port;
+			out->in6.sin6_addr.s6_addr[10] = out->in6.sin6_addr.s6_addr[11] = 0xff;
+			memcpy(out->in6.sin6_addr.s6_addr + 12, &v4, 4);
+		}
+		return 0;
+	}
+	if (family != AF_INET || !sa || len < sizeof(struct sockaddr_in) ||
+	    sa->sa_family != AF_UNSPEC)
+		return -1;
+	memcpy(&out->in4, sa, sizeof(out->in4));
+	out->in4.sin_family = AF_INET;
+	if (call == CALL_BIND ? out->in4.sin_addr.s_addr == htonl(INADDR_ANY)
+			      : call == CALL_SEND && type == SOCK_DGRAM)
+		return 0;
+	memset(out, 0, sizeof(*out));
 	return -1;
 }
 

@@ -116,6 +116,7 @@ static void copy_async_owner(int from, int to, int status)
 /* Put sock in fd's place and record e for it.  On failure fd is left as it was. */
 static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_entry *e)
 {
+	struct epoll_reg reg;
 	struct fd_entry old;
 	int saved;
 
@@ -130,14 +131,15 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 		return -1;
 	}
 	REAL(close)(sock);
-	for (int i = 0; i < e->n_epoll; i++) {
-		if (REAL(epoll_ctl)(e->epoll[i].epfd, EPOLL_CTL_ADD, fd, &e->epoll[i].ev) &&
-		    errno != EEXIST)
+	for (unsigned i = 0; fd_record_at(fd, e, REC_EPOLL, i, &reg) == 0; i++) {
+		if (REAL(epoll_ctl)(reg.epfd, EPOLL_CTL_ADD, fd, &reg.ev) && errno != EEXIST)
 			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
 			     strerror(errno));
 	}
-	e->n_epoll = 0;
-	fd_store(fd, e);
+	if (e->kind == FD_IP) /* materialized: a later connect may still convert it */
+		fd_store(fd, e);
+	else
+		fd_store_no_epoll(fd, e);
 	return 0;
 }
 
@@ -148,8 +150,7 @@ static int install(int fd, int sock, const struct fd_flags *flags, struct fd_ent
 	int saved;
 
 	if (sock == fd) {
-		e->n_epoll = 0;
-		fd_store(fd, e);
+		fd_store_no_epoll(fd, e);
 		return 0;
 	}
 	if (replace_fd(fd, sock, flags, e) == 0)
@@ -163,6 +164,7 @@ static int install(int fd, int sock, const struct fd_flags *flags, struct fd_ent
 
 int materialize(int fd)
 {
+	struct pending_opt o;
 	struct fd_entry e;
 	struct fd_flags flags;
 	int sock;
@@ -173,12 +175,10 @@ int materialize(int fd)
 	sock = make_socket(fd, e.family, e.type, &e, &flags);
 	if (sock < 0)
 		return -1;
-	for (int i = 0; i < e.n_opts; i++) {
-		const struct pending_opt *o = &e.opts[i];
-
-		if (REAL(setsockopt)(sock, o->level, o->name, o->value, o->len))
-			ulog(LOG_DEBUG_, "fd %d: option %d/%d not carried over: %s", fd, o->level,
-			     o->name, strerror(errno));
+	for (unsigned i = 0; fd_record_at(fd, &e, REC_OPT, i, &o) == 0; i++) {
+		if (REAL(setsockopt)(sock, o.level, o.name, o.value, o.len))
+			ulog(LOG_DEBUG_, "fd %d: option %d/%d not carried over: %s", fd, o.level,
+			     o.name, strerror(errno));
 	}
 	ulog(LOG_DEBUG_, "fd %d: no rule converts it; making it the IP socket it was", fd);
 	e.kind = FD_IP;

@@ -158,7 +158,8 @@ static void sweep_stale_rundirs(int base_fd)
 
 /*
  * $XDG_RUNTIME_DIR, or /tmp when it is unset, unusable or not trusted (another user could
- * move our directory there and put a symlink in its place); opened.  -1 if neither is.
+ * move our directory there and put a symlink in its place: root keeps a login's
+ * $XDG_RUNTIME_DIR after su without -); opened.  -1 if neither is.
  */
 static int open_base(const char **base)
 {
@@ -316,8 +317,8 @@ ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg
 	ssize_t r;
 	int saved = errno;
 
-	if (ipaddr_from_sockaddr(&a, msg->msg_name, msg->msg_namelen) ||
-	    a.sa.sa_family != e->family)
+	if (ipaddr_for_socket(&a, msg->msg_name, msg->msg_namelen, e->family, SOCK_DGRAM,
+			      CALL_SEND) || a.sa.sa_family != e->family)
 		return REAL(sendmsg)(fd, msg, flags);
 	if (e->kind == FD_IP) {
 		struct sock_query q = { .dir = DIR_OUT, .type = SOCK_DGRAM, .addr = &a };
@@ -377,13 +378,13 @@ static void report_sender(const struct fd_entry *e, const struct sockaddr_un *su
 	errno = saved;
 }
 
-static int option_on(const struct fd_entry *e, int level, int name)
+static int option_on(int fd, const struct fd_entry *e, int level, int name)
 {
-	const struct pending_opt *o = fd_option(e, level, name);
+	struct pending_opt o;
 	int value = 0;
 
-	if (o && o->len >= sizeof(int))
-		memcpy(&value, o->value, sizeof(int)); /* value[] is not int-aligned */
+	if (fd_option(fd, e, level, name, &o) == 0 && o.len >= sizeof(int))
+		memcpy(&value, o.value, sizeof(int)); /* value[] is not int-aligned */
 	return value != 0;
 }
 
@@ -393,7 +394,7 @@ static int option_on(const struct fd_entry *e, int level, int name)
  * such thing, so we say what a local datagram on loopback would say.  cap is the
  * control buffer's size; msg_controllen is what the kernel used of it.
  */
-static void add_pktinfo(const struct fd_entry *e, struct msghdr *msg, size_t cap)
+static void add_pktinfo(int fd, const struct fd_entry *e, struct msghdr *msg, size_t cap)
 {
 	int v6 = e->family == AF_INET6;
 	size_t room = v6 ? CMSG_SPACE(sizeof(struct in6_pktinfo))
@@ -402,8 +403,8 @@ static void add_pktinfo(const struct fd_entry *e, struct msghdr *msg, size_t cap
 	struct ipaddr local = e->local;
 	struct cmsghdr *c;
 
-	if (!(v6 ? option_on(e, IPPROTO_IPV6, IPV6_RECVPKTINFO)
-		 : option_on(e, IPPROTO_IP, IP_PKTINFO)))
+	if (!(v6 ? option_on(fd, e, IPPROTO_IPV6, IPV6_RECVPKTINFO)
+		 : option_on(fd, e, IPPROTO_IP, IP_PKTINFO)))
 		return;
 	if (!msg->msg_control || used + room > cap) {
 		msg->msg_flags |= MSG_CTRUNC;
@@ -494,7 +495,7 @@ API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 		if (msg->msg_name)
 			report_sender(&e, &sun, copy.msg_namelen, msg->msg_name,
 				      &msg->msg_namelen);
-		add_pktinfo(&e, &copy, msg->msg_controllen);
+		add_pktinfo(fd, &e, &copy, msg->msg_controllen);
 	} else {
 		msg->msg_namelen = 0;
 	}
@@ -542,9 +543,19 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 		}
 		if (orig[i])
 			report_sender(&e, &names[i], got, orig[i], &h->msg_namelen);
-		add_pktinfo(&e, h, cap[i]);
+		add_pktinfo(fd, &e, h, cap[i]);
 	}
 	return r;
+}
+
+/* Does some message name an IP destination, making fd (unknown to us) one we track? */
+static int sends_to_ip(int fd, const struct mmsghdr *vec, unsigned vlen)
+{
+	for (unsigned i = 0; i < vlen; i++) {
+		if (tracked_for_send(fd, vec[i].msg_hdr.msg_name, vec[i].msg_hdr.msg_namelen))
+			return 1;
+	}
+	return 0;
 }
 
 /* One message at a time through sendmsg(), which knows where each one goes. */
@@ -553,12 +564,15 @@ API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 	struct fd_entry e;
 	unsigned i;
 
-	if (!vec || !fd_tracked(fd))
+	rules_need();
+	if (!vec || (!fd_tracked(fd) && !sends_to_ip(fd, vec, vlen)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	fd_snapshot(fd, &e);
 	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
 		return -1;
-	if (e.kind != FD_CONVERTED && !(e.kind == FD_IP && e.type == SOCK_DGRAM))
+	/* a datagram's destination, or a TCP Fast Open connect, is for the rules to judge */
+	if (e.kind != FD_CONVERTED && !((e.kind == FD_IP || e.kind == FD_PENDING) &&
+					(e.type == SOCK_DGRAM || flags & MSG_FASTOPEN)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	for (i = 0; i < vlen; i++) {
 		ssize_t r = sendmsg(fd, &vec[i].msg_hdr, flags);

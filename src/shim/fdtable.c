@@ -10,6 +10,12 @@
  * lock is released and find the table whole, instead of interrupting an update half
  * done.  Only a signal that cannot wait (a fault in our own code) could re-enter the
  * lock on its thread; the depth counter then makes it see an empty table.
+ *
+ * An entry holds a few epoll registrations and options inline, so that it stays small
+ * and is copied by value.  More spill into a second table of the same shape: per fd
+ * number, a list per kind that grows.  The entry's spill id says which lists there are
+ * its own, so a snapshot stored back keeps them, and a new socket at the same number
+ * (id 0) never sees its predecessor's.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -30,6 +36,15 @@ static _Atomic(struct fd_entry *) chunks[N_CHUNKS];
 static atomic_int lock_word;
 static __thread int lock_depth __attribute__((tls_model("initial-exec")));
 static __thread sigset_t lock_saved_mask __attribute__((tls_model("initial-exec")));
+
+struct spill {
+	uint32_t id;
+	struct growbuf list[2]; /* by enum fd_records */
+};
+static struct spill *spills[N_CHUNKS]; /* with the lock held only */
+static uint32_t spill_ids;
+
+static void spill_drop(int fd);
 
 /* Every signal that can wait.  Faults stay open: blocked, the kernel would kill us. */
 static void deferrable_signals(sigset_t *set)
@@ -165,6 +180,8 @@ void fd_store(int fd, const struct fd_entry *src)
 
 	state_lock();
 	e = fd_get(fd, src->kind != FD_NONE);
+	if (e && src->kind == FD_NONE)
+		spill_drop(fd);
 	if (e)
 		*e = *src;
 	state_unlock();
@@ -179,6 +196,7 @@ void fd_take(int fd, struct fd_entry *out)
 	e = fd_get(fd, 0);
 	if (e && e->kind != FD_NONE) {
 		*out = *e;
+		spill_drop(fd);
 		fd_entry_init(e);
 	}
 	state_unlock();
@@ -201,6 +219,7 @@ void fd_take_range(unsigned first, unsigned last, struct growbuf *sockfiles)
 			continue;
 		if (e->sockfile >= 0)
 			growbuf_add(sockfiles, &e->sockfile, sizeof(e->sockfile));
+		spill_drop((int)fd);
 		fd_entry_init(e);
 	}
 	state_unlock();
@@ -241,11 +260,208 @@ void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg)
 	fd_for_each(visit_sockfile, &v);
 }
 
-const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name)
+/* ---- epoll registrations and options: inline, then spilled ---- */
+
+struct record_list {
+	char *items; /* inline */
+	uint8_t *n;
+	unsigned max;
+	size_t size, key; /* of an item; of the key it starts with */
+};
+
+static void records_of(struct fd_entry *e, int list, struct record_list *r)
 {
-	for (int i = 0; i < e->n_opts; i++) {
-		if (e->opts[i].level == level && e->opts[i].name == name)
-			return &e->opts[i];
+	if (list == REC_EPOLL)
+		*r = (struct record_list){ (char *)e->epoll, &e->n_epoll, INLINE_EPOLL_REGS,
+					   sizeof(struct epoll_reg), sizeof(int) };
+	else
+		*r = (struct record_list){ (char *)e->opts, &e->n_opts, INLINE_OPTS,
+					   sizeof(struct pending_opt), 2 * sizeof(int) };
+}
+
+/* fd's spilled lists if they are those of the entry whose spill id is *id; with create,
+ * fresh ones (the id set) if not.  NULL without memory. */
+static struct spill *spill_get(int fd, uint32_t *id, int create)
+{
+	struct spill *chunk, *s;
+	size_t size;
+
+	if (fd < 0 || (unsigned)fd >= MAX_FDS || !state_locked_here())
+		return NULL;
+	chunk = spills[fd >> CHUNK_SHIFT];
+	if (!chunk) {
+		if (!create)
+			return NULL;
+		chunk = map_resize(NULL, 0, CHUNK * sizeof(*chunk), &size);
+		if (!chunk)
+			return NULL;
+		spills[fd >> CHUNK_SHIFT] = chunk;
+	}
+	s = &chunk[fd & (CHUNK - 1)];
+	if (*id && s->id == *id)
+		return s;
+	if (!create)
+		return NULL;
+	spill_drop(fd);
+	if (++spill_ids == 0)
+		spill_ids = 1;
+	s->id = *id = spill_ids;
+	return s;
+}
+
+static void spill_drop(int fd)
+{
+	struct spill *chunk = spills[fd >> CHUNK_SHIFT];
+
+	if (!chunk)
+		return;
+	chunk[fd & (CHUNK - 1)].id = 0;
+	growbuf_free(&chunk[fd & (CHUNK - 1)].list[REC_EPOLL]);
+	growbuf_free(&chunk[fd & (CHUNK - 1)].list[REC_OPT]);
+}
+
+static char *find_in(char *items, size_t n, const struct record_list *r, const void *key)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!memcmp(items + i * r->size, key, r->key))
+			return items + i * r->size;
 	}
 	return NULL;
+}
+
+void *fd_record_find(int fd, struct fd_entry *e, int list, const void *key)
+{
+	struct record_list r;
+	struct spill *s;
+	char *item;
+
+	records_of(e, list, &r);
+	item = find_in(r.items, *r.n, &r, key);
+	if (item || !(s = spill_get(fd, &e->spill, 0)))
+		return item;
+	return find_in(s->list[list].data, s->list[list].len / r.size, &r, key);
+}
+
+int fd_record_put(int fd, struct fd_entry *e, int list, const void *rec)
+{
+	struct record_list r;
+	struct spill *s;
+	char *item = fd_record_find(fd, e, list, rec);
+
+	records_of(e, list, &r);
+	if (item) {
+		memcpy(item, rec, r.size);
+		return 0;
+	}
+	if (*r.n < r.max) {
+		memcpy(r.items + *r.n * r.size, rec, r.size);
+		(*r.n)++;
+		return 0;
+	}
+	s = spill_get(fd, &e->spill, 1);
+	if (!s || growbuf_add(&s->list[list], rec, r.size)) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return 0;
+}
+
+void fd_record_del(int fd, struct fd_entry *e, int list, const void *key)
+{
+	struct record_list r;
+	struct growbuf *b;
+	struct spill *s;
+	char *item;
+
+	records_of(e, list, &r);
+	item = find_in(r.items, *r.n, &r, key);
+	if (item) {
+		memmove(item, r.items + --*r.n * r.size, r.size);
+		return;
+	}
+	if (!(s = spill_get(fd, &e->spill, 0)))
+		return;
+	b = &s->list[list];
+	item = find_in(b->data, b->len / r.size, &r, key);
+	if (item) {
+		b->len -= r.size;
+		memmove(item, b->data + b->len, r.size);
+	}
+}
+
+void fd_store_no_epoll(int fd, struct fd_entry *e)
+{
+	struct spill *s;
+
+	e->n_epoll = 0;
+	state_lock();
+	s = spill_get(fd, &e->spill, 0);
+	if (s)
+		growbuf_free(&s->list[REC_EPOLL]);
+	state_unlock();
+	fd_store(fd, e);
+}
+
+int fd_record_copy_opts(int from, const struct fd_entry *src, int to, struct fd_entry *dst)
+{
+	uint32_t id = src->spill;
+	struct spill *s = spill_get(from, &id, 0);
+	size_t size = sizeof(struct pending_opt);
+
+	dst->spill = 0;
+	for (size_t i = 0; s && i < s->list[REC_OPT].len / size; i++) {
+		if (fd_record_put(to, dst, REC_OPT, s->list[REC_OPT].data + i * size))
+			return -1;
+	}
+	return 0;
+}
+
+int fd_record_at(int fd, const struct fd_entry *e, int list, unsigned i, void *out)
+{
+	struct record_list r;
+	uint32_t id = e->spill;
+	struct spill *s;
+	int found = -1;
+
+	records_of((struct fd_entry *)e, list, &r); /* read only */
+	if (i < *r.n) {
+		memcpy(out, r.items + i * r.size, r.size);
+		return 0;
+	}
+	if (!id)
+		return -1;
+	i -= *r.n;
+	state_lock();
+	s = spill_get(fd, &id, 0);
+	if (s && (i + 1) * r.size <= s->list[list].len) {
+		memcpy(out, s->list[list].data + i * r.size, r.size);
+		found = 0;
+	}
+	state_unlock();
+	return found;
+}
+
+int fd_option(int fd, const struct fd_entry *e, int level, int name, struct pending_opt *out)
+{
+	const int key[2] = { level, name };
+	uint32_t id = e->spill;
+	struct record_list r;
+	struct spill *s;
+	const char *o;
+
+	records_of((struct fd_entry *)e, REC_OPT, &r); /* read only */
+	o = find_in(r.items, *r.n, &r, key);
+	if (o) {
+		memcpy(out, o, sizeof(*out));
+		return 0;
+	}
+	if (!id)
+		return -1;
+	state_lock();
+	s = spill_get(fd, &id, 0);
+	o = s ? find_in(s->list[REC_OPT].data, s->list[REC_OPT].len / r.size, &r, key) : NULL;
+	if (o)
+		memcpy(out, o, sizeof(*out));
+	state_unlock();
+	return o ? 0 : -1;
 }

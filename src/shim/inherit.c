@@ -12,6 +12,7 @@
  *   UNIXIFY_INHERIT=item;item;...
  *   item := "f," SOCK_INO "," NOREMOVE "," DEV "," INO "," PATH     a socket file
  *         | "s," FD "," SOCK_INO "," TYPE "," ROLE "," FAMILY "," LOCAL "," PEER
+ *         | "c," FD "," SOCK_INO "," ERRNO "," DIR    an IP socket a rule claimed
  *
  * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  Past 64 KiB
  * the items go on in UNIXIFY_INHERIT_1, _2, ...: the kernel takes no environment string
@@ -33,6 +34,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -45,12 +47,12 @@
 
 /* ---- export, in the process calling exec ---- */
 
-/* Converted and pending fds that survive exec, into a growbuf of ints. */
+/* Converted, pending and claimed fds that survive exec, into a growbuf of ints. */
 static void collect(int fd, const struct fd_entry *e, void *arg)
 {
 	int flags;
 
-	if (e->kind != FD_CONVERTED && e->kind != FD_PENDING)
+	if (e->kind != FD_CONVERTED && e->kind != FD_PENDING && !e->claim_errno)
 		return;
 	flags = REAL(fcntl)(fd, F_GETFD);
 	if (flags >= 0 && !(flags & FD_CLOEXEC))
@@ -78,11 +80,15 @@ static char *put_socket(char *p, int fd)
 
 	fd_snapshot(fd, &e);
 	if (e.kind == FD_PENDING) {
-		materialize(fd);
-		return p;
+		if (materialize(fd) || !e.claim_errno)
+			return p;
+		fd_snapshot(fd, &e);
 	}
-	if (e.kind != FD_CONVERTED || fstat(fd, &st))
+	if ((e.kind != FD_CONVERTED && !e.claim_errno) || fstat(fd, &st))
 		return p;
+	if (e.kind != FD_CONVERTED) /* its conversion failed: it must not bind implicitly */
+		return p + sprintf(p, "c,%d,%lu,%u,%u;", fd, (unsigned long)st.st_ino,
+				   e.claim_errno, e.claim_dir);
 	p += sprintf(p, "s,%d,%lu,%u,%u,%u,", fd, (unsigned long)st.st_ino, e.type, e.role,
 		     e.family);
 	p = put_hex(p, &e.local, sizeof(e.local));
@@ -237,6 +243,19 @@ API int execvpe(const char *file, char *const argv[], char *const envp[])
 API int fexecve(int fd, char *const argv[], char *const envp[])
 {
 	WITH_INHERITED_ENV(REAL(fexecve)(fd, argv, env));
+}
+
+static int real_execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
+			 int flags)
+{
+	return real.execveat ? real.execveat(dirfd, path, argv, envp, flags)
+			     : (int)syscall(SYS_execveat, dirfd, path, argv, envp, flags);
+}
+
+API int execveat(int dirfd, const char *path, char *const argv[], char *const envp[],
+		 int flags)
+{
+	WITH_INHERITED_ENV(real_execveat(dirfd, path, argv, env, flags));
 }
 
 API int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
@@ -396,12 +415,50 @@ static int get_socket(const char **s, struct sock_item *it)
 	return 0;
 }
 
-static int sockopt_is(int fd, int name, int want)
+/* A SOL_SOCKET option's value, or -1. */
+static int sockopt_value(int fd, int name)
 {
 	socklen_t len = sizeof(int);
 	int v;
 
-	return REAL(getsockopt)(fd, SOL_SOCKET, name, &v, &len) == 0 && v == want;
+	return REAL(getsockopt)(fd, SOL_SOCKET, name, &v, &len) == 0 ? v : -1;
+}
+
+static int sockopt_is(int fd, int name, int want)
+{
+	return sockopt_value(fd, name) == want;
+}
+
+/* A "c," item: fd, if it is the IP socket announced (and not a passed one), keeps its
+ * failed claim.  A forged one can only make a socket fail, never open anything. */
+static int take_claim(const char **s, struct import *im)
+{
+	unsigned err, dir;
+	unsigned long ino;
+	struct fd_entry e;
+	struct stat st;
+	int fd, used = 0;
+
+	if (sscanf(*s, "c,%d,%lu,%u,%u;%n", &fd, &ino, &err, &dir, &used) != 4 || !used ||
+	    !err || err > 255 || (dir != DIR_IN && dir != DIR_OUT))
+		return -1;
+	*s += used;
+	if (im->pass != 1)
+		return 0;
+	fd_entry_init(&e);
+	e.kind = FD_IP;
+	e.family = (uint8_t)sockopt_value(fd, SO_DOMAIN);
+	e.type = (uint8_t)sockopt_value(fd, SO_TYPE);
+	e.claim_errno = (uint8_t)err;
+	e.claim_dir = (uint8_t)dir;
+	if (fd >= 0 && !fd_tracked(fd) && !fstat(fd, &st) && S_ISSOCK(st.st_mode) &&
+	    st.st_ino == ino &&
+	    (e.family == AF_INET || e.family == AF_INET6) &&
+	    (e.type == SOCK_STREAM || e.type == SOCK_DGRAM))
+		fd_store(fd, &e);
+	else
+		im->ignored++;
+	return 0;
 }
 
 /* Pass 1: fd is (still) the Unix socket announced. */
@@ -517,7 +574,10 @@ static int inherit_part(const char *s, struct import *im)
 	struct file_item f;
 
 	while (*s) {
-		if (*s == 'f') {
+		if (*s == 'c') {
+			if (take_claim(&s, im))
+				return -1;
+		} else if (*s == 'f') {
 			if (get_file(&s, &f))
 				return -1;
 			if (im->pass == 2)

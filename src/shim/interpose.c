@@ -8,6 +8,7 @@
 #undef _FILE_OFFSET_BITS
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -19,13 +20,30 @@
 
 #define SOMAXCONN_MAX 65535
 
-__attribute__((constructor(102))) static void shim_init(void)
+int shim_started;
+
+/*
+ * Once: from our constructor, or from the first socket call if it comes earlier.  The
+ * dynamic linker may run the constructor of a library the program links before ours,
+ * and a socket it opens there must meet the rules too.
+ */
+void shim_start(void)
 {
+	int expected = 0;
+
+	if (!__atomic_compare_exchange_n(&shim_started, &expected, 1, 0, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return;
 	real_init();
 	log_init();
 	rules_init();
 	systemd_init();
 	inherit_init();
+}
+
+__attribute__((constructor(102))) static void shim_init(void)
+{
+	shim_start();
 }
 
 __attribute__((destructor)) static void shim_fini(void)
@@ -57,6 +75,32 @@ static void classify(int fd, struct fd_entry *e)
 		e->type = (uint8_t)type;
 	}
 	errno = saved;
+}
+
+static int unspecified_family(const struct sockaddr *sa, socklen_t len)
+{
+	return sa && len >= sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC;
+}
+
+/*
+ * A socket made where we could not see it (syscall(2), or before an exec) that sends to
+ * an IP address (or AF_UNSPEC, which UDP takes for one) would be bound to a port by the
+ * kernel: learn it now, as bind and connect do.  1 when fd is tracked.
+ */
+int tracked_for_send(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd))
+		return 1;
+	if (rules_state == RULES_NONE || !sa || len < sizeof(sa_family_t) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6 && sa->sa_family != AF_UNSPEC))
+		return 0;
+	classify(fd, &e);
+	if (e.kind != FD_IP || (e.type != SOCK_STREAM && e.type != SOCK_DGRAM))
+		return 0;
+	fd_store(fd, &e);
+	return 1;
 }
 
 /* An unconverted IP socket of the address's family; a pending socket asked about another
@@ -121,9 +165,11 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	rules_need();
 	if (rules_state == RULES_NONE)
 		return REAL(bind)(fd, sa, len);
-	if (ipaddr_from_sockaddr(&a, sa, len))
+	if (ipaddr_from_sockaddr(&a, sa, len) && !unspecified_family(sa, len))
 		return rules_use_unix ? redirect_bind(fd, sa, len) : REAL(bind)(fd, sa, len);
 	classify(fd, &e);
+	if (ipaddr_for_socket(&a, sa, len, e.family, e.type, CALL_BIND))
+		return REAL(bind)(fd, sa, len);
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(bind)(fd, sa, len);
@@ -173,6 +219,7 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		return rules_use_unix ? redirect_connect(fd, sa, len) : REAL(connect)(fd, sa, len);
 	}
 	classify(fd, &e);
+	ipaddr_for_socket(&a, sa, len, e.family, e.type, CALL_CONNECT); /* AF_INET on IPv6 */
 	if (e.kind == FD_CONVERTED && e.type == SOCK_DGRAM)
 		return a.sa.sa_family == e.family ? dgram_connect(fd, &a) : REAL(connect)(fd, sa, len);
 	if (e.kind == FD_CONVERTED && (e.role == ROLE_CLIENT || e.role == ROLE_ACCEPTED)) {
@@ -195,6 +242,11 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = saved;
 	return r;
 }
+
+/* glibc exports connect under this name as well, with the same default version. */
+API int __connect(int fd, const struct sockaddr *sa, socklen_t len);
+API int __connect(int fd, const struct sockaddr *sa, socklen_t len)
+	__attribute__((alias("connect")));
 
 /*
  * listen() on a socket with no port binds it to one: the bind the rules decide about,
@@ -244,6 +296,77 @@ API int listen(int fd, int backlog)
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
+}
+
+/*
+ * glibc's bindresvport() and rresvport_af() bind with its internal bind, out of our
+ * reach, and a program then listens on a reserved port no rule saw.  The same search
+ * for a free port, through our bind: a rule that claims the socket decides at once.
+ */
+#define RESV_LOW 512 /* IPPORT_RESERVED / 2 */
+
+/* libtirpc's version takes IPv6 too, and the socket's own family when sin is NULL. */
+API int bindresvport(int fd, struct sockaddr_in *sin)
+{
+	unsigned start = (unsigned)getpid(), n = IPPORT_RESERVED - RESV_LOW;
+	socklen_t len = sizeof(int);
+	int family = AF_INET, saved = errno;
+	struct ipaddr a;
+
+	if (sin)
+		family = sin->sin_family;
+	else if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len))
+		return -1;
+	if (family != AF_INET && family != AF_INET6) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	ipaddr_any(&a, family);
+	if (sin)
+		memcpy(&a, sin, ipaddr_len(&a));
+	for (unsigned i = 0; i < n; i++) {
+		ipaddr_set_port(&a, (uint16_t)(RESV_LOW + (start + i) % n));
+		if (bind(fd, &a.sa, ipaddr_len(&a)) == 0) {
+			if (sin) /* sin_port and sin6_port are at the same place */
+				sin->sin_port = htons(ipaddr_port(&a));
+			errno = saved;
+			return 0;
+		}
+		if (errno != EADDRINUSE)
+			return -1;
+	}
+	return -1;
+}
+
+API int rresvport_af(int *alport, sa_family_t family)
+{
+	struct ipaddr a;
+	int fd, saved;
+
+	if (family != AF_INET && family != AF_INET6) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	fd = socket(family, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	ipaddr_any(&a, family);
+	for (; *alport > RESV_LOW; (*alport)--) {
+		ipaddr_set_port(&a, (uint16_t)*alport);
+		if (bind(fd, &a.sa, ipaddr_len(&a)) == 0)
+			return fd;
+		if (errno != EADDRINUSE)
+			break;
+	}
+	saved = *alport > RESV_LOW ? errno : EAGAIN;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+API int rresvport(int *alport)
+{
+	return rresvport_af(alport, AF_INET);
 }
 
 /* Bumped by every close of ours that releases a socket file (see accept_common). */
@@ -373,32 +496,25 @@ static int ip_level(int level)
 }
 
 /* Keep an option the Unix socket cannot take, to answer getsockopt and to replay it if
- * the socket turns out to be an IP one after all.  With the lock held. */
-static int log_option(struct fd_entry *e, int level, int name, const void *val, socklen_t len)
+ * the socket turns out to be an IP one after all.  With the lock held; -1 with errno
+ * when it cannot be kept. */
+static int log_option(int fd, struct fd_entry *e, int level, int name, const void *val,
+		      socklen_t len)
 {
-	int i;
+	struct pending_opt o = { .level = level, .name = name, .len = (uint8_t)len };
 
-	if (!val || len > sizeof(e->opts[0].value))
+	if (!val || len > sizeof(o.value)) {
+		errno = EMSGSIZE;
 		return -1;
-	for (i = 0; i < e->n_opts; i++) {
-		if (e->opts[i].level == level && e->opts[i].name == name)
-			break;
 	}
-	if (i == MAX_PENDING_OPTS)
-		return -1;
-	if (i == e->n_opts)
-		e->n_opts++;
-	e->opts[i].level = level;
-	e->opts[i].name = name;
-	e->opts[i].len = (uint8_t)len;
-	memcpy(e->opts[i].value, val, len);
-	return 0;
+	memcpy(o.value, val, len);
+	return fd_record_put(fd, e, REC_OPT, &o);
 }
 
 API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
 {
 	struct fd_entry *e;
-	int kind = FD_NONE, r, logged = -1, saved = errno;
+	int kind = FD_NONE, r, logged = -1, saved = errno, why = 0;
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
@@ -410,36 +526,41 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 			copyable_option_mark(e, level, optname);
 		/* IP- and TCP-level tuning has nothing to act on in a Unix socket; keep it
 		 * to answer getsockopt after conversion */
-		if (ip_level(level))
-			logged = log_option(e, level, optname, val, len);
+		if (ip_level(level) && (logged = log_option(fd, e, level, optname, val, len))) {
+			why = errno;
+			errno = saved;
+		}
 	}
 	state_unlock();
-	if (kind == FD_CONVERTED && ip_level(level))
-		return 0;
-	if (kind == FD_PENDING && ip_level(level)) {
-		if (logged)
-			ulog(LOG_WARN_, "fd %d: option %d/%d not kept for a later IP socket", fd,
-			     level, optname);
+	if ((kind == FD_CONVERTED || kind == FD_PENDING) && ip_level(level)) {
+		if (logged && (kind == FD_PENDING || why == ENOMEM))
+			ulog(LOG_WARN_, "fd %d: option %d/%d not kept: %s", fd, level, optname,
+			     strerror(why));
+		if (logged && why == ENOMEM) { /* fail rather than lose it */
+			errno = why;
+			return -1;
+		}
 		return 0;
 	}
 	r = REAL(setsockopt)(fd, level, optname, val, len);
 	if (r && kind == FD_PENDING) {
 		/* a socket-level option only IP sockets take (SO_REUSEPORT, say) */
+		why = errno;
 		state_lock();
 		e = fd_get(fd, 0);
-		logged = e && e->kind == FD_PENDING ? log_option(e, level, optname, val, len) : -1;
+		logged = e && e->kind == FD_PENDING ? log_option(fd, e, level, optname, val, len)
+						     : -1;
 		state_unlock();
-		if (logged == 0) {
-			errno = saved;
-			return 0;
-		}
+		errno = logged == 0 ? saved : why;
+		return logged == 0 ? 0 : r;
 	}
 	return r;
 }
 
 API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 {
-	const struct pending_opt *o;
+	const struct pending_opt *o = NULL;
+	struct pending_opt set;
 	struct fd_entry e;
 	int answer;
 
@@ -451,8 +572,9 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
 		answer = optname == SO_DOMAIN ? e.family
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
-		o = NULL;
-	} else if ((o = fd_option(&e, level, optname)) == NULL && !ip_level(level)) {
+	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
+		o = &set;
+	} else if (!ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
 	if (!val || !len) {
@@ -496,7 +618,7 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 			      .msg_iov = &iov, .msg_iovlen = 1 };
 
 	rules_need();
-	if (!sa || (!fd_tracked(fd) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
+	if (!sa || (!tracked_for_send(fd, sa, salen) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
 					 sa->sa_family == AF_UNIX)))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
 	return sendmsg(fd, &msg, flags);
@@ -512,7 +634,7 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);
-	if (!msg || !msg->msg_name || !fd_tracked(fd))
+	if (!msg || !msg->msg_name || !tracked_for_send(fd, msg->msg_name, msg->msg_namelen))
 		return REAL(sendmsg)(fd, msg, flags);
 	fd_snapshot(fd, &e);
 	if (claim_refuses(&e, DIR_IN)) /* sending would bind it to an IP port */
@@ -526,8 +648,10 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 		return REAL(sendmsg)(fd, &copy, flags);
 	if (flags & MSG_FASTOPEN) {
 		if (fastopen_connect(fd, &e, msg->msg_name, msg->msg_namelen, &handled) < 0 &&
-		    handled)
+		    handled) {
+			claim_mark(fd, &e, DIR_OUT, errno);
 			return -1;
+		}
 		if (handled)
 			return REAL(sendmsg)(fd, &copy, flags & ~MSG_FASTOPEN);
 	}
@@ -590,18 +714,23 @@ API void closefrom(int lowfd)
 		close_range((unsigned)lowfd, ~0u, 0);
 }
 
-/* The new fd is another name for the same socket: same addresses, same file. */
+/* The new fd is another name for the same socket: same addresses, same file, same
+ * options; epoll registrations belong to the fd number. */
 static void copy_entry(int from, int to)
 {
 	struct fd_entry *src, *dst;
+	int lost = 0;
 
 	state_lock();
 	src = fd_get(from, 0);
 	if (src && src->kind != FD_NONE && (dst = fd_get(to, 1))) {
 		*dst = *src;
-		dst->n_epoll = 0; /* registrations belong to the fd number */
+		dst->n_epoll = 0;
+		lost = fd_record_copy_opts(from, src, to, dst);
 	}
 	state_unlock();
+	if (lost)
+		ulog(LOG_WARN_, "fd %d: out of memory; options of fd %d not all copied", to, from);
 }
 
 API int dup(int fd)
@@ -666,41 +795,39 @@ API int fcntl(int fd, int cmd, ...)
 API int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
 
 /* Remember where unconverted IP sockets are registered, to register the Unix socket
- * that replaces them in the same places. */
-static void record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
+ * that replaces them in the same places.  -1 with errno when it cannot be kept. */
+static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 {
+	struct epoll_reg reg = { .epfd = epfd };
 	struct fd_entry *e;
-	int i, overflow = 0;
+	int r = 0;
 
 	state_lock();
 	e = fd_get(fd, 0);
-	if (!e || (e->kind != FD_IP && e->kind != FD_PENDING))
-		goto out;
-	for (i = 0; i < e->n_epoll && e->epoll[i].epfd != epfd; i++)
-		;
-	if (op == EPOLL_CTL_DEL) {
-		if (i < e->n_epoll)
-			e->epoll[i] = e->epoll[--e->n_epoll];
-	} else if (i < e->n_epoll) {
-		e->epoll[i].ev = *ev;
-	} else if (i < MAX_EPOLL_REGS) {
-		e->epoll[i].epfd = epfd;
-		e->epoll[i].ev = *ev;
-		e->n_epoll++;
-	} else {
-		overflow = 1;
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+		if (op == EPOLL_CTL_DEL) {
+			fd_record_del(fd, e, REC_EPOLL, &reg);
+		} else {
+			reg.ev = *ev;
+			r = fd_record_put(fd, e, REC_EPOLL, &reg);
+		}
 	}
-out:
 	state_unlock();
-	if (overflow)
-		ulog(LOG_WARN_, "fd %d is in too many epoll sets to follow", fd);
+	return r;
 }
 
 API int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
-	int r = REAL(epoll_ctl)(epfd, op, fd, ev);
+	int r = REAL(epoll_ctl)(epfd, op, fd, ev), saved;
 
-	if (r == 0 && fd_tracked(fd) && (ev || op == EPOLL_CTL_DEL))
-		record_epoll(epfd, op, fd, ev);
-	return r;
+	if (r || !fd_tracked(fd) || (!ev && op != EPOLL_CTL_DEL) ||
+	    record_epoll(epfd, op, fd, ev) == 0)
+		return r;
+	/* a conversion would lose this registration: refuse it instead */
+	saved = errno;
+	ulog(LOG_WARN_, "fd %d: epoll registration not kept: %s", fd, strerror(saved));
+	if (op == EPOLL_CTL_ADD)
+		REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL);
+	errno = saved;
+	return -1;
 }

@@ -42,6 +42,7 @@ void real_init(void)
 	r.execve = next("execve");
 	r.execvpe = next("execvpe");
 	r.fexecve = next("fexecve");
+	r.execveat = next("execveat"); /* glibc >= 2.34; may be NULL */
 	r.posix_spawn = next("posix_spawn");
 	r.posix_spawnp = next("posix_spawnp");
 	/* Concurrent first calls compute the same values; publishing a whole struct

@@ -52,6 +52,7 @@ struct real_funcs {
 	int (*execve)(const char *, char *const[], char *const[]);
 	int (*execvpe)(const char *, char *const[], char *const[]);
 	int (*fexecve)(int, char *const[], char *const[]);
+	int (*execveat)(int, const char *, char *const[], char *const[], int); /* may be NULL */
 	int (*posix_spawn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			   const posix_spawnattr_t *, char *const[], char *const[]);
 	int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
@@ -90,6 +91,11 @@ struct ipaddr {
 };
 socklen_t ipaddr_len(const struct ipaddr *a);
 int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_t len);
+enum ip_call { CALL_BIND, CALL_CONNECT, CALL_SEND };
+/* The IP address sa names in call on a socket of family and type, as the kernel reads
+ * it (AF_UNSPEC for AF_INET, AF_INET as IPv4-mapped): 0 with out set, or -1. */
+int ipaddr_for_socket(struct ipaddr *out, const struct sockaddr *sa, socklen_t len,
+		      int family, int type, enum ip_call call);
 uint16_t ipaddr_port(const struct ipaddr *a);
 void ipaddr_set_port(struct ipaddr *a, uint16_t port);
 void ipaddr_any(struct ipaddr *a, int family);
@@ -145,9 +151,14 @@ struct sock_query {
 enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN, RULES_LAZY };
 extern enum rules_state rules_state;
 void rules_load(void);
+/* The library's start-up, run once (interpose.c); shim_started says it began. */
+extern int shim_started;
+void shim_start(void);
 /* Call before looking at rules_state or the rules from a socket call. */
 static inline void rules_need(void)
 {
+	if (__builtin_expect(!__atomic_load_n(&shim_started, __ATOMIC_ACQUIRE), 0))
+		shim_start();
 	if (__atomic_load_n(&rules_state, __ATOMIC_ACQUIRE) == RULES_LAZY)
 		rules_load();
 }
@@ -193,36 +204,41 @@ enum fd_kind {
  * connected, and NONE when it only sends to addresses it names. */
 enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED };
 
-#define MAX_EPOLL_REGS 4
+/* Where a socket we may convert is registered with epoll, and the IP- and TCP-level
+ * options set on it: records keyed by epfd, and by level and name.  A few are kept in
+ * the entry itself; more spill into a table beside it that grows (fdtable.c). */
+#define INLINE_EPOLL_REGS 4
 struct epoll_reg {
 	int epfd;
 	struct epoll_event ev;
 };
 
-/* IP- and TCP-level options set on a pending socket, replayed if it becomes IP. */
-#define MAX_PENDING_OPTS 8
+#define INLINE_OPTS 8
 struct pending_opt {
 	int level, name;
 	uint8_t len;
 	uint8_t value[16];
 };
 
+enum fd_records { REC_EPOLL, REC_OPT };
+
 struct fd_entry {
 	uint8_t kind;
 	uint8_t family;   /* AF_INET or AF_INET6, as the program created it */
 	uint8_t type;     /* SOCK_STREAM or SOCK_DGRAM */
 	uint8_t role;
-	uint8_t n_epoll;
-	uint8_t n_opts;
+	uint8_t n_epoll;  /* of epoll[] */
+	uint8_t n_opts;   /* of opts[] */
 	uint8_t claim_errno; /* a rule claimed this IP or pending socket and converting it
 				failed with this errno: it must not bind implicitly */
 	uint8_t claim_dir;   /* DIR_IN or DIR_OUT: which call the rule claimed */
 	int32_t sockfile; /* index into the socket file table, or -1 */
 	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
+	uint32_t spill;   /* which spilled records at this fd number are ours, or 0 */
 	struct ipaddr local;
 	struct ipaddr peer;
-	struct epoll_reg epoll[MAX_EPOLL_REGS];
-	struct pending_opt opts[MAX_PENDING_OPTS];
+	struct epoll_reg epoll[INLINE_EPOLL_REGS];
+	struct pending_opt opts[INLINE_OPTS];
 };
 
 void state_lock(void);
@@ -241,8 +257,20 @@ void fd_take(int fd, struct fd_entry *out);
 /* Remove entries in [first, last]; add their socket files (ints) to sockfiles. */
 void fd_take_range(unsigned first, unsigned last, struct growbuf *sockfiles);
 void fd_entry_init(struct fd_entry *e);
-/* An IP-level option the program set, as it set it, or NULL. */
-const struct pending_opt *fd_option(const struct fd_entry *e, int level, int name);
+/* With the lock held, e being fd's entry: the record of list whose key (epfd; level
+ * and name) starts rec; put adds or replaces it, -1 with ENOMEM when it cannot be kept. */
+void *fd_record_find(int fd, struct fd_entry *e, int list, const void *key);
+int fd_record_put(int fd, struct fd_entry *e, int list, const void *rec);
+void fd_record_del(int fd, struct fd_entry *e, int list, const void *key);
+/* Store e for fd, its epoll registrations forgotten: they were the old socket's. */
+void fd_store_no_epoll(int fd, struct fd_entry *e);
+/* Copy from's options to to's entry (dup: registrations stay with the fd number). */
+int fd_record_copy_opts(int from, const struct fd_entry *src, int to, struct fd_entry *dst);
+/* Takes the lock: copy of record i of list for fd, whose entry e is a snapshot of; -1
+ * past the last. */
+int fd_record_at(int fd, const struct fd_entry *e, int list, unsigned i, void *out);
+/* An IP-level option the program set, as it set it, into *out; -1 if none. */
+int fd_option(int fd, const struct fd_entry *e, int level, int name, struct pending_opt *out);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
 /* Call fn for every fd with an entry; with the lock held. */
@@ -378,6 +406,11 @@ int systemd_close_range(unsigned first, unsigned last, int flags,
  * its fd (no longer hidden), with *family set; -2 when this rule already took one
  * (blackhole the bind); -1 with errno and a log line when there is none. */
 int systemd_claim(int rule, const struct rule *r, int type, int *family);
+
+/* ---- interposed calls (interpose.c) ---- */
+/* fd is tracked, or it is an IP socket we did not see made that sends to sa, and is
+ * tracked now (sending would bind it to a port).  1 when tracked. */
+int tracked_for_send(int fd, const struct sockaddr *sa, socklen_t len);
 
 /* ---- datagram peers (peers.c) ---- */
 /* Pair a Unix address with the IP address the program knows it by. */

@@ -23,6 +23,7 @@ from unixify.encoding import (
 )
 from unixify.reach import find_program, unreachable
 from unixify.rules import Rule, RuleError, parse_mode, parse_rule, parse_rules_file
+from unixify.shim import ShimError
 
 USAGE = """\
 usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS...]
@@ -127,13 +128,13 @@ def format_table(rules: list[Rule]) -> str:
 
 
 def build_environment(rules: list[Rule], encoded: bytes, verbosity: int) -> dict[str, str]:
-    from unixify.shim import library_path
+    from unixify.shim import loadable_preload
 
     # UNIXIFY_INHERIT (and its _1, _2... parts) is the library's message from an exec
     # inside a wrapped program to its new image; from our caller it is stale or forged.
     env = {k: v for k, v in os.environ.items()
            if k != "UNIXIFY_INHERIT" and not k.startswith("UNIXIFY_INHERIT_")}
-    library = library_path()
+    library = loadable_preload()
     preload = env.get("LD_PRELOAD", "").strip()
     env["LD_PRELOAD"] = f"{library} {preload}" if preload else library
     env[ENV_RULES] = rules_variable(rules, encoded)
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(sys.argv[1:] if argv is None else argv)
     except (RuleError, UsageError, LimitError) as err:
         fail(str(err))
-    except FileNotFoundError as err:
+    except ShimError as err:
         fail(str(err))
     except KeyboardInterrupt:
         return 130
