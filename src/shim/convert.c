@@ -190,7 +190,7 @@ void claim_mark(int fd, const struct fd_entry *old, int dir, int err)
 	struct fd_entry *e;
 	int saved = errno;
 
-	state_lock();
+	state_lock_masked();
 	e = fd_get(fd, err != 0);
 	if (e && e->kind == FD_NONE && old->kind == FD_IP && err)
 		*e = *old; /* an IP socket we learnt of from the kernel */

@@ -202,7 +202,7 @@ static int make_rundir(void)
 	if (fd < 0)
 		return -1;
 	REAL(close)(fd);
-	state_lock();
+	state_lock_masked();
 	if (!rundir[0]) {
 		memcpy(rundir, dir, sizeof(rundir));
 		rundir_dev = st.st_dev;
@@ -354,7 +354,7 @@ int dgram_connect(int fd, const struct ipaddr *a)
 
 	if (resolve(fd, a, &sun, &len) || REAL(connect)(fd, (struct sockaddr *)&sun, len))
 		return -1;
-	state_lock();
+	state_lock_masked();
 	if ((e = fd_get(fd, 0)) != NULL) {
 		e->role = ROLE_CLIENT;
 		e->peer = *a;

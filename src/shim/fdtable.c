@@ -5,11 +5,8 @@
  * A two-level table: chunks of CHUNK entries are mapped on first use, so a process
  * that never makes an IP socket pays nothing and one with a few sockets pays a page or
  * two.  Lookups that find nothing take no lock.  Changes take one short spinlock that
- * is never held across a system call that can block.  The thread holding it has its
- * signals blocked: a handler's socket calls (async-signal-safe by POSIX) run once the
- * lock is released and find the table whole, instead of interrupting an update half
- * done.  Only a signal that cannot wait (a fault in our own code) could re-enter the
- * lock on its thread; the depth counter then makes it see an empty table.
+ * is never held across a system call that can block; socket calls from a signal handler
+ * (async-signal-safe by POSIX) are recorded like any other (see the lock word below).
  *
  * An entry holds a few epoll registrations and options inline, so that it stays small
  * and is copied by value.  More spill into a second table of the same shape: per fd
@@ -33,8 +30,24 @@
 #define N_CHUNKS (MAX_FDS / CHUNK)
 
 static _Atomic(struct fd_entry *) chunks[N_CHUNKS];
-static atomic_int lock_word;
-static __thread int lock_depth __attribute__((tls_model("initial-exec")));
+
+/*
+ * The lock word holds its holder's thread id in the high half and how deep that thread
+ * holds it in the low half, and changes only by single atomic operations.  So a signal
+ * handler that interrupts its own thread anywhere -- inside a critical section, or half
+ * way through taking or releasing the lock -- sees a consistent word: if its thread holds
+ * the lock it goes on holding it one level deeper, and it finds the table as its thread
+ * left it, which is whole for everything but the entry that thread is changing.
+ * Sections that change what entries share (the socket-file records, the spilled lists,
+ * the datagram peers) instead keep signals blocked while they run (state_lock_masked),
+ * so a handler never sees those half done; the common per-fd updates pay no system call.
+ */
+#define DEPTH_BITS 32
+#define DEPTH_MASK ((UINT64_C(1) << DEPTH_BITS) - 1)
+static _Atomic uint64_t lock_word;
+static _Atomic uint32_t thread_ids;
+static __thread uint32_t thread_id __attribute__((tls_model("initial-exec")));
+static __thread uint64_t masked_at __attribute__((tls_model("initial-exec")));
 static __thread sigset_t lock_saved_mask __attribute__((tls_model("initial-exec")));
 
 struct spill {
@@ -46,6 +59,48 @@ static uint32_t spill_ids;
 
 static void spill_drop(int fd);
 
+/* This thread's id in the lock word.  A handler that runs while it is being assigned
+ * may assign another one; either serves, since the handler holds nothing after. */
+static uint64_t self(void)
+{
+	if (!thread_id) {
+		uint32_t id = atomic_fetch_add_explicit(&thread_ids, 1, memory_order_relaxed) + 1;
+
+		thread_id = id ? id : 1;
+	}
+	return (uint64_t)thread_id << DEPTH_BITS;
+}
+
+/* How deep this thread holds the lock: 0 when it does not. */
+static uint64_t depth_here(void)
+{
+	uint64_t w = atomic_load_explicit(&lock_word, memory_order_relaxed);
+
+	return (w & ~DEPTH_MASK) == self() ? w & DEPTH_MASK : 0;
+}
+
+void state_lock(void)
+{
+	uint64_t me = self(), w;
+	int spins = 0;
+
+	for (;;) {
+		w = atomic_load_explicit(&lock_word, memory_order_acquire);
+		if ((w & ~DEPTH_MASK) == me || w == 0) {
+			/* one level deeper on our own thread (a handler), or free */
+			if (atomic_compare_exchange_weak_explicit(&lock_word, &w, w ? w + 1 : me | 1,
+								  memory_order_acquire,
+								  memory_order_relaxed))
+				return;
+			continue;
+		}
+		if (++spins > 64) {
+			sched_yield();
+			spins = 0;
+		}
+	}
+}
+
 /* Every signal that can wait.  Faults stay open: blocked, the kernel would kill us. */
 static void deferrable_signals(sigset_t *set)
 {
@@ -56,71 +111,64 @@ static void deferrable_signals(sigset_t *set)
 		sigdelset(set, sync_signals[i]);
 }
 
-/* Returns with the lock held and this thread's signals blocked, or -- re-entered on a
- * thread that already holds it, by a fault -- without, in which case lock_depth tells
- * fd_get to find nothing. */
-void state_lock(void)
+void state_mask_signals(void)
 {
-	int spins = 0, saved = errno;
 	sigset_t all, old;
-
-	if (lock_depth) {
-		lock_depth++;
-		return;
-	}
-	deferrable_signals(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	lock_depth = 1;
-	lock_saved_mask = old;
-	errno = saved;
-	while (atomic_exchange_explicit(&lock_word, 1, memory_order_acquire)) {
-		if (++spins > 64) {
-			sched_yield();
-			spins = 0;
-		}
-	}
-}
-
-/* Signals that arrived meanwhile are delivered here, with the lock free. */
-void state_unlock(void)
-{
 	int saved = errno;
 
-	if (lock_depth != 1) {
-		lock_depth--;
+	if (masked_at)
 		return;
-	}
-	atomic_store_explicit(&lock_word, 0, memory_order_release);
-	lock_depth = 0;
-	pthread_sigmask(SIG_SETMASK, &lock_saved_mask, NULL);
+	deferrable_signals(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	lock_saved_mask = old;
+	masked_at = depth_here();
 	errno = saved;
+}
+
+void state_lock_masked(void)
+{
+	state_lock(); /* a handler running before the mask finds nothing changed yet */
+	state_mask_signals();
+}
+
+/* Signals held back by a masked section are delivered here, with the lock free. */
+void state_unlock(void)
+{
+	uint64_t depth = depth_here(), w = atomic_load_explicit(&lock_word, memory_order_relaxed);
+	int restore = masked_at && masked_at == depth, saved = errno;
+
+	/* a handler between the load and the exchange leaves the word as it found it */
+	while (!atomic_compare_exchange_weak_explicit(&lock_word, &w,
+						      (w & DEPTH_MASK) == 1 ? 0 : w - 1,
+						      memory_order_release, memory_order_relaxed))
+		;
+	if (restore) {
+		masked_at = 0;
+		pthread_sigmask(SIG_SETMASK, &lock_saved_mask, NULL);
+		errno = saved;
+	}
 }
 
 int state_locked_here(void)
 {
-	return lock_depth == 1;
+	return depth_here() != 0;
 }
 
 static void atfork_prepare(void)
 {
-	state_lock();
+	state_lock_masked();
 }
 
-static void atfork_parent(void)
+/* The child's only thread is the one that forked, with the same id: it releases the
+ * lock as the parent does, one level (fork may run in a handler inside a section). */
+static void atfork_release(void)
 {
 	state_unlock();
 }
 
-static void atfork_child(void)
-{
-	atomic_store(&lock_word, 0);
-	lock_depth = 0;
-	pthread_sigmask(SIG_SETMASK, &lock_saved_mask, NULL);
-}
-
 __attribute__((constructor(101))) static void fdtable_init(void)
 {
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+	pthread_atfork(atfork_prepare, atfork_release, atfork_release);
 }
 
 int fd_tracked(int fd)
@@ -140,6 +188,19 @@ void fd_entry_init(struct fd_entry *e)
 	e->sockfile = -1;
 }
 
+/* Publish a fresh chunk for fd; when a signal handler on this thread published one
+ * meanwhile, drop ours and use that. */
+static struct fd_entry *publish_chunk(int fd, struct fd_entry *chunk)
+{
+	struct fd_entry *none = NULL;
+
+	if (atomic_compare_exchange_strong_explicit(&chunks[fd >> CHUNK_SHIFT], &none, chunk,
+						    memory_order_release, memory_order_acquire))
+		return chunk;
+	munmap(chunk, CHUNK * sizeof(*chunk));
+	return none;
+}
+
 struct fd_entry *fd_get(int fd, int create)
 {
 	struct fd_entry *chunk;
@@ -156,7 +217,7 @@ struct fd_entry *fd_get(int fd, int create)
 			return NULL;
 		for (unsigned i = 0; i < CHUNK; i++)
 			chunk[i].sockfile = -1;
-		atomic_store_explicit(&chunks[fd >> CHUNK_SHIFT], chunk, memory_order_release);
+		chunk = publish_chunk(fd, chunk);
 	}
 	return &chunk[fd & (CHUNK - 1)];
 }
@@ -206,7 +267,7 @@ void fd_take_range(unsigned first, unsigned last, struct growbuf *sockfiles)
 {
 	if (last >= MAX_FDS)
 		last = MAX_FDS - 1;
-	state_lock();
+	state_lock_masked();
 	for (unsigned fd = first; fd <= last && state_locked_here(); fd++) {
 		struct fd_entry *e;
 
@@ -315,6 +376,7 @@ static void spill_drop(int fd)
 
 	if (!chunk)
 		return;
+	state_mask_signals(); /* until the unlock: the lists are shared */
 	chunk[fd & (CHUNK - 1)].id = 0;
 	growbuf_free(&chunk[fd & (CHUNK - 1)].list[REC_EPOLL]);
 	growbuf_free(&chunk[fd & (CHUNK - 1)].list[REC_OPT]);
@@ -394,11 +456,13 @@ void fd_store_no_epoll(int fd, struct fd_entry *e)
 	struct spill *s;
 
 	e->n_epoll = 0;
-	state_lock();
-	s = spill_get(fd, &e->spill, 0);
-	if (s)
-		growbuf_free(&s->list[REC_EPOLL]);
-	state_unlock();
+	if (e->spill) {
+		state_lock_masked();
+		s = spill_get(fd, &e->spill, 0);
+		if (s)
+			growbuf_free(&s->list[REC_EPOLL]);
+		state_unlock();
+	}
 	fd_store(fd, e);
 }
 
@@ -431,7 +495,7 @@ int fd_record_at(int fd, const struct fd_entry *e, int list, unsigned i, void *o
 	if (!id)
 		return -1;
 	i -= *r.n;
-	state_lock();
+	state_lock_masked();
 	s = spill_get(fd, &id, 0);
 	if (s && (i + 1) * r.size <= s->list[list].len) {
 		memcpy(out, s->list[list].data + i * r.size, r.size);
@@ -457,7 +521,7 @@ int fd_option(int fd, const struct fd_entry *e, int level, int name, struct pend
 	}
 	if (!id)
 		return -1;
-	state_lock();
+	state_lock_masked();
 	s = spill_get(fd, &id, 0);
 	o = s ? find_in(s->list[REC_OPT].data, s->list[REC_OPT].len / r.size, &r, key) : NULL;
 	if (o)

@@ -189,7 +189,7 @@ static char *const *inherit_envp(char *const *envp, size_t *mapped)
 
 	*mapped = 0;
 	sockfile_list(&files);
-	state_lock();
+	state_lock_masked();
 	fd_for_each(collect, &fds);
 	state_unlock();
 	if ((files.len || fds.len) && envp) {

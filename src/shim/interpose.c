@@ -195,7 +195,7 @@ static int disconnect(int fd, const struct sockaddr *sa, socklen_t len)
 	int r = REAL(connect)(fd, sa, len);
 
 	if (r == 0) {
-		state_lock();
+		state_lock_masked();
 		e = fd_get(fd, 0);
 		if (e && e->kind == FD_CONVERTED && e->type == SOCK_DGRAM)
 			e->role = ROLE_NONE;
@@ -518,7 +518,7 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
-	state_lock();
+	state_lock_masked();
 	e = fd_get(fd, 0);
 	if (e) {
 		kind = e->kind;
@@ -546,7 +546,7 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 	if (r && kind == FD_PENDING) {
 		/* a socket-level option only IP sockets take (SO_REUSEPORT, say) */
 		why = errno;
-		state_lock();
+		state_lock_masked();
 		e = fd_get(fd, 0);
 		logged = e && e->kind == FD_PENDING ? log_option(fd, e, level, optname, val, len)
 						     : -1;
@@ -721,7 +721,7 @@ static void copy_entry(int from, int to)
 	struct fd_entry *src, *dst;
 	int lost = 0;
 
-	state_lock();
+	state_lock_masked();
 	src = fd_get(from, 0);
 	if (src && src->kind != FD_NONE && (dst = fd_get(to, 1))) {
 		*dst = *src;
@@ -802,7 +802,7 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 	struct fd_entry *e;
 	int r = 0;
 
-	state_lock();
+	state_lock_masked();
 	e = fd_get(fd, 0);
 	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
 		if (op == EPOLL_CTL_DEL) {

@@ -167,7 +167,7 @@ void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct i
 {
 	size_t n = path_len(sun, len);
 
-	state_lock();
+	state_lock_masked();
 	if (table_ready() == 0)
 		insert(sun->sun_path, n, ip);
 	state_unlock();
@@ -178,7 +178,7 @@ int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct
 	size_t n = path_len(sun, len);
 	int idx, r = 0;
 
-	state_lock();
+	state_lock_masked();
 	if (table_ready()) {
 		r = -1;
 	} else if ((idx = find_unix(sun->sun_path, n, family)) != NO_PEER) {
@@ -197,7 +197,7 @@ int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *l
 	const struct peer *e;
 	int idx, r = -1;
 
-	state_lock();
+	state_lock_masked();
 	if (table && (idx = find_ip(ip)) != NO_PEER) {
 		e = &table->peers[idx];
 		memset(sun, 0, sizeof(*sun));

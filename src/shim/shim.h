@@ -241,7 +241,13 @@ struct fd_entry {
 	struct pending_opt opts[INLINE_OPTS];
 };
 
+/* The one lock.  state_lock: for changes to one fd's entry; a signal handler on the
+ * holder's thread goes on inside it.  state_lock_masked: for changes to what entries
+ * share, with this thread's signals blocked until the unlock; state_mask_signals turns
+ * a held lock into such a one.  Nesting is allowed. */
 void state_lock(void);
+void state_lock_masked(void);
+void state_mask_signals(void);
 void state_unlock(void);
 int state_locked_here(void);
 /* Cheap lock-free test: is anything recorded for fd? */

@@ -241,7 +241,7 @@ static int record_file(const char *path, const struct stat *file, ino_t sock_ino
 {
 	int idx = -1;
 
-	state_lock();
+	state_lock_masked();
 	for (int i = 0; i < n_sockfiles; i++) {
 		/* an older record for this path names a file that is gone now */
 		if (sockfiles[i].used && !strcmp(sockfiles[i].path, path))
@@ -299,7 +299,7 @@ int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int n
 
 void sockfile_list(struct growbuf *out)
 {
-	state_lock();
+	state_lock_masked();
 	for (int i = 0; i < n_sockfiles; i++)
 		if (sockfiles[i].used)
 			growbuf_add(out, &sockfiles[i], sizeof(sockfiles[i]));
@@ -310,7 +310,7 @@ int sockfile_by_socket(ino_t sock_ino)
 {
 	int idx = -1;
 
-	state_lock();
+	state_lock_masked();
 	for (int i = 0; i < n_sockfiles && idx < 0; i++)
 		if (sockfiles[i].used && sockfiles[i].sock_ino == sock_ino)
 			idx = i;
@@ -329,7 +329,7 @@ int sockfile_find(const char *path)
 {
 	int found = -1;
 
-	state_lock();
+	state_lock_masked();
 	for (int i = 0; i < n_sockfiles && found < 0; i++) {
 		int holders = 0;
 
@@ -690,7 +690,7 @@ void sockfile_release(int idx)
 
 	if (idx < 0)
 		return;
-	state_lock();
+	state_lock_masked();
 	f.used = idx < n_sockfiles && sockfiles[idx].used;
 	if (f.used)
 		f = sockfiles[idx];
@@ -704,7 +704,7 @@ void sockfile_release(int idx)
 			     f.path);
 		return;
 	}
-	state_lock();
+	state_lock_masked();
 	if (sockfiles[idx].sock_ino == f.sock_ino)
 		sockfiles[idx].used = 0;
 	state_unlock();
@@ -725,7 +725,7 @@ static int holders_to_close(int i, struct growbuf *fds)
 {
 	int ours;
 
-	state_lock();
+	state_lock_masked();
 	ours = i < n_sockfiles ? sockfiles[i].used && !sockfiles[i].noremove : -1;
 	if (ours > 0)
 		fd_for_sockfile(i, collect_fd, fds);
