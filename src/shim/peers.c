@@ -10,8 +10,12 @@
  *
  * One table per process, hashed both ways, recycled oldest first when full.  It lives
  * in one mmap made at the first datagram, and is used with the state lock held only
- * for the lookup itself.
+ * for the lookup itself.  Changes block signals (state_lock_masked); lookups, made for
+ * every datagram, do not: under the plain lock only a signal handler on this thread can
+ * change the table meanwhile, and it finishes before the lookup goes on, so a lookup
+ * that finds the generation moved is made again under the masked lock.
  */
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -23,6 +27,7 @@
 
 struct peer {
 	struct ipaddr ip;
+	unsigned stamp;             /* the clock when it was recorded */
 	int16_t next_ip, next_unix; /* hash chains */
 	uint8_t used;
 	uint8_t len;                /* bytes of path used; 0: an unnamed socket */
@@ -36,6 +41,7 @@ struct peer_table {
 };
 
 static struct peer_table *table;
+static atomic_uint generation; /* moved by every change */
 
 static unsigned hash_bytes(const void *p, size_t n, unsigned h)
 {
@@ -135,9 +141,11 @@ static void insert(const char *path, size_t len, const struct ipaddr *ip)
 		forget(idx);
 	if ((idx = find_ip(ip)) != NO_PEER)
 		forget(idx);
-	idx = (int)(table->clock++ & (MAX_PEERS - 1));
+	atomic_fetch_add(&generation, 1);
+	idx = (int)(table->clock & (MAX_PEERS - 1));
 	forget(idx);
 	e = &table->peers[idx];
+	e->stamp = table->clock++;
 	e->ip = *ip;
 	e->len = (uint8_t)len;
 	memcpy(e->path, path, len);
@@ -163,51 +171,113 @@ static size_t path_len(const struct sockaddr_un *sun, socklen_t len)
 	return len;
 }
 
+/* Run lookup (which only reads the table and writes its results) under the plain lock,
+ * and again under the masked one if the table changed meanwhile.  Its result. */
+static int look_up(int (*lookup)(void *), void *arg)
+{
+	unsigned before;
+	int r;
+
+	state_lock();
+	before = atomic_load(&generation);
+	r = table ? lookup(arg) : -1;
+	atomic_signal_fence(memory_order_seq_cst); /* the reads above stay above */
+	if (atomic_load(&generation) != before) {
+		state_mask_signals();
+		r = table ? lookup(arg) : -1;
+	}
+	state_unlock();
+	return r;
+}
+
+struct unix_query {
+	const char *path;
+	size_t len;
+	const struct ipaddr *ip; /* remember: the pairing to look for */
+	struct ipaddr *out;      /* to_ip: the stand-in found */
+};
+
+/* Is path <-> ip recorded, and recently enough that recycling is far off?  0 if so. */
+static int recorded(void *arg)
+{
+	const struct unix_query *q = arg;
+	int idx = find_unix(q->path, q->len, q->ip->sa.sa_family);
+
+	return idx != NO_PEER && ip_equal(&table->peers[idx].ip, q->ip) &&
+	       find_ip(q->ip) == idx &&
+	       table->clock - table->peers[idx].stamp < MAX_PEERS / 2 ? 0 : -1;
+}
+
 void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct ipaddr *ip)
 {
-	size_t n = path_len(sun, len);
+	struct unix_query q = { sun->sun_path, path_len(sun, len), ip, NULL };
 
+	if (look_up(recorded, &q) == 0)
+		return; /* the common case: the same destination again */
 	state_lock_masked();
 	if (table_ready() == 0)
-		insert(sun->sun_path, n, ip);
+		insert(q.path, q.len, ip);
 	state_unlock();
+}
+
+static int stand_in(void *arg)
+{
+	const struct unix_query *q = arg;
+	int idx = find_unix(q->path, q->len, q->out->sa.sa_family);
+
+	if (idx == NO_PEER)
+		return -1;
+	*q->out = table->peers[idx].ip;
+	return 0;
 }
 
 int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct ipaddr *out)
 {
-	size_t n = path_len(sun, len);
-	int idx, r = 0;
+	struct unix_query q = { sun->sun_path, path_len(sun, len), NULL, out };
+	int r = 0;
 
+	out->sa.sa_family = (sa_family_t)family;
+	if (look_up(stand_in, &q) == 0)
+		return 0;
 	state_lock_masked();
 	if (table_ready()) {
 		r = -1;
-	} else if ((idx = find_unix(sun->sun_path, n, family)) != NO_PEER) {
-		*out = table->peers[idx].ip;
-	} else {
+	} else if (stand_in(&q) != 0) { /* a first datagram from it */
 		ipaddr_loopback(out, family);
 		ipaddr_set_port(out, fake_port());
-		insert(sun->sun_path, n, out);
+		insert(q.path, q.len, out);
 	}
 	state_unlock();
 	return r;
 }
 
+struct ip_query {
+	const struct ipaddr *ip;
+	struct sockaddr_un *sun;
+	socklen_t *len;
+};
+
+static int unix_address(void *arg)
+{
+	const struct ip_query *q = arg;
+	int idx = find_ip(q->ip);
+	const struct peer *e;
+
+	if (idx == NO_PEER)
+		return -1;
+	e = &table->peers[idx];
+	memset(q->sun, 0, sizeof(*q->sun));
+	q->sun->sun_family = AF_UNIX;
+	memcpy(q->sun->sun_path, e->path, e->len);
+	/* a path goes with its NUL if there is room; an abstract name never */
+	*q->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + e->len +
+			      (e->len && e->path[0] && e->len < sizeof(e->path) ? 1 : 0));
+	return e->len ? 0 : 1;
+}
+
 int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len)
 {
-	const struct peer *e;
-	int idx, r = -1;
+	struct ip_query q = { ip, sun, len };
 
-	state_lock_masked();
-	if (table && (idx = find_ip(ip)) != NO_PEER) {
-		e = &table->peers[idx];
-		memset(sun, 0, sizeof(*sun));
-		sun->sun_family = AF_UNIX;
-		memcpy(sun->sun_path, e->path, e->len);
-		/* a path goes with its NUL if there is room; an abstract name never */
-		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + e->len +
-				   (e->len && e->path[0] && e->len < sizeof(e->path) ? 1 : 0));
-		r = e->len ? 0 : 1;
-	}
-	state_unlock();
-	return r;
+	return look_up(unix_address, &q);
 }
