@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -20,25 +21,35 @@
 
 #define SOMAXCONN_MAX 65535
 
-int shim_started;
 
 /*
  * Once: from our constructor, or from the first socket call if it comes earlier.  The
  * dynamic linker may run the constructor of a library the program links before ours,
- * and a socket it opens there must meet the rules too.
+ * and a socket it opens there must meet the rules too.  Another thread's first call
+ * meanwhile waits until the start-up is done, rather than pass while no rule is read; a
+ * signal handler on the starting thread cannot wait, and goes on.
  */
+int shim_started; /* SHIM_STARTING, then SHIM_STARTED */
+static __thread int starting_here __attribute__((tls_model("initial-exec")));
+
 void shim_start(void)
 {
 	int expected = 0;
 
-	if (!__atomic_compare_exchange_n(&shim_started, &expected, 1, 0, __ATOMIC_ACQ_REL,
-					 __ATOMIC_ACQUIRE))
+	if (__atomic_compare_exchange_n(&shim_started, &expected, SHIM_STARTING, 0,
+					__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		starting_here = 1;
+		real_init();
+		log_init();
+		rules_init();
+		systemd_init();
+		inherit_init();
+		__atomic_store_n(&shim_started, SHIM_STARTED, __ATOMIC_RELEASE);
+		starting_here = 0;
 		return;
-	real_init();
-	log_init();
-	rules_init();
-	systemd_init();
-	inherit_init();
+	}
+	while (__atomic_load_n(&shim_started, __ATOMIC_ACQUIRE) != SHIM_STARTED && !starting_here)
+		sched_yield();
 }
 
 __attribute__((constructor(102))) static void shim_init(void)

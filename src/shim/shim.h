@@ -151,13 +151,14 @@ struct sock_query {
 enum rules_state { RULES_NONE, RULES_OK, RULES_BROKEN, RULES_LAZY };
 extern enum rules_state rules_state;
 void rules_load(void);
-/* The library's start-up, run once (interpose.c); shim_started says it began. */
+/* The library's start-up, run once (interpose.c); shim_started says how far it is. */
+enum { SHIM_STARTING = 1, SHIM_STARTED = 2 };
 extern int shim_started;
 void shim_start(void);
 /* Call before looking at rules_state or the rules from a socket call. */
 static inline void rules_need(void)
 {
-	if (__builtin_expect(!__atomic_load_n(&shim_started, __ATOMIC_ACQUIRE), 0))
+	if (__builtin_expect(__atomic_load_n(&shim_started, __ATOMIC_ACQUIRE) != SHIM_STARTED, 0))
 		shim_start();
 	if (__atomic_load_n(&rules_state, __ATOMIC_ACQUIRE) == RULES_LAZY)
 		rules_load();
