@@ -31,6 +31,37 @@ def test_socket_calls_from_a_signal_handler_are_kept(sigsock: str, sockdir: Path
     assert counts["handler_failures"] == "0" and counts["loop_failures"] == "0", counts
 
 
+
+@pytest.fixture(scope="session")
+def sigmix(helper_dir: Path) -> str:
+    """tests/helpers/sigmix.c: every kind of shim section from handlers and threads."""
+    return str(compile_c(HELPERS / "sigmix.c", helper_dir / "sigmix", extra=["-lpthread"]))
+
+
+@pytest.mark.parametrize("threads", [3, 16])
+def test_handlers_and_threads_mix_fast_and_masked_sections(sigmix: str, sockdir: Path,
+                                                           threads: int) -> None:
+    # Handlers interrupt fast sections (socket, connect, close) and find the lock held
+    # by their own thread, while other threads are in masked ones (spilled options and
+    # epoll registrations, datagram peers, socket-file records), and the other way
+    # round; some handlers fork.  Nothing may be lost or misreported, nothing may hang
+    # (the helper's alarm), and no listener's socket file may be left behind.
+    tcp, udp, listen = free_port(), free_port(), free_port() // 2 * 2
+    rules = [f"out,tcp,port={tcp},path={sockdir}/s", f"out,udp,port={udp},path={sockdir}/u",
+             f"in,tcp,port={listen}-{listen + 99},path={sockdir}/l%p"]
+    result = run_wrapped(rules, [sigmix, str(sockdir), str(tcp), str(udp), str(listen), "3",
+                                 str(threads), "20"], timeout=60)
+    counts = parse_kv(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    for kind in ("tcp", "opts", "epoll", "udp", "listen"):
+        for where in ("loop", "handler"):
+            assert int(counts[f"{where}_{kind}_rounds"]) > 50, counts
+            assert counts[f"{where}_{kind}_failures"] == "0", counts
+    assert int(counts["forks"]) > 10, counts
+    assert int(counts["listen_busy"]) < int(counts["handler_listen_rounds"]) // 2, counts
+    assert sorted(p.name for p in sockdir.iterdir()) == ["s", "u"]
+
+
 LISTENERS = 1000
 
 # Opens LISTENERS converted listeners on ports from argv[1], then: "exit" (returns),
