@@ -55,11 +55,33 @@ def test_handlers_and_threads_mix_fast_and_masked_sections(sigmix: str, sockdir:
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     for kind in ("tcp", "opts", "epoll", "udp", "listen"):
         for where in ("loop", "handler"):
-            assert int(counts[f"{where}_{kind}_rounds"]) > 50, counts
+            assert int(counts[f"{where}_{kind}_rounds"]) > 10, counts
             assert counts[f"{where}_{kind}_failures"] == "0", counts
     assert int(counts["forks"]) > 10, counts
     assert int(counts["listen_busy"]) < int(counts["handler_listen_rounds"]) // 2, counts
     assert sorted(p.name for p in sockdir.iterdir()) == ["s", "u"]
+
+
+
+@pytest.fixture(scope="session")
+def sigjump(helper_dir: Path) -> str:
+    """tests/helpers/sigjump.c: a handler leaving socket()/close() by siglongjmp."""
+    return str(compile_c(HELPERS / "sigjump.c", helper_dir / "sigjump", extra=["-lpthread"]))
+
+
+@pytest.mark.xfail(strict=True, reason="a fast section left by siglongjmp keeps the lock: "
+                   "other threads spin for ever (3dc2b2c; blocking signals in every "
+                   "section, as before it, passes)")
+def test_a_handler_leaving_by_siglongjmp_does_not_keep_the_lock(sigjump: str,
+                                                                sockdir: Path) -> None:
+    # socket() and close() are async-signal-safe, so a handler may leave them by
+    # siglongjmp (connect timeouts by alarm did).  The other thread must go on.
+    result = run_wrapped([f"out,tcp,port={free_port()},path={sockdir}/s"], [sigjump, "2"],
+                         timeout=60)
+    counts = parse_kv(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int(counts["jumps"]) > 100, counts
+    assert counts["other_went_on"] == "1", counts
 
 
 LISTENERS = 1000

@@ -6,7 +6,7 @@
  * The rules convert TCP connects to TCP_PORT into SOCKDIR/s, datagrams to UDP_PORT into
  * SOCKDIR/u and listeners on LISTEN_PORT.. into SOCKDIR/l<port>.  We listen at s and
  * answer datagrams at u ourselves (plain Unix sockets).  The main thread and THREADS
- * more run rounds of five kinds in turn, and a timer signal every 50 us runs one round
+ * more run rounds of five kinds in turn, and a timer signal every 100 us runs one round
  * in its handler, so handlers interrupt fast sections (socket, connect, close) and
  * masked ones (options and epoll registrations past the inline ones, datagram peers,
  * socket-file records) on their own thread while other threads are in either.  Every
@@ -17,7 +17,8 @@
  *   udp     sendto failing, getsockname or a reply's address not AF_INET
  *   listen  bind (but with EADDRINUSE: a forked child may still hold the last one) or
  *           listen failing, getsockname not the IPv4 address bound
- * Prints counts; a deadlock is ended by alarm() after SECONDS + 20.
+ * Handlers end the run at SECONDS too (they may leave the threads no time).  Prints
+ * counts; a deadlock is ended by alarm() after SECONDS + 20.
  */
 #define _GNU_SOURCE
 #include <netinet/tcp.h>
@@ -43,6 +44,7 @@ static socklen_t tcp_len, udp_len;
 static int listen_port, fork_every;
 static atomic_long rounds[2][KINDS], failures[2][KINDS], forks, handler_total, listen_busy;
 static atomic_int stop;
+static struct timespec deadline;
 static __thread int slot; /* 0: main thread; listener ports are per thread and handler */
 static __thread unsigned next_kind;
 
@@ -190,7 +192,12 @@ static void on_timer(int sig)
 {
 	int saved = errno, outer = slot;
 
+	struct timespec now;
+
 	(void)sig;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (now.tv_sec >= deadline.tv_sec) /* handlers alone may keep a thread busy */
+		atomic_store(&stop, 1);
 	if (atomic_load(&stop))
 		return;
 	slot = outer + 1; /* the handler's own listener port */
@@ -254,7 +261,7 @@ int main(int argc, char **argv)
 {
 	struct sigaction sa = { .sa_handler = on_timer, .sa_flags = SA_RESTART };
 	struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGRTMIN };
-	struct itimerspec its = { .it_interval = { 0, 50000 }, .it_value = { 0, 50000 } };
+	struct itimerspec its = { .it_interval = { 0, 100000 }, .it_value = { 0, 100000 } };
 	struct timespec start, now;
 	pthread_t threads[MAX_THREADS];
 	int listener, dgram, n_threads, seconds;
@@ -282,14 +289,16 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n_threads; i++)
 		if (pthread_create(&threads[i], NULL, loop, (void *)(long)(i + 1)))
 			die("pthread_create");
-	timer_settime(timer, 0, &its, NULL);
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	deadline = start;
+	deadline.tv_sec += seconds;
+	timer_settime(timer, 0, &its, NULL);
 	do {
 		for (int i = 0; i < 16; i++)
 			one_round(0);
 		drain(listener, dgram);
 		clock_gettime(CLOCK_MONOTONIC, &now);
-	} while (now.tv_sec - start.tv_sec < seconds);
+	} while (now.tv_sec < deadline.tv_sec && !atomic_load(&stop));
 	atomic_store(&stop, 1);
 	timer_delete(timer);
 	for (int i = 0; i < n_threads; i++)
