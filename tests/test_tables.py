@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import HELPERS, compile_c, free_port, parse_kv, run_wrapped
+from conftest import HELPERS, compile_c, free_port, parse_kv, require_tool, run_wrapped
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +82,23 @@ def test_a_handler_leaving_by_siglongjmp_does_not_keep_the_lock(sigjump: str,
     assert result.returncode == 0, result.stdout + result.stderr
     assert int(counts["jumps"]) > 100, counts
     assert counts["other_went_on"] == "1", counts
+
+
+
+def test_a_neighbours_spilled_options_leave_connections_without_mask_calls(
+        helper_dir: Path, sockdir: Path, tmp_path: Path) -> None:
+    # Per-fd updates never block signals; one socket in the same chunk of the table
+    # with options past the inline ones must not make every close block them.
+    strace = require_tool("strace")
+    helper = compile_c(HELPERS / "spillclose.c", helper_dir / "spillclose")
+    port, log = free_port(), tmp_path / "strace"
+    result = run_wrapped([f"out,tcp,port={port},path={sockdir}/s"],
+                         [strace, "-f", "-c", "-e", "trace=rt_sigprocmask", "-o", str(log),
+                          str(helper), str(sockdir / "s"), str(port), "500"], timeout=60)
+    assert result.returncode == 0 and "failed=0" in result.stdout, result.stdout + result.stderr
+    calls = [int(line.split()[3]) for line in log.read_text().splitlines()
+             if line.endswith("rt_sigprocmask")]
+    assert calls and calls[0] < 100, log.read_text()  # 2 per connection before
 
 
 LISTENERS = 1000
