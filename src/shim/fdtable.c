@@ -374,7 +374,8 @@ static void spill_drop(int fd)
 {
 	struct spill *chunk = spills[fd >> CHUNK_SHIFT];
 
-	if (!chunk)
+	/* id 0: nothing kept (a neighbour's spill must not cost every close two syscalls) */
+	if (!chunk || !chunk[fd & (CHUNK - 1)].id)
 		return;
 	state_mask_signals(); /* until the unlock: the lists are shared */
 	chunk[fd & (CHUNK - 1)].id = 0;
