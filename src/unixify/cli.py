@@ -23,7 +23,7 @@ from unixify.encoding import (
 )
 from unixify.reach import find_program, unreachable
 from unixify.rules import Rule, RuleError, parse_mode, parse_rule, parse_rules_file
-from unixify.shim import ShimError
+from unixify.shim import ShimError, library_path, loadable_preload
 
 USAGE = """\
 usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS...]
@@ -128,8 +128,6 @@ def format_table(rules: list[Rule]) -> str:
 
 
 def build_environment(rules: list[Rule], encoded: bytes, verbosity: int) -> dict[str, str]:
-    from unixify.shim import loadable_preload
-
     # UNIXIFY_INHERIT (and its _1, _2... parts) is the library's message from an exec
     # inside a wrapped program to its new image; from our caller it is stale or forged.
     env = {k: v for k, v in os.environ.items()
@@ -177,8 +175,6 @@ def run_env(argv: list[str]) -> int:
     """Print LD_PRELOAD and UNIXIFY_RULES for people who set the environment themselves
     (a systemd EnvironmentFile=, a container's environment, eval in a shell)."""
     import shlex
-
-    from unixify.shim import library_path
 
     try:
         options, rest = getopt.getopt(argv, "r:f:", ["rule=", "file=", "mode="])
@@ -312,8 +308,6 @@ def run(argv: list[str]) -> int:
             sys.stdout.write(f"unixify {__version__}\n")
             return 0
         if option == "--lib":
-            from unixify.shim import library_path
-
             sys.stdout.write(library_path() + "\n")
             return 0
         if option in ("-c", "--check"):
