@@ -124,7 +124,7 @@ static int decode_control(const char *path, const unsigned char *b, struct other
  * uid, and only if nobody else can write it (checked on the file actually read). */
 static int untrusted(const char *path, const struct stat *st)
 {
-	if ((st->st_uid == 0 || st->st_uid == geteuid()) && !(st->st_mode & (S_IWGRP | S_IWOTH)))
+	if (file_trusted(st))
 		return 0;
 	ulog(LOG_ERR_, "%s: control file owned by uid %d with mode %04o is not trusted (it "
 	     "must be root's or ours and writable by nobody else); refusing", path,

@@ -21,14 +21,17 @@
 
 #include "shim.h"
 
-/* Ours to trust: owned by root or by us, writable by nobody else. */
+int file_trusted(const struct stat *st)
+{
+	return (st->st_uid == 0 || st->st_uid == geteuid()) && !(st->st_mode & (S_IWGRP | S_IWOTH));
+}
+
 static const char *untrusted(const struct stat *st)
 {
-	if (st->st_uid != 0 && st->st_uid != geteuid())
-		return "owned by another user";
-	if (st->st_mode & (S_IWGRP | S_IWOTH))
-		return "writable by group or others";
-	return NULL;
+	if (file_trusted(st))
+		return NULL;
+	return st->st_uid != 0 && st->st_uid != geteuid() ? "owned by another user"
+							   : "writable by group or others";
 }
 
 /* The directory of path, opened without following a symlink at its last step. */

@@ -166,6 +166,9 @@ static inline void rules_need(void)
 /* The size bytes of the rules file at path, checked as ours (rulefile.c), in memory
  * from mmap of size + 1 bytes; NULL with *why set. */
 char *rulefile_read(const char *path, size_t size, const char **why);
+/* A file we may act on what it says: owned by root or our euid, writable by nobody
+ * else (a rules file, an unsock control file, their directories). */
+int file_trusted(const struct stat *st);
 /* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
 extern int predict_stream_out;
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
