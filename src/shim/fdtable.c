@@ -347,8 +347,9 @@ static struct spill *spill_get(int fd, uint32_t *id, int create)
 	struct spill *chunk, *s;
 	size_t size;
 
-	if (fd < 0 || (unsigned)fd >= MAX_FDS || !state_locked_here())
+	if (fd < 0 || (unsigned)fd >= MAX_FDS || !state_locked_here() || (!*id && !create))
 		return NULL;
+	state_mask_signals(); /* until the unlock: the lists are shared */
 	chunk = spills[fd >> CHUNK_SHIFT];
 	if (!chunk) {
 		if (!create)

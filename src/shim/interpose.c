@@ -21,7 +21,6 @@
 
 #define SOMAXCONN_MAX 65535
 
-
 /*
  * Once: from our constructor, or from the first socket call if it comes earlier.  The
  * dynamic linker may run the constructor of a library the program links before ours,
@@ -206,7 +205,7 @@ static int disconnect(int fd, const struct sockaddr *sa, socklen_t len)
 	int r = REAL(connect)(fd, sa, len);
 
 	if (r == 0) {
-		state_lock_masked();
+		state_lock();
 		e = fd_get(fd, 0);
 		if (e && e->kind == FD_CONVERTED && e->type == SOCK_DGRAM)
 			e->role = ROLE_NONE;
@@ -529,7 +528,7 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
-	state_lock_masked();
+	state_lock();
 	e = fd_get(fd, 0);
 	if (e) {
 		kind = e->kind;
@@ -557,7 +556,7 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 	if (r && kind == FD_PENDING) {
 		/* a socket-level option only IP sockets take (SO_REUSEPORT, say) */
 		why = errno;
-		state_lock_masked();
+		state_lock();
 		e = fd_get(fd, 0);
 		logged = e && e->kind == FD_PENDING ? log_option(fd, e, level, optname, val, len)
 						     : -1;
@@ -629,8 +628,8 @@ API ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct so
 			      .msg_iov = &iov, .msg_iovlen = 1 };
 
 	rules_need();
-	if (!sa || (!tracked_for_send(fd, sa, salen) && !(rules_use_unix && salen >= sizeof(sa_family_t) &&
-					 sa->sa_family == AF_UNIX)))
+	if (!sa || (!tracked_for_send(fd, sa, salen) &&
+		    !(rules_use_unix && salen >= sizeof(sa_family_t) && sa->sa_family == AF_UNIX)))
 		return REAL(sendto)(fd, buf, n, flags, sa, salen);
 	return sendmsg(fd, &msg, flags);
 }
@@ -732,7 +731,7 @@ static void copy_entry(int from, int to)
 	struct fd_entry *src, *dst;
 	int lost = 0;
 
-	state_lock_masked();
+	state_lock();
 	src = fd_get(from, 0);
 	if (src && src->kind != FD_NONE && (dst = fd_get(to, 1))) {
 		*dst = *src;
@@ -813,7 +812,7 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 	struct fd_entry *e;
 	int r = 0;
 
-	state_lock_masked();
+	state_lock();
 	e = fd_get(fd, 0);
 	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
 		if (op == EPOLL_CTL_DEL) {
