@@ -31,6 +31,16 @@ int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_
 	return -1;
 }
 
+/* a as the IPv4-mapped IPv6 address of v4, with port (network byte order). */
+static void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port)
+{
+	memset(a, 0, sizeof(*a));
+	a->in6.sin6_family = AF_INET6;
+	a->in6.sin6_port = port;
+	a->in6.sin6_addr.s6_addr[10] = a->in6.sin6_addr.s6_addr[11] = 0xff;
+	memcpy(a->in6.sin6_addr.s6_addr + 12, &v4, sizeof(v4));
+}
+
 /*
  * Besides the usual forms, the kernel reads two more as IP addresses: an IPv4 socket
  * binds AF_UNSPEC with the unspecified address, and a UDP one sends to AF_UNSPEC, as to
@@ -43,14 +53,9 @@ int ipaddr_for_socket(struct ipaddr *out, const struct sockaddr *sa, socklen_t l
 	if (ipaddr_from_sockaddr(out, sa, len) == 0) {
 		if (family == AF_INET6 && type == SOCK_DGRAM && call != CALL_BIND &&
 		    out->sa.sa_family == AF_INET) {
-			struct in_addr v4 = out->in4.sin_addr;
-			uint16_t port = out->in4.sin_port;
+			struct sockaddr_in v4 = out->in4;
 
-			memset(out, 0, sizeof(*out));
-			out->in6.sin6_family = AF_INET6;
-			out->in6.sin6_port = port;
-			out->in6.sin6_addr.s6_addr[10] = out->in6.sin6_addr.s6_addr[11] = 0xff;
-			memcpy(out->in6.sin6_addr.s6_addr + 12, &v4, 4);
+			v4_mapped(out, v4.sin_addr, v4.sin_port);
 		}
 		return 0;
 	}
@@ -96,13 +101,12 @@ void ipaddr_loopback(struct ipaddr *a, int family)
 
 void ipaddr_loopback_like(struct ipaddr *a, int family, const struct ipaddr *model)
 {
+	struct in_addr loopback = { htonl(INADDR_LOOPBACK) };
+
 	ipaddr_loopback(a, family);
 	if (family == AF_INET6 && model->sa.sa_family == AF_INET6 &&
-	    IN6_IS_ADDR_V4MAPPED(&model->in6.sin6_addr)) {
-		a->in6.sin6_addr.s6_addr[10] = a->in6.sin6_addr.s6_addr[11] = 0xff;
-		a->in6.sin6_addr.s6_addr[12] = 127;
-		a->in6.sin6_addr.s6_addr[15] = 1;
-	}
+	    IN6_IS_ADDR_V4MAPPED(&model->in6.sin6_addr))
+		v4_mapped(a, loopback, 0);
 }
 
 int ipaddr_is_any(const struct ipaddr *a)

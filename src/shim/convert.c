@@ -190,7 +190,7 @@ void claim_mark(int fd, const struct fd_entry *old, int dir, int err)
 	struct fd_entry *e;
 	int saved = errno;
 
-	state_lock_masked();
+	state_lock(); /* this fd's entry only */
 	e = fd_get(fd, err != 0);
 	if (e && e->kind == FD_NONE && old->kind == FD_IP && err)
 		*e = *old; /* an IP socket we learnt of from the kernel */
@@ -495,7 +495,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	}
 	new_entry(&e, old, ROLE_LISTENER);
 	listener_local(&e.local, addr);
-	e.sockfile = (idx >= 0 ? idx : -1);
+	e.sockfile = idx >= 0 ? idx : -1;
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: listening on %s%s", fd,
