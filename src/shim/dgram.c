@@ -354,7 +354,7 @@ int dgram_connect(int fd, const struct ipaddr *a)
 
 	if (resolve(fd, a, &sun, &len) || REAL(connect)(fd, (struct sockaddr *)&sun, len))
 		return -1;
-	state_lock_masked();
+	state_lock(); /* this fd's entry only */
 	if ((e = fd_get(fd, 0)) != NULL) {
 		e->role = ROLE_CLIENT;
 		e->peer = *a;
