@@ -86,20 +86,6 @@ static int open_trusted(const char *path)
 	return -1;
 }
 
-/* One of our private directories, name in base: opened (readable) if it is, else -1. */
-static int open_ours(int base, const char *name, struct stat *st)
-{
-	int fd = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-
-	if (fd < 0)
-		return -1;
-	if (!fstat(fd, st) && st->st_uid == geteuid() && !(st->st_mode & 077))
-		return fd;
-	REAL(close)(fd);
-	errno = EACCES;
-	return -1;
-}
-
 /* Call fn for each entry of the directory dir (opened for reading), as getdents64 lists
  * them: readdir would malloc, and a sendto in a signal handler may get here. */
 static void each_entry(int dir, void (*fn)(int dir, const struct dirent64 *d))
@@ -138,7 +124,7 @@ static void sweep_dir(int base, const struct dirent64 *d)
 
 	if ((d->d_type != DT_DIR && d->d_type != DT_UNKNOWN) ||
 	    strncmp(d->d_name, "unixify.", 8) || !pid_gone(d->d_name + 8) ||
-	    (fd = open_ours(base, d->d_name, &st)) < 0)
+	    (fd = open_own_dir(base, d->d_name, &st)) < 0)
 		return;
 	each_entry(fd, sweep_entry);
 	REAL(close)(fd);
@@ -197,7 +183,7 @@ static int make_rundir(void)
 	sweep_stale_rundirs(base_fd);
 	errno = saved;
 	snprintf(dir, sizeof(dir), "%s/unixify.%d.XXXXXX", base, (int)getpid());
-	fd = mkdtemp(dir) ? open_ours(base_fd, strrchr(dir, '/') + 1, &st) : -1; /* 0700 */
+	fd = mkdtemp(dir) ? open_own_dir(base_fd, strrchr(dir, '/') + 1, &st) : -1; /* 0700 */
 	REAL(close)(base_fd);
 	if (fd < 0)
 		return -1;

@@ -317,6 +317,9 @@ void sockfile_exit_cleanup(void);
  * unlinkat's.  0, or -1 (with errno from unlinkat_if_same: ESTALE when another file is
  * there now; unlink_if_same keeps errno). */
 int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags);
+/* name in parent, opened without following a symlink, if it is a directory of our euid
+ * closed to everybody else (st filled); else -1, with EACCES when it is something else. */
+int open_own_dir(int parent, const char *name, struct stat *st);
 int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);

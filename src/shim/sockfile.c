@@ -425,6 +425,19 @@ int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
 	return unlinkat(dir, name, flags);
 }
 
+int open_own_dir(int parent, const char *name, struct stat *st)
+{
+	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (!fstat(fd, st) && st->st_uid == geteuid() && !(st->st_mode & 077))
+		return fd;
+	REAL(close)(fd);
+	errno = EACCES;
+	return -1;
+}
+
 static void private_close(struct private_dir *d)
 {
 	int saved = errno;
@@ -467,14 +480,14 @@ static int private_open(struct private_dir *d, const char *path)
 	d->parent = open_parent(path, &d->base);
 	if (d->parent < 0 || private_mkdir(d))
 		goto fail;
-	d->fd = openat(d->parent, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (d->fd < 0 && errno != ELOOP && errno != ENOTDIR && errno != ENOENT)
-		goto fail;
-	if (d->fd >= 0 && !fstat(d->fd, &st) && st.st_uid == geteuid() && !(st.st_mode & 077)) {
+	d->fd = open_own_dir(d->parent, d->name, &st);
+	if (d->fd >= 0) {
 		d->dev = st.st_dev;
 		d->ino = st.st_ino;
 		return 0;
 	}
+	if (errno != ELOOP && errno != ENOTDIR && errno != ENOENT && errno != EACCES)
+		goto fail;
 	ulog(LOG_ERR_, "%s: the directory made beside it was replaced at once; refusing", path);
 	errno = EACCES;
 fail:
