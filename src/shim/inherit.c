@@ -349,11 +349,11 @@ static int get_hex(const char **s, void *out, size_t n, int exact, size_t *len)
  * and either bound to a socket we now hold (sock_diag: the socket's file is this inode)
  * or -- its socket gone, closed by exec -- a stale file of our own uid that no socket
  * is bound to.  A file item of a socket still alive elsewhere is not ours to remove,
- * but names a file a socket of ours may have been accepted from.  Last (pass 3): a socket is taken back only if
- * sock_diag says it is bound to, or accepted from, one of those files, or -- a client
- * -- its peer is where the rules send the announced peer address.  So a plain Unix
- * socket the program has of its own is never relabelled, and no file that was not one
- * of ours is removed.
+ * but names a file a socket of ours may have been accepted from.  Last (pass 3): a
+ * socket is taken back only if sock_diag says it is bound to, or accepted from, one of
+ * those files, or -- a client -- its peer is where the rules send the announced peer
+ * address.  So a plain Unix socket the program has of its own is never relabelled, and
+ * no file that was not one of ours is removed.
  */
 struct sock_item {
 	int fd;
