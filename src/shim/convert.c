@@ -136,7 +136,9 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
 			     strerror(errno));
 	}
-	if (e->kind == FD_IP) /* materialized: a later connect may still convert it */
+	/* materialized, a later connect may still convert it; a listener may be replaced
+	 * again (listener_resume) */
+	if (e->kind == FD_IP || e->role == ROLE_LISTENER)
 		fd_store(fd, e);
 	else
 		fd_store_no_epoll(fd, e);
@@ -349,6 +351,7 @@ static void new_entry(struct fd_entry *e, const struct fd_entry *old, int role)
 static void listener_local(struct ipaddr *local, const struct ipaddr *addr)
 {
 	*local = *addr;
+	fake_port_share();
 	if (ipaddr_port(addr) == 0)
 		ipaddr_set_port(local, fake_port());
 }
@@ -514,7 +517,7 @@ static const char *unix_name(const struct sockaddr_un *sun, char *buf, size_t si
 
 /* A local address to report for a socket we connected: loopback of its family (the
  * IPv4-mapped one when it talks to an IPv4-mapped address), with a port of its own. */
-static void client_local(struct ipaddr *local, int family, const struct ipaddr *peer)
+void client_local(struct ipaddr *local, int family, const struct ipaddr *peer)
 {
 	ipaddr_loopback_like(local, family, peer);
 	ipaddr_set_port(local, fake_port());
@@ -658,4 +661,28 @@ int convert_sender(int fd, const struct fd_entry *old)
 		return -1;
 	ulog(LOG_INFO_, "fd %d: datagram socket converted for sending", fd);
 	return 0;
+}
+
+int convert_relisten(int fd, const struct fd_entry *old, const char *path,
+		     const struct rule *r, int backlog)
+{
+	struct fd_flags flags;
+	struct fd_entry e = *old;
+	int sock, idx;
+
+	e.opts_set = (1u << N_COPYABLE) - 1; /* whatever the old one has that a new lacks */
+	sock = make_socket(fd, AF_UNIX, old->type, &e, &flags);
+	if (sock < 0)
+		return -1;
+	idx = sockfile_bind(sock, path, r);
+	if (idx == -2 || REAL(listen)(sock, backlog)) {
+		discard(fd, sock);
+		if (idx >= 0)
+			sockfile_release(idx);
+		return -1;
+	}
+	e = *old;
+	e.sockfile = idx;
+	e.paused = 0;
+	return install(fd, sock, &flags, &e);
 }

@@ -198,11 +198,17 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	return r;
 }
 
-/* connect() to AF_UNSPEC dissolves a datagram socket's association. */
+/* connect() to AF_UNSPEC dissolves a datagram socket's association, and pauses a
+ * listener. */
 static int disconnect(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	struct fd_entry *e;
-	int r = REAL(connect)(fd, sa, len);
+	struct fd_entry *e, now;
+	int r;
+
+	fd_snapshot(fd, &now);
+	if (now.kind == FD_CONVERTED && now.type == SOCK_STREAM && now.role == ROLE_LISTENER)
+		return listener_pause(fd, &now); /* TCP: stop listening, keep the port */
+	r = REAL(connect)(fd, sa, len);
 
 	if (r == 0) {
 		state_lock();
@@ -305,6 +311,8 @@ API int listen(int fd, int backlog)
 	}
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
+	if (e.kind == FD_CONVERTED && e.paused)
+		return listener_resume(fd, &e, backlog);
 	return REAL(listen)(fd, backlog);
 }
 
@@ -409,6 +417,30 @@ static void release_after_accept(int fd, const struct fd_entry *listener, unsign
 	errno = saved;
 }
 
+void accepted_entry(struct fd_entry *e, const struct fd_entry *listener)
+{
+	fd_entry_init(e);
+	e->kind = FD_CONVERTED;
+	e->role = ROLE_ACCEPTED;
+	e->family = listener->family;
+	e->type = listener->type;
+	e->local = listener->local;
+	if (ipaddr_is_any(&e->local)) {
+		ipaddr_loopback(&e->local, listener->local.sa.sa_family);
+		ipaddr_set_port(&e->local, ipaddr_port(&listener->local));
+	}
+	/* Clients on a Unix socket are local clients: report them as loopback, as a
+	 * server trusting local peers expects (IPv4-mapped on a listener bound so). */
+	ipaddr_loopback_like(&e->peer, listener->local.sa.sa_family, &listener->local);
+	ipaddr_set_port(&e->peer, fake_port());
+	if (unsock_peer.sa.sa_family == listener->local.sa.sa_family) {
+		/* unsock reports its clients from UNSOCK_ADDR (and UNSOCK_PORT) */
+		e->peer.in4.sin_addr = unsock_peer.in4.sin_addr;
+		if (ipaddr_port(&unsock_peer))
+			ipaddr_set_port(&e->peer, ipaddr_port(&unsock_peer));
+	}
+}
+
 static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flags, int is4)
 {
 	struct fd_entry listener, e;
@@ -430,26 +462,7 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 	release_after_accept(fd, &listener, before);
 	if (conn < 0)
 		return conn;
-	fd_entry_init(&e);
-	e.kind = FD_CONVERTED;
-	e.role = ROLE_ACCEPTED;
-	e.family = listener.family;
-	e.type = listener.type;
-	e.local = listener.local;
-	if (ipaddr_is_any(&e.local)) {
-		ipaddr_loopback(&e.local, listener.local.sa.sa_family);
-		ipaddr_set_port(&e.local, ipaddr_port(&listener.local));
-	}
-	/* Clients on a Unix socket are local clients: report them as loopback, as a
-	 * server trusting local peers expects (IPv4-mapped on a listener bound so). */
-	ipaddr_loopback_like(&e.peer, listener.local.sa.sa_family, &listener.local);
-	ipaddr_set_port(&e.peer, fake_port());
-	if (unsock_peer.sa.sa_family == listener.local.sa.sa_family) {
-		/* unsock reports its clients from UNSOCK_ADDR (and UNSOCK_PORT) */
-		e.peer.in4.sin_addr = unsock_peer.in4.sin_addr;
-		if (ipaddr_port(&unsock_peer))
-			ipaddr_set_port(&e.peer, ipaddr_port(&unsock_peer));
-	}
+	accepted_entry(&e, &listener);
 	fd_store(conn, &e);
 	if (addr)
 		copy_out_addr(&e.peer, ipaddr_len(&e.peer), addr, len);
@@ -579,8 +592,9 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	fd_snapshot(fd, &e);
 	if (e.kind != FD_CONVERTED && e.kind != FD_PENDING)
 		return REAL(getsockopt)(fd, level, optname, val, len);
-	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
-		answer = optname == SO_DOMAIN ? e.family
+	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL ||
+				    (optname == SO_ACCEPTCONN && e.paused))) {
+		answer = optname == SO_DOMAIN ? e.family : optname == SO_ACCEPTCONN ? 0
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
 		o = &set;
@@ -814,7 +828,8 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 
 	state_lock();
 	e = fd_get(fd, 0);
-	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+	/* a listener may be replaced when it resumes (pause.c) */
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING || e->role == ROLE_LISTENER)) {
 		if (op == EPOLL_CTL_DEL) {
 			fd_record_del(fd, e, REC_EPOLL, &reg);
 		} else {
