@@ -105,7 +105,14 @@ static void identify(int fd)
 	struct stat sock;
 	int kind, r = -1;
 
-	if (fd_tracked(fd) || sockopt_value(fd, SO_DOMAIN) != AF_UNIX ||
+	if (fd_tracked(fd)) {
+		/* the kernel just gave out this number: what we knew of it is stale (closed
+		 * where we could not see, as libuv does with syscall(SYS_close)) */
+		fd_take(fd, &e);
+		if (e.sockfile >= 0)
+			sockfile_release(e.sockfile);
+	}
+	if (sockopt_value(fd, SO_DOMAIN) != AF_UNIX ||
 	    sockopt_value(fd, SO_TYPE) != SOCK_STREAM || fstat(fd, &sock))
 		return;
 	if (REAL(getsockname)(fd, (struct sockaddr *)&sun, &len))
