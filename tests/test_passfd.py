@@ -5,9 +5,13 @@ master-worker reloads, Node's cluster), paused and resumed around a reload (HAPr
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,8 @@ from conftest import (
     compile_c,
     free_port,
     read_until,
-    run_wrapped,
+    require_tool,
+    unix_get,
     wait_for,
     wait_for_socket,
 )
@@ -144,7 +149,7 @@ def test_pause_and_resume_listener(procs: Processes, sockdir: Path,
     pause = compile_c(HELPERS / "pause.c", helper_dir / "pause")
     port, sock = free_port(), sockdir / "l.sock"
     proc = procs.wrapped([f"in,addr=127.0.0.1,port={port},path={sock}"],
-                         [pause, "127.0.0.1", str(port), str(sock)], stdin=subprocess.PIPE)
+                         [str(pause), "127.0.0.1", str(port), str(sock)], stdin=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
 
     def step() -> str:
@@ -168,3 +173,263 @@ def test_pause_and_resume_listener(procs: Processes, sockdir: Path,
     holder.close()
     step()
     proc.communicate(timeout=10)
+
+
+class Clients:
+    """Clients requesting over and over through the socket file, each request retried
+    while the connection fails (as during a reload natively: refused, or reset from a
+    listener that stopped) for up to RETRY seconds; a request that never gets an answer
+    is a failure.  Bounded in requests and in time."""
+
+    RETRY = 5.0
+
+    def __init__(self, sock: Path, n: int = 2, limit: int = 20000,
+                 seconds: float = 90.0) -> None:
+        self.sock, self.limit, self.seconds = sock, limit, seconds
+        self.answers: dict[str, int] = {}
+        self.failures: list[str] = []
+        self.retried = 0
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.loop) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def request(self) -> str:
+        return unix_get(self.sock, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", timeout=5).decode()
+
+    def loop(self) -> None:
+        end = time.monotonic() + self.seconds
+        for _ in range(self.limit):
+            if self.stopping.is_set() or time.monotonic() > end:
+                return
+            give_up = time.monotonic() + self.RETRY
+            while True:
+                try:
+                    reply = self.request()
+                    body = reply.rpartition("\r\n\r\n")[2].strip()
+                    if not reply.startswith("HTTP/1.") or not body:
+                        raise ConnectionResetError(f"bad reply {reply!r}")
+                    break
+                except OSError as e:
+                    if time.monotonic() > give_up:
+                        with self.lock:
+                            self.failures.append(repr(e))
+                        body = ""
+                        break
+                    with self.lock:
+                        self.retried += 1
+                    time.sleep(0.01)
+            if body:
+                with self.lock:
+                    self.answers[body] = self.answers.get(body, 0) + 1
+
+    def seen(self, body: str) -> int:
+        with self.lock:
+            return self.answers.get(body, 0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+HAPROXY_CONFIG = """\
+global
+    stats socket {stats} mode 600 level admin expose-fd listeners
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+frontend fe
+    bind 127.0.0.1:{port}
+    http-request return status 200 content-type text/plain string "{answer}"
+"""
+
+
+def haproxy_config(path: Path, sockdir: Path, port: int, answer: str, extra: str = "") -> Path:
+    path.write_text(HAPROXY_CONFIG.format(stats=sockdir / "stats.sock", port=port,
+                                          answer=answer) + extra)
+    return path
+
+
+def settle(clients: Clients, answer: str, at_least: int = 20) -> None:
+    """Clients get answer, and go on getting it for a while."""
+    start = clients.seen(answer)
+    wait_for(lambda: clients.seen(answer) >= start + at_least, 30, f"answers {answer!r}")
+
+
+@pytest.fixture
+def haproxy() -> str:
+    return require_tool("haproxy")
+
+
+@pytest.mark.parametrize("transfer", [False, True], ids=["bind", "transfer"])
+def test_haproxy_reload(procs: Processes, sockdir: Path, haproxy: str,
+                        transfer: bool) -> None:
+    """haproxy -sf: the new process binds (pausing the old one while the path is
+    taken) or, with -x, takes the listener over from the old one through its stats
+    socket; clients never miss an answer, and the file stays."""
+    port, sock = free_port(), sockdir / "web.sock"
+    rules = [f"in,addr=127.0.0.1,port={port},path={sock}"]
+    old = procs.wrapped(rules, [haproxy, "-db", "-f",
+                                str(haproxy_config(sockdir / "1.cfg", sockdir, port, "one"))])
+    wait_for_socket(sock)
+    clients = Clients(sock)
+    try:
+        settle(clients, "one")
+        new = procs.wrapped(rules, [haproxy, "-db", "-f",
+                                    str(haproxy_config(sockdir / "2.cfg", sockdir, port, "two")),
+                                    "-sf", str(old.pid),
+                                    *(["-x", str(sockdir / "stats.sock")] if transfer else [])])
+        settle(clients, "two")
+        old.communicate(timeout=30)
+        settle(clients, "two")
+    finally:
+        clients.stop()
+    assert not clients.failures, (clients.failures[:5], old.stderr)
+    assert new.poll() is None, new.communicate(timeout=5)
+    assert sock.exists()
+
+
+def test_haproxy_reload_with_failing_config(procs: Processes, sockdir: Path,
+                                            haproxy: str) -> None:
+    """A new configuration that cannot bind one of its addresses: the new process pauses
+    the old one (connect AF_UNSPEC), fails, and resumes it (listen); the old one goes on
+    serving.  Before, the old one refused to pause, stopped, and nothing listened."""
+    port, sock = free_port(), sockdir / "web.sock"
+    rules = [f"in,addr=127.0.0.1,port={port},path={sock}"]
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    extra = (f"frontend other\n    bind 127.0.0.1:{taken.getsockname()[1]}\n"
+             "    http-request return status 200 content-type text/plain string \"x\"\n")
+    old = procs.wrapped(rules, [haproxy, "-db", "-f",
+                                str(haproxy_config(sockdir / "1.cfg", sockdir, port, "one"))])
+    wait_for_socket(sock)
+    clients = Clients(sock)
+    try:
+        settle(clients, "one")
+        bad = procs.wrapped(rules, [haproxy, "-db", "-f",
+                                    str(haproxy_config(sockdir / "2.cfg", sockdir, port, "two",
+                                                       extra)),
+                                    "-sf", str(old.pid)])
+        _, err = bad.communicate(timeout=60)
+        assert bad.returncode != 0 and "Address already in use" in err, err
+        settle(clients, "one")
+    finally:
+        clients.stop()
+        taken.close()
+    assert not clients.failures, clients.failures[:5]
+    assert old.poll() is None, old.communicate(timeout=5)
+    assert sock.exists()
+    assert clients.seen("two") == 0
+
+
+def test_haproxy_master_worker_reload(procs: Processes, sockdir: Path, haproxy: str) -> None:
+    """haproxy -W reloads on SIGUSR2: the master executes itself again and takes the
+    listeners from the old worker over SCM_RIGHTS.  Before, it did not recognise them,
+    bound again, failed with EADDRINUSE, and everything exited."""
+    port, sock = free_port(), sockdir / "web.sock"
+    config = haproxy_config(sockdir / "haproxy.cfg", sockdir, port, "one")
+    master = procs.wrapped([f"in,addr=127.0.0.1,port={port},path={sock}"],
+                           [haproxy, "-W", "-db", "-f", str(config)])
+    wait_for_socket(sock)
+    clients = Clients(sock)
+    try:
+        settle(clients, "one")
+        haproxy_config(config, sockdir, port, "two")
+        master.send_signal(signal.SIGUSR2)
+        settle(clients, "two")
+        settle(clients, "two")
+    finally:
+        clients.stop()
+    assert master.poll() is None, master.communicate(timeout=5)
+    assert not clients.failures, clients.failures[:5]
+    assert sock.exists()
+
+
+NODE_CLUSTER = """\
+const cluster = require('cluster');
+const http = require('http');
+const [host, port] = [process.argv[2], +process.argv[3]];
+if (cluster.isPrimary) {
+  let ready = 0;
+  for (let i = 0; i < 2; i++)
+    cluster.fork().on('listening', () => { if (++ready === 2) console.log('ready'); });
+} else {
+  http.createServer((req, res) => {
+    const s = req.socket;
+    console.log(`pid=${process.pid} remote=${s.remoteAddress} family=${s.remoteFamily} ` +
+                `port=${s.remotePort} local=${s.localAddress}:${s.localPort}`);
+    res.end('ok');
+  }).listen(port, host);
+}
+"""
+
+
+@pytest.mark.no_asan  # node aborts at start with libasan preloaded
+@pytest.mark.parametrize("policy", ["rr", "none"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_node_cluster_remote_address(procs: Processes, sockdir: Path, tmp_path: Path,
+                                     policy: str, host: str) -> None:
+    """Node's cluster: by default the primary accepts and hands each connection to a
+    worker over SCM_RIGHTS; with SCHED_NONE it hands over the listener.  Workers log a
+    loopback client of the listener's family, each with a port of its own."""
+    node = require_tool("node")
+    port, sock = free_port(), sockdir / "web.sock"
+    script = tmp_path / "cluster.js"
+    script.write_text(NODE_CLUSTER)
+    proc = procs.wrapped([f"in,addr={host},port={port},path={sock}"],
+                         [node, str(script), host, str(port)],
+                         env={**os.environ, "NODE_CLUSTER_SCHED_POLICY": policy})
+    read_until(proc, "ready")
+    for _ in range(8):
+        assert unix_get(sock, b"GET / HTTP/1.0\r\n\r\n").endswith(b"ok")
+    time.sleep(0.3)  # the workers' log lines reach the primary's stdout
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    lines = [dict(kv.split("=", 1) for kv in line.split()) for line in out.splitlines()
+             if line.startswith("pid=")]
+    assert len(lines) == 8, (out, err)
+    family = "IPv6" if ":" in host else "IPv4"
+    for line in lines:
+        assert line["remote"] == host and line["family"] == family, line
+        assert int(line["port"]) in EPHEMERAL, line
+        assert line["local"] == f"{host}:{port}", line
+    assert len({line["port"] for line in lines}) == 8, lines
+
+
+FORKED_SERVER = """\
+import os, socket, sys, time
+port, workers = int(sys.argv[1]), 3
+s = socket.socket()
+s.bind(("127.0.0.1", port))
+s.listen(64)
+for _ in range(workers):
+    if os.fork() == 0:
+        while True:
+            c, peer = s.accept()
+            c.sendall(f"{os.getpid()} {peer[0]} {peer[1]}\\n".encode())
+            c.close()
+            time.sleep(0.05)  # let the others take the next clients
+print("ready", flush=True)
+os.wait()
+"""
+
+
+def test_forked_workers_number_clients_apart(procs: Processes, sockdir: Path) -> None:
+    """Workers forked after the listener was converted (gunicorn, php -S, prefork
+    servers): the client ports they report are all different.  Before, each worker
+    numbered its clients from 32768."""
+    port, sock = free_port(), sockdir / "web.sock"
+    proc = procs.wrapped([f"in,addr=127.0.0.1,port={port},path={sock}"],
+                         [sys.executable, "-c", FORKED_SERVER, str(port)])
+    read_until(proc, "ready")
+    replies = [unix_get(sock, b"").decode().split() for _ in range(24)]
+    pids = {r[0] for r in replies}
+    ports = [r[2] for r in replies]
+    assert len(pids) >= 2, "one worker took every client: the test proves nothing"
+    assert all(r[1] == "127.0.0.1" for r in replies)
+    assert len(set(ports)) == len(ports), replies
