@@ -24,6 +24,7 @@ from conftest import (
     free_port,
     read_until,
     require_tool,
+    run_wrapped,
     unix_get,
     wait_for,
     wait_for_socket,
@@ -441,3 +442,14 @@ def test_forked_workers_number_clients_apart(procs: Processes, sockdir: Path) ->
     assert len(pids) >= 2, "one worker took every client: the test proves nothing"
     assert all(r[1] == "127.0.0.1" for r in replies)
     assert len(set(ports)) == len(ports), replies
+
+
+def test_received_by_recvmmsg(procs: Processes, sockdir: Path, helper_dir: Path) -> None:
+    receiver = compile_c(HELPERS / "recvmmsg.c", helper_dir / "recvmmsg")
+    port, sock, channel = free_port(), sockdir / "l.sock", sockdir / "channel"
+    rules = [f"in,addr=127.0.0.1,port={port},path={sock}"]
+    procs.wrapped(rules, [sys.executable, PASSFD, "send", str(channel), "listener",
+                          "127.0.0.1", str(port)])
+    wait_for_socket(channel)
+    out = run_wrapped(rules, [str(receiver), str(channel)])
+    assert out.stdout == f"family={socket.AF_INET} address=127.0.0.1 port={port}\n", out
