@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from conftest import (
@@ -268,32 +269,50 @@ def haproxy() -> str:
     return require_tool("haproxy")
 
 
+class Serving(NamedTuple):
+    port: int
+    sock: Path
+    rules: list[str]
+    config: Path
+    proc: subprocess.Popen[str]
+    clients: Clients
+
+
+@contextlib.contextmanager
+def haproxy_serving(procs: Processes, sockdir: Path, haproxy: str,
+                    *flags: str) -> Iterator[Serving]:
+    """A wrapped haproxy answering "one", with clients looping until the end."""
+    port, sock = free_port(), sockdir / "web.sock"
+    rules = [f"in,addr=127.0.0.1,port={port},path={sock}"]
+    config = haproxy_config(sockdir / "haproxy.cfg", sockdir, port, "one")
+    proc = procs.wrapped(rules, [haproxy, *flags, "-db", "-f", str(config)])
+    wait_for_socket(sock)
+    clients = Clients(sock)
+    try:
+        settle(clients, "one")
+        yield Serving(port, sock, rules, config, proc, clients)
+    finally:
+        clients.stop()
+
+
 @pytest.mark.parametrize("transfer", [False, True], ids=["bind", "transfer"])
 def test_haproxy_reload(procs: Processes, sockdir: Path, haproxy: str,
                         transfer: bool) -> None:
     """haproxy -sf: the new process binds (pausing the old one while the path is
     taken) or, with -x, takes the listener over from the old one through its stats
     socket; clients never miss an answer, and the file stays."""
-    port, sock = free_port(), sockdir / "web.sock"
-    rules = [f"in,addr=127.0.0.1,port={port},path={sock}"]
-    old = procs.wrapped(rules, [haproxy, "-db", "-f",
-                                str(haproxy_config(sockdir / "1.cfg", sockdir, port, "one"))])
-    wait_for_socket(sock)
-    clients = Clients(sock)
-    try:
-        settle(clients, "one")
-        new = procs.wrapped(rules, [haproxy, "-db", "-f",
-                                    str(haproxy_config(sockdir / "2.cfg", sockdir, port, "two")),
-                                    "-sf", str(old.pid),
-                                    *(["-x", str(sockdir / "stats.sock")] if transfer else [])])
-        settle(clients, "two")
-        old.communicate(timeout=30)
-        settle(clients, "two")
-    finally:
-        clients.stop()
-    assert not clients.failures, (clients.failures[:5], old.stderr)
+    with haproxy_serving(procs, sockdir, haproxy) as old:
+        new = procs.wrapped(old.rules, [
+            haproxy, "-db", "-f",
+            str(haproxy_config(sockdir / "2.cfg", sockdir, old.port, "two")),
+            "-sf", str(old.proc.pid),
+            *(["-x", str(sockdir / "stats.sock")] if transfer else [])])
+        settle(old.clients, "two")
+        old.proc.communicate(timeout=30)
+        settle(old.clients, "two")
+    assert not old.clients.failures, old.clients.failures[:5]
     assert new.poll() is None, new.communicate(timeout=5)
-    assert sock.exists()
+    assert old.sock.exists()
 
 
 def test_haproxy_reload_with_failing_config(procs: Processes, sockdir: Path,
@@ -301,63 +320,45 @@ def test_haproxy_reload_with_failing_config(procs: Processes, sockdir: Path,
     """A new configuration that cannot bind one of its addresses: the new process pauses
     the old one (connect AF_UNSPEC), fails, and resumes it (listen); the old one goes on
     serving.  Before, the old one refused to pause, stopped, and nothing listened."""
-    port, sock = free_port(), sockdir / "web.sock"
-    rules = [f"in,addr=127.0.0.1,port={port},path={sock}"]
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     extra = (f"frontend other\n    bind 127.0.0.1:{taken.getsockname()[1]}\n"
              "    http-request return status 200 content-type text/plain string \"x\"\n")
-    old = procs.wrapped(rules, [haproxy, "-db", "-f",
-                                str(haproxy_config(sockdir / "1.cfg", sockdir, port, "one"))])
-    wait_for_socket(sock)
-    clients = Clients(sock)
-    try:
-        settle(clients, "one")
-        bad = procs.wrapped(rules, [haproxy, "-db", "-f",
-                                    str(haproxy_config(sockdir / "2.cfg", sockdir, port, "two",
-                                                       extra)),
-                                    "-sf", str(old.pid)])
+    with haproxy_serving(procs, sockdir, haproxy) as old, taken:
+        bad = procs.wrapped(old.rules, [
+            haproxy, "-db", "-f",
+            str(haproxy_config(sockdir / "2.cfg", sockdir, old.port, "two", extra)),
+            "-sf", str(old.proc.pid)])
         _, err = bad.communicate(timeout=60)
         assert bad.returncode != 0 and "Address already in use" in err, err
-        settle(clients, "one")
-    finally:
-        clients.stop()
-        taken.close()
-    assert not clients.failures, clients.failures[:5]
-    assert old.poll() is None, old.communicate(timeout=5)
-    assert sock.exists()
-    assert clients.seen("two") == 0
+        settle(old.clients, "one")
+    assert not old.clients.failures, old.clients.failures[:5]
+    assert old.proc.poll() is None, old.proc.communicate(timeout=5)
+    assert old.sock.exists()
+    assert old.clients.seen("two") == 0
 
 
 def test_haproxy_master_worker_reload(procs: Processes, sockdir: Path, haproxy: str) -> None:
     """haproxy -W reloads on SIGUSR2: the master executes itself again and takes the
     listeners from the old worker over SCM_RIGHTS.  Before, it did not recognise them,
     bound again, failed with EADDRINUSE, and everything exited."""
-    port, sock = free_port(), sockdir / "web.sock"
-    config = haproxy_config(sockdir / "haproxy.cfg", sockdir, port, "one")
-    master = procs.wrapped([f"in,addr=127.0.0.1,port={port},path={sock}"],
-                           [haproxy, "-W", "-db", "-f", str(config)])
-    wait_for_socket(sock)
-    clients = Clients(sock)
-    try:
-        settle(clients, "one")
-        haproxy_config(config, sockdir, port, "two")
-        for _ in range(5):  # a master still starting up drops the signal (haproxy's race)
-            master.send_signal(signal.SIGUSR2)
-            with contextlib.suppress(AssertionError):
-                wait_for(lambda: clients.seen("two") > 0, 5)
-                break
-        settle(clients, "two")
-        settle(clients, "two")
-    except AssertionError:
-        os.killpg(master.pid, signal.SIGTERM)
-        raise AssertionError(master.communicate(timeout=10)) from None
-    finally:
-        clients.stop()
-    assert master.poll() is None, master.communicate(timeout=5)
-    assert not clients.failures, clients.failures[:5]
-    assert sock.exists()
+    with haproxy_serving(procs, sockdir, haproxy, "-W") as site:
+        haproxy_config(site.config, sockdir, site.port, "two")
+        try:
+            for _ in range(5):  # a master still starting drops the signal (haproxy's race)
+                site.proc.send_signal(signal.SIGUSR2)
+                with contextlib.suppress(AssertionError):
+                    wait_for(lambda: site.clients.seen("two") > 0, 5)
+                    break
+            settle(site.clients, "two")
+            settle(site.clients, "two")
+        except AssertionError:
+            os.killpg(site.proc.pid, signal.SIGTERM)
+            raise AssertionError(site.proc.communicate(timeout=10)) from None
+    assert site.proc.poll() is None, site.proc.communicate(timeout=5)
+    assert not site.clients.failures, site.clients.failures[:5]
+    assert site.sock.exists()
 
 
 NODE_CLUSTER = """\
