@@ -113,6 +113,17 @@ static void copy_async_owner(int from, int to, int status)
 	REAL(fcntl)(to, F_SETFL, status);
 }
 
+/* Record e for fd, its socket in place.  Epoll registrations are kept where the socket
+ * may be replaced again: a materialized one a later connect may still convert, and a
+ * listener that may pause and resume (pause.c). */
+static void store_in_place(int fd, struct fd_entry *e)
+{
+	if (e->kind == FD_IP || e->role == ROLE_LISTENER)
+		fd_store(fd, e);
+	else
+		fd_store_no_epoll(fd, e);
+}
+
 /* Put sock in fd's place and record e for it.  On failure fd is left as it was. */
 static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_entry *e)
 {
@@ -136,12 +147,7 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
 			     strerror(errno));
 	}
-	/* materialized, a later connect may still convert it; a listener may be replaced
-	 * again (listener_resume) */
-	if (e->kind == FD_IP || e->role == ROLE_LISTENER)
-		fd_store(fd, e);
-	else
-		fd_store_no_epoll(fd, e);
+	store_in_place(fd, e);
 	return 0;
 }
 
@@ -152,7 +158,7 @@ static int install(int fd, int sock, const struct fd_flags *flags, struct fd_ent
 	int saved;
 
 	if (sock == fd) {
-		fd_store_no_epoll(fd, e);
+		store_in_place(fd, e);
 		return 0;
 	}
 	if (replace_fd(fd, sock, flags, e) == 0)
