@@ -58,7 +58,9 @@ __attribute__((constructor(102))) static void shim_init(void)
 
 __attribute__((destructor)) static void shim_fini(void)
 {
-	if (rules_state == RULES_NONE)
+	/* In the program's sandbox the kernel closes our sockets; whoever holds them
+	 * outside removes the files (sandbox.c). */
+	if (rules_state == RULES_NONE || sandboxed())
 		return;
 	sockfile_exit_cleanup();
 	dgram_exit_cleanup();
@@ -591,16 +593,16 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 		errno = EFAULT;
 		return -1;
 	}
+	if (!o && level != SOL_SOCKET) /* never set: as a real socket answers */
+		return sockopt_answer(&e, level, optname, val, len);
 	if (o) { /* what the program set */
 		if (*len > o->len)
 			*len = o->len;
 		memcpy(val, o->value, *len);
-	} else if (level == SOL_SOCKET) {
+	} else {
 		if (*len > sizeof(answer))
 			*len = sizeof(answer);
 		memcpy(val, &answer, *len);
-	} else { /* an IP-level option never set: zero, as for a fresh socket's flags */
-		memset(val, 0, *len);
 	}
 	return 0;
 }

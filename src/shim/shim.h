@@ -57,10 +57,21 @@ struct real_funcs {
 			   const posix_spawnattr_t *, char *const[], char *const[]);
 	int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			    const posix_spawnattr_t *, char *const[], char *const[]);
+	int (*prctl)(int, ...);
+	long (*syscall)(long, ...);
 };
 extern struct real_funcs real;
 void real_init(void);
 #define REAL(fn) (real.fn ? real.fn : (real_init(), real.fn))
+
+/* ---- the program's own sandbox (sandbox.c) ---- */
+/* Set once the program installed a seccomp filter (inherited by forked children): from
+ * then on no bookkeeping system call beyond what the program's own call needs. */
+extern int shim_sandboxed;
+static inline int sandboxed(void)
+{
+	return __atomic_load_n(&shim_sandboxed, __ATOMIC_ACQUIRE);
+}
 
 /* ---- logging (log.c) ---- */
 enum { LOG_ERR_ = 0, LOG_WARN_ = 1, LOG_INFO_ = 2, LOG_DEBUG_ = 3 };
@@ -281,6 +292,11 @@ int fd_record_copy_opts(int from, const struct fd_entry *src, int to, struct fd_
 int fd_record_at(int fd, const struct fd_entry *e, int list, unsigned i, void *out);
 /* An IP-level option the program set, as it set it, into *out; -1 if none. */
 int fd_option(int fd, const struct fd_entry *e, int level, int name, struct pending_opt *out);
+/* An IP-level option the program never set on the converted socket e: what a real
+ * socket of its family and type answers (sockopt.c); as getsockopt.  sockopt_learn asks
+ * the real sockets now, before a sandbox forbids it. */
+int sockopt_answer(const struct fd_entry *e, int level, int name, void *val, socklen_t *len);
+void sockopt_learn(void);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
 /* Call fn for every fd with an entry; with the lock held. */

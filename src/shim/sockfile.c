@@ -47,8 +47,11 @@ static int diag_open_and_send(const struct diag_query *q)
 		struct unix_diag_req req;
 	} msg;
 	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-	int nl = REAL(socket)(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+	int nl;
 
+	if (sandboxed()) /* its filter may kill us for the netlink socket */
+		return -1;
+	nl = REAL(socket)(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
 	if (nl < 0)
 		return -1;
 	memset(&msg, 0, sizeof(msg));
@@ -177,7 +180,7 @@ int socket_file_live(const char *path, const struct stat *st)
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	int probe, r, saved = errno;
 
-	if (diag_find(&q) > 0)
+	if (diag_find(&q) > 0 || sandboxed()) /* no probe socket in a sandbox: keep it */
 		return 1;
 	/* Not found, or no sock_diag (restricted sandbox).  sock_diag sees only this network
 	 * namespace, and a process in another one may be bound to the file: ask the file
