@@ -61,7 +61,7 @@ def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(compile_c(HELPERS / "sandboxed.c", out, extra=[f"-I{HELPERS}"]))
 
 
-@pytest.mark.parametrize("where", ["self", "child"])
+@pytest.mark.parametrize("where", ["self", "syscall", "child"])
 def test_sandboxed_program_survives(where: str, sandboxed: str, sockdir: Path) -> None:
     """A program that forbids itself socket() (AF_NETLINK included) with a seccomp filter
     that kills, then reads options of a converted listener, closes it and exits: our

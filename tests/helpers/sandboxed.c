@@ -2,10 +2,11 @@
  * A program that sandboxes itself, as sshd's pre-authentication child does: a seccomp
  * filter that kills the process on any socket() call (AF_NETLINK included).
  *
- *   sandboxed HOST PORT self|child
+ *   sandboxed HOST PORT self|syscall|child
  *
  * Binds and listens on HOST:PORT (a rule converts it), then either installs the filter
- * itself, reads IP-level options, closes the listener and exit()s ("self"); or forks a
+ * itself, reads IP-level options, closes the listener and exit()s ("self" by prctl,
+ * "syscall" by syscall(SYS_seccomp) as libseccomp does); or forks a
  * child that does so while the parent waits and closes its own copy afterwards
  * ("child").  Prints the options as "ip_options_len=N ttl=N" and the outcome as
  * "child=exited:N" / "child=signal:N" and "done".
@@ -30,6 +31,8 @@
 #error "no seccomp arch for this machine"
 #endif
 
+static int by_syscall;
+
 static void sandbox(void)
 {
 	struct sock_filter code[] = {
@@ -44,7 +47,8 @@ static void sandbox(void)
 	struct sock_fprog prog = { .len = sizeof(code) / sizeof(code[0]), .filter = code };
 
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
-	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+	    (by_syscall ? syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)
+			: prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)))
 		die("seccomp");
 }
 
@@ -74,14 +78,15 @@ int main(int argc, char **argv)
 	pid_t pid;
 
 	if (argc != 4) {
-		fprintf(stderr, "usage: sandboxed HOST PORT self|child\n");
+		fprintf(stderr, "usage: sandboxed HOST PORT self|syscall|child\n");
 		return 2;
 	}
 	len = make_addr(argv[1], atoi(argv[2]), &ss);
 	fd = socket(ss.ss_family, SOCK_STREAM, 0);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 8))
 		die("listen");
-	if (!strcmp(argv[3], "self"))
+	by_syscall = !strcmp(argv[3], "syscall");
+	if (by_syscall || !strcmp(argv[3], "self"))
 		inside(fd);
 	fflush(stdout);
 	pid = fork();
