@@ -273,6 +273,11 @@ static int apply_field(struct ruleset *s, struct rule *r, char key, const char *
 			       ? -1 : set_string(s, &r->target, v, n);
 	case 'N':
 		return set_string(s, &r->systemd_name, v, n);
+	case 'O':
+	case 'G':
+		if (n == 0 || n > 256)
+			return -1;
+		return set_string(s, key == 'O' ? &r->owner_name : &r->group_name, v, n);
 	case 'u':
 	case 'b':
 		if (n > GLOB_MAX)

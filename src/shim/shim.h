@@ -142,6 +142,8 @@ struct rule {
 	int mode;                  /* socket file mode, or -1 */
 	uid_t uid;                 /* socket file owner, or (uid_t)-1 */
 	gid_t gid;                 /* socket file group, or (gid_t)-1 */
+	const char *owner_name;    /* their names as the launcher knew them, or NULL */
+	const char *group_name;
 	const char *target;        /* path= or abstract=, unexpanded */
 	const char *systemd_name;
 	const char *from_unix;

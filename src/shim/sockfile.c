@@ -574,15 +574,42 @@ static int bind_over_stale(int sock, const char *path)
 	return errno == EADDRINUSE ? lost(path, "was bound by another process meanwhile") : -1;
 }
 
+/* A bind that cannot make its file, in one line: the program itself reports only
+ * "bind: Permission denied" for a TCP port, or nothing.  EADDRINUSE is logged where it
+ * is found (a live socket, a file that is not one).  -2 with errno kept. */
+static int bind_failed(const char *path)
+{
+	int saved = errno;
+
+	if (saved != EADDRINUSE)
+		ulog(LOG_ERR_, "cannot create socket file %s: %s", path, strerror(saved));
+	errno = saved;
+	return -2;
+}
+
 static int wants_permissions(const struct rule *r)
 {
 	return r && (r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1);
 }
 
-/* Bind sock as "s" in d and give it r's mode and owner: st is the file. */
+/* "name (id)" for a user or group of a rule, "id" without a name, "unchanged" for -1:
+ * names as the launcher resolved them, for nothing is looked up inside the program. */
+static const char *id_text(char *buf, size_t size, unsigned id, const char *name)
+{
+	if (id == (unsigned)-1)
+		return "unchanged";
+	if (name && *name)
+		snprintf(buf, size, "%s (%u)", name, id);
+	else
+		snprintf(buf, size, "%u", id);
+	return buf;
+}
+
+/* Bind sock as "s" in d and give it r's mode and owner: st is the file.  -1 with errno,
+ * or -2 when the failure is logged already. */
 static int bind_private(struct private_dir *d, int sock, const struct rule *r, struct stat *st)
 {
-	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)], owner[280], group[280];
 	int saved;
 
 	if (private_entry(d, "s", entry, sizeof(entry)) || bind_path(sock, entry))
@@ -591,7 +618,7 @@ static int bind_private(struct private_dir *d, int sock, const struct rule *r, s
 		ulog(LOG_ERR_, "%s: the socket did not appear in the directory made for it; "
 		     "refusing", d->path);
 		errno = EACCES;
-		return -1;
+		return -2;
 	}
 	/* "s" is our socket in our directory: nobody else can put anything there */
 	if (r->mode >= 0 && fchmodat(d->fd, "s", (mode_t)r->mode, 0))
@@ -600,11 +627,11 @@ static int bind_private(struct private_dir *d, int sock, const struct rule *r, s
 	    !fchownat(d->fd, "s", r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
 		return 0;
 	saved = errno;
-	ulog(LOG_ERR_, "cannot give %s to owner %d, group %d: %s", d->path,
-	     r->uid == (uid_t)-1 ? -1 : (int)r->uid, r->gid == (gid_t)-1 ? -1 : (int)r->gid,
-	     strerror(saved));
+	ulog(LOG_ERR_, "cannot give %s to owner %s, group %s: %s", d->path,
+	     id_text(owner, sizeof(owner), r->uid, r->owner_name),
+	     id_text(group, sizeof(group), r->gid, r->group_name), strerror(saved));
 	errno = saved;
-	return -1;
+	return -2; /* logged */
 }
 
 /* Move "s" from d to the path, over a stale socket file but nothing else. */
@@ -632,16 +659,17 @@ static int bind_private_then_rename(int sock, const char *path, const struct rul
 {
 	struct private_dir d;
 	struct stat file, s;
+	int b;
 
 	if (private_open(&d, path))
-		return -2;
-	if (bind_private(&d, sock, r, &file) || place(&d)) {
+		return bind_failed(path);
+	if ((b = bind_private(&d, sock, r, &file)) || place(&d)) {
 		int saved = errno;
 
 		unlinkat(d.fd, "s", 0); /* ours, if there */
 		private_close(&d);
 		errno = saved;
-		return -2;
+		return b == -2 ? -2 : bind_failed(path);
 	}
 	private_close(&d);
 	if (fstat(sock, &s))
@@ -656,7 +684,7 @@ int sockfile_bind(int sock, const char *path, const struct rule *r)
 	if (wants_permissions(r))
 		return bind_private_then_rename(sock, path, r);
 	if (bind_path(sock, path) && (errno != EADDRINUSE || bind_over_stale(sock, path)))
-		return -2;
+		return bind_failed(path);
 	return record(sock, path, r && r->noremove);
 }
 

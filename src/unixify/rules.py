@@ -73,6 +73,8 @@ class Rule(NamedTuple):
     mode: int | None = None          # socket file permissions (path= only)
     owner: int | None = None         # socket file owner, a uid
     group: int | None = None         # socket file group, a gid
+    owner_name: str | None = None    # their names, for the shim's messages
+    group_name: str | None = None
     text: str = ""
 
     def describe(self) -> str:
@@ -256,6 +258,17 @@ def parse_group(value: str) -> int:
         return _id_or_name(value, "group", {})
 
 
+def _id_name(value: str, number: int, kind: str) -> str | None:
+    """The name of a user or group as written, or looked up here for a number: the shim
+    names them in its messages without looking anything up inside the program."""
+    if not (value.isascii() and value.isdigit()):
+        return value
+    try:
+        return pwd.getpwuid(number).pw_name if kind == "user" else grp.getgrgid(number).gr_name
+    except KeyError:
+        return None
+
+
 def _check_template(value: str, what: str) -> None:
     """Placeholders are %p, %a, %t and %%; anything else after % is a mistake."""
     i = value.find("%")
@@ -324,9 +337,11 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
             elif canonical == "mode":
                 fields["mode"] = parse_mode(_need_value(key, has_value, value))
             elif canonical == "owner":
-                fields["owner"] = parse_owner(_need_value(key, has_value, value))
+                uid = parse_owner(_need_value(key, has_value, value))
+                fields["owner"], fields["owner_name"] = uid, _id_name(value, uid, "user")
             elif canonical == "group":
-                fields["group"] = parse_group(_need_value(key, has_value, value))
+                gid = parse_group(_need_value(key, has_value, value))
+                fields["group"], fields["group_name"] = gid, _id_name(value, gid, "group")
             elif canonical in ACTIONS:
                 actions.append((canonical, token))
                 _parse_action(canonical, key, has_value, value, fields, cwd)
