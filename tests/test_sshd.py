@@ -89,9 +89,13 @@ def _ssh_keys(tmp: Path) -> tuple[Path, Path]:
     return host_key, user_key
 
 
-def test_sshd_runs_command(procs: Processes, sockdir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rexec", ["rexec", "no-rexec"])
+def test_sshd_runs_command(rexec: str, procs: Processes, sockdir: Path,
+                           tmp_path: Path) -> None:
     """sshd wrapped with an 'in' rule serves ssh through the socket file, including the
-    pre-authentication child in its seccomp sandbox; no TCP port opens."""
+    pre-authentication child in its seccomp sandbox; no TCP port opens.  Without
+    re-execution (-r) that child is a fork of the listening process and inherits its
+    socket file's record."""
     sshd, ssh, socat = require_tool("sshd"), require_tool("ssh"), require_tool("socat")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation's chroot
     host_key, user_key = _ssh_keys(tmp_path)
@@ -102,7 +106,8 @@ def test_sshd_runs_command(procs: Processes, sockdir: Path, tmp_path: Path) -> N
                       f"AuthorizedKeysFile {tmp_path}/authorized_keys\nStrictModes no\n"
                       f"PidFile {tmp_path}/sshd.pid\nPermitRootLogin prohibit-password\n")
     server = procs.wrapped([f"in,port={port},path={path}"],
-                           [sshd, "-f", str(config), "-D", "-e"])
+                           [sshd, "-f", str(config), "-D", "-e",
+                            *(["-r"] if rexec == "no-rexec" else [])])
     wait_for_socket(path)
     client = subprocess.run(
         [ssh, "-F", "/dev/null", "-o", f"ProxyCommand={socat} - UNIX-CONNECT:{path}",
