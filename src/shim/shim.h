@@ -313,14 +313,6 @@ int sockfile_find(const char *path);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
 void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
-/* Remove name in dir, or path, only while it still names the file (dev, ino); flags as
- * unlinkat's.  0, or -1 (with errno from unlinkat_if_same: ESTALE when another file is
- * there now; unlink_if_same keeps errno). */
-int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags);
-/* name in parent, opened without following a symlink, if it is a directory of our euid
- * closed to everybody else (st filled); else -1, with EACCES when it is something else. */
-int open_own_dir(int parent, const char *name, struct stat *st);
-int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);
 /* The file the socket with inode sock_ino is bound to, or was accepted from: 1 with its
@@ -434,9 +426,8 @@ int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct
 int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len);
 
 /* ---- datagram sockets (dgram.c) ---- */
-/* Bind sock to a new file in the private directory; a sockfile index as sockfile_bind. */
-int dgram_private_bind(int sock);
-void dgram_exit_cleanup(void);
+/* Bind sock to a fresh abstract name for replies to reach it: 0, or -1 with errno. */
+int dgram_autobind(int sock);
 /* sendmsg() on an IP or converted datagram socket with a destination in msg. */
 ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg, int flags);
 /* connect() of a converted datagram socket to another IP address. */
