@@ -81,7 +81,7 @@ def test_udp_server_of_another_user_answers(procs: Processes, sockdir: Path,
     setpriv = require_tool("setpriv")
     sockdir.chmod(0o755)
     os.chown(sockdir, NOBODY, NOBODY)
-    echo = shutil.copy(HELPERS / "udp_echo.py", sockdir / "udp_echo.py")
+    echo = str(shutil.copy(HELPERS / "udp_echo.py", sockdir / "udp_echo.py"))
     port = free_port()
     sock = sockdir / "echo.sock"
     env = {**os.environ, "UNIXIFY_SHIM": shim_copy(str(sockdir), 0o755)}

@@ -185,6 +185,18 @@ const char *rules_keep_string(const char *s);
 int rules_refuse_socket(int family, int type);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
+/* Why rule r does not match q, the first condition that fails in this order (explain.py
+ * names them by these numbers); MISS_NONE when it matches. */
+enum rule_miss { MISS_NONE, MISS_UNIX_ONLY, MISS_IP_ONLY, MISS_DIR, MISS_SYSTEMD, MISS_TYPE,
+		 MISS_FAMILY, MISS_UNIX_KIND, MISS_GLOB, MISS_ADDR, MISS_PORT };
+enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q);
+/* A rule set apart from the process's own (match.c): NULL when text is malformed. */
+struct ruleset;
+struct ruleset *ruleset_decode(const char *text, size_t len);
+int ruleset_match(const struct ruleset *s, const struct sock_query *q);
+int ruleset_count(const struct ruleset *s);
+const struct rule *ruleset_rule(const struct ruleset *s, int index);
+void ruleset_free(struct ruleset *s);
 const struct rule *rule_at(int index);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
