@@ -168,3 +168,22 @@ def test_client_needs_no_trusted_directory() -> None:
         capture_output=True, text=True, timeout=30, env=env, cwd="/")
     assert result.stdout.split() == ["sent", "1"], result
     assert result.returncode == 0, result
+
+
+def test_reply_from_another_network_namespace_is_lost(procs: Processes, sockdir: Path,
+                                                      netns: list[str]) -> None:
+    """The documented limit: abstract names belong to a network namespace.  A server in
+    another one, sharing the socket file, gets the client's datagram but its reply goes
+    nowhere (dropped, as UDP drops it; -vv says so)."""
+    port = free_port()
+    sock = sockdir / "ns.sock"
+    server = procs.start([*netns, *unixify_command(), "-vv", "-r", f"in,udp,path={sock}",
+                          "--", sys.executable, str(HELPERS / "udp_echo.py"), "server",
+                          "127.0.0.1", str(port)], stderr=subprocess.STDOUT)
+    read_until(server, "ready")
+    client = run_wrapped([f"out,udp,port={port},path={sock}"],
+                         [sys.executable, "-c", ECHO_CLIENT, str(port), "sendto"], timeout=30)
+    assert "TimeoutError" in client.stderr, client
+    server.kill()
+    out, _ = server.communicate(timeout=10)
+    assert "nobody listens at (abstract); datagram dropped" in out, out
