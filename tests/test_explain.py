@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import pytest
 from conftest import (
@@ -336,22 +336,38 @@ SHIM_TARGET = re.compile(r"listening on (\S+)|connecting to (\S+) failed|"
 EXPLAIN_TARGET = re.compile(r"(?:at|goes to) (?:Unix socket file |abstract )(\S+)")
 
 
-def shim_decision(rules: list[str], words: list[str]) -> tuple[int, str | None]:
-    """The rule the shim matched (0: none) and where it sent the call, if it says."""
+Decision = tuple[int, Union[str, None], Union[int, None]]
+
+
+def shim_decision(rules: list[str], words: list[str]) -> Decision:
+    """The rule the shim matched (0: none), where it sent the call if it says, and the
+    call's errno if it failed."""
     result = run_wrapped(rules, [sys.executable, "-c", CALLER, *words], verbose=2,
                          timeout=30)
     found = SHIM_RULE.findall(result.stderr)
     assert len(found) == 1, result
     target = SHIM_TARGET.search(result.stderr)
+    failed = re.search(r"^errno (\d+)$", result.stdout, re.M)
     return (int(found[0][1] or 0),
-            next(group for group in target.groups() if group) if target else None)
+            next(group for group in target.groups() if group) if target else None,
+            int(failed.group(1)) if failed else None)
 
 
-def explain_decision(rules: list[str], words: list[str]) -> tuple[int, str | None]:
+def explain_decision(rules: list[str], words: list[str]) -> Decision:
+    """The same as explain says it; the errno only of a call it says fails."""
     text = explain([parse_rule(rule) for rule in rules], parse_query(words))
     matched = re.search(r"rule (\d+) .*: matches$", text, re.M)
     target = EXPLAIN_TARGET.search(text.splitlines()[-1])
-    return (int(matched.group(1)) if matched else 0, target.group(1) if target else None)
+    failed = re.search(r"fails with \w+ \((\d+)\)", text.splitlines()[-1])
+    return (int(matched.group(1)) if matched else 0, target.group(1) if target else None,
+            int(failed.group(1)) if failed else None)
+
+
+def assert_agree(rules: list[str], words: list[str]) -> None:
+    said, done = explain_decision(rules, words), shim_decision(rules, words)
+    assert said[:2] == done[:2]
+    if said[2] is not None:  # a call explain says goes ahead may fail for other reasons
+        assert said[2] == done[2]
 
 
 # Rules and queries where explain and the shim must agree: glob edge cases, port ranges,
@@ -407,26 +423,46 @@ def test_explain_and_shim_agree(sockdir: Path, rules: list[str], words: str) -> 
         if query[0] == "out" and query[2] in ("unix", "abstract") and said[1]:
             listener.bind(said[1])  # the shim logs no target for these: let it connect
             listener.listen()
-        assert said == shim_decision(rules, query)
+        assert_agree(rules, query)
+
+
+@pytest.mark.parametrize("direction", ["in", "out"])
+@pytest.mark.parametrize(("action", "port"), [("path", 80), ("path", 800),
+                                              ("abstract", 80), ("abstract", 800)])
+def test_explain_and_shim_agree_on_the_longest_targets(sockdir: Path, direction: str,
+                                                       action: str, port: int) -> None:
+    """A target that expands to the most a Unix address holds (107 bytes of path, 106 of
+    abstract name) with port 80, and one byte more with port 800: the call fails with
+    ENAMETOOLONG.  (explain said it would bind or connect.)"""
+    prefix, limit = (f"{sockdir}/", 107) if action == "path" else ("ufy-", 106)
+    rules = [f"{direction},{action}={prefix}{'a' * (limit - len(prefix) - 2)}%p"]
+    assert_agree(rules, [direction, "tcp", "127.0.0.1", str(port)])
 
 
 def test_explain_says_what_the_shim_does_where_they_differed(sockdir: Path) -> None:
     """explain had its own matcher, and said otherwise than the shim did: %a of an
-    IPv4-mapped address (Python's spelling, ::ffff:7f00:1, not inet_ntop's), and a
-    from-unix rule limited to a family (the shim never matches it with a Unix socket)."""
+    IPv4-mapped address (Python's spelling, ::ffff:7f00:1, not inet_ntop's), a from-unix
+    rule limited to a family (the shim never matches it with a Unix socket), and a target
+    that expands past what a Unix address holds (the call fails)."""
     rules = [f"in,path={sockdir}/%a.sock"]
     text = explain([parse_rule(r) for r in rules],
                    parse_query(["in", "tcp", "::ffff:127.0.0.1", "80"]))
     assert text.endswith(f"at Unix socket file {sockdir}/::ffff:127.0.0.1.sock\n"), text
     assert shim_decision(rules, ["in", "tcp", "::ffff:127.0.0.1", "80"]) == (
-        1, f"{sockdir}/::ffff:127.0.0.1.sock")
+        1, f"{sockdir}/::ffff:127.0.0.1.sock", None)
     rules = [f"out,from-unix={sockdir}/x.sock,ipv4,reject=EPROTONOSUPPORT"]
     text = explain([parse_rule(r) for r in rules],
                    parse_query(["out", "tcp", "unix", f"{sockdir}/x.sock"]))
     assert text.splitlines()[-2:] == [
         f"  rule 1 '{rules[0]}': no, it is for ipv4 sockets only",
         "=> no rule matches: connect() goes ahead unchanged on the Unix socket"], text
-    assert shim_decision(rules, ["out", "tcp", "unix", f"{sockdir}/x.sock"]) == (0, None)
+    assert shim_decision(rules, ["out", "tcp", "unix", f"{sockdir}/x.sock"]) == (
+        0, None, errno.ENOENT)
+    rules = [f"in,path={sockdir}/{'a' * 90}-%a.sock"]
+    text = explain([parse_rule(r) for r in rules], parse_query(["in", "tcp", "::1", "80"]))
+    assert text.endswith(f"=> bind() fails with ENAMETOOLONG (36): {sockdir}/{'a' * 90}"
+                         "-%a.sock expands to more than a Unix socket address holds\n"), text
+    assert shim_decision(rules, ["in", "tcp", "::1", "80"]) == (1, None, errno.ENAMETOOLONG)
 
 
 def test_matcher_reads_no_environment_and_leaves_sockets_alone() -> None:

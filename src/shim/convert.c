@@ -211,22 +211,6 @@ int claim_refuses(const struct fd_entry *e, int dir)
 	return -1;
 }
 
-int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
-{
-	size_t len = strlen(name);
-	size_t off = r->action == ACT_ABSTRACT ? 1 : 0;
-
-	memset(sun, 0, sizeof(*sun));
-	sun->sun_family = AF_UNIX;
-	if (len + off >= sizeof(sun->sun_path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(sun->sun_path + off, name, len);
-	/* abstract names are the exact bytes given, with no terminating NUL */
-	return (int)(offsetof(struct sockaddr_un, sun_path) + off + len + (off ? 0 : 1));
-}
-
 static const char *action_name(int action)
 {
 	static const char *const names[] = { "?", "path", "abstract", "reject", "blackhole",

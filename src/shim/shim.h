@@ -107,6 +107,10 @@ const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4); /* v4-mapped -> 4 
 void ipaddr_format(const struct ipaddr *a, char *buf, size_t size);
 uint16_t fake_port(void);
 int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, socklen_t *dstlen);
+struct rule;
+/* The Unix address for a path= or abstract= rule's expanded target: its length, or -1
+ * with errno ENAMETOOLONG when it does not fit. */
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
 
 /* ---- rules (rules.c) ---- */
 enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
@@ -343,8 +347,6 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
  * -1 with errno: the call fails. */
 int rule_decide(int fd, const struct sock_query *q, const struct rule **r, char *target,
 		size_t size);
-/* The Unix address for a path= or abstract= rule's expanded target; its length or -1. */
-int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
 /* A 'systemd' rule's bind: put the passed socket in fd's place.  addr is what an IP
  * socket asked for, NULL for a Unix one. */
 int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,

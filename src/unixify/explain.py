@@ -8,6 +8,7 @@ and what explain says is what the shim does.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
 import os
 import socket
@@ -53,7 +54,8 @@ TARGET_SIZE = 16384
 
 class Match(NamedTuple):
     """The shim's answer: the first matching rule's index (-1: none), why each rule does
-    or does not match (MISS_*), and the matching rule's expanded target."""
+    or does not match (MISS_*), and the matching rule's expanded target ("" when it does
+    not fit in a Unix address)."""
 
     first: int
     why: list[int]
@@ -124,6 +126,9 @@ def outcome(rule: Rule | None, query: Query, target: str) -> str:
         why = "no rule matches" if rule is None else "the rule says ignore"
         kind = "Unix" if is_unix else "IP"
         return f"{why}: {call} goes ahead unchanged on the {kind} socket"
+    if rule.action in ("path", "abstract") and not target:
+        return (f"{call} fails with ENAMETOOLONG ({errno.ENAMETOOLONG}): {rule.target} "
+                "expands to more than a Unix socket address holds")
     if rule.action in ("path", "abstract"):
         where = f"Unix socket file {target}" if rule.action == "path" else f"abstract @{target}"
         if query.direction == "in":
