@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Union
 
 from unixify.encoding import encode_rules
 from unixify.rules import Rule, errno_name
-from unixify.shim import matcher_path
+from unixify.shim import ShimError, matcher_path
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -46,6 +46,7 @@ class Query(NamedTuple):
 # Why a rule does not match: rule_mismatch()'s answers (src/shim/shim.h, enum rule_miss).
 (MISS_NONE, MISS_UNIX_ONLY, MISS_IP_ONLY, MISS_DIR, MISS_SYSTEMD, MISS_TYPE, MISS_FAMILY,
  MISS_UNIX_KIND, MISS_GLOB, MISS_ADDR, MISS_PORT) = range(11)
+DIR_IN, DIR_OUT = 1, 2  # enum rule_dir
 
 # Room for an expanded target: at most 432 bytes of template, each placeholder of two
 # growing to at most 45 bytes.
@@ -64,7 +65,11 @@ class Match(NamedTuple):
 
 @lru_cache(maxsize=1)
 def _unixify_match() -> Any:
-    function = ctypes.CDLL(matcher_path()).unixify_match
+    path = matcher_path()
+    try:
+        function = ctypes.CDLL(path).unixify_match
+    except (OSError, AttributeError) as err:
+        raise ShimError(f"the shim's matcher {path} cannot be loaded: {err}") from None
     function.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                          ctypes.c_char_p, ctypes.c_uint, ctypes.c_char_p, ctypes.c_int,
                          ctypes.POINTER(ctypes.c_ubyte), ctypes.c_size_t, ctypes.c_char_p,
@@ -80,13 +85,14 @@ def match(rules: list[Rule], query: Query) -> Match:
     target = ctypes.create_string_buffer(TARGET_SIZE)
     unix = query.unix_path if query.unix_path is not None else query.abstract
     index = _unixify_match()(
-        encoded, len(encoded), 1 if query.direction == "in" else 2,
+        encoded, len(encoded), DIR_IN if query.direction == "in" else DIR_OUT,
         socket.SOCK_STREAM if query.socket_type == "stream" else socket.SOCK_DGRAM,
         None if query.address is None else str(query.address).encode(), query.port,
         None if unix is None else os.fsencode(unix), int(query.abstract is not None),
         why, len(rules), target, TARGET_SIZE)
     if index < -1:
-        raise ValueError("the shim's matcher cannot read these rules")
+        raise ShimError("the shim's matcher cannot read these rules (a library from "
+                        "another version?)")
     return Match(index, list(why)[:len(rules)], os.fsdecode(target.value))
 
 
