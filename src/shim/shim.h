@@ -311,7 +311,7 @@ struct sockfile {
 	uint8_t used;
 	uint8_t noremove;
 };
-/* Bind sock to path; replaces a stale socket file, never a live one.  r (may be NULL)
+/* Bind sock to path; replaces a stale socket file, never a live one.  r, the rule,
  * gives noremove and the file's mode, owner and group, which it has from the moment it
  * appears at path. */
 int sockfile_bind(int sock, const char *path, const struct rule *r);

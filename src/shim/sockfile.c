@@ -576,7 +576,7 @@ static int bind_over_stale(int sock, const char *path)
 
 static int wants_permissions(const struct rule *r)
 {
-	return r && (r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1);
+	return r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1;
 }
 
 /* Bind sock as "s" in d and give it r's mode and owner: st is the file. */
@@ -657,7 +657,7 @@ int sockfile_bind(int sock, const char *path, const struct rule *r)
 		return bind_private_then_rename(sock, path, r);
 	if (bind_path(sock, path) && (errno != EADDRINUSE || bind_over_stale(sock, path)))
 		return -2;
-	return record(sock, path, r && r->noremove);
+	return record(sock, path, r->noremove);
 }
 
 /* Bound in a private directory of ours (in $TMPDIR, which another user may own), then
