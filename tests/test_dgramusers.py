@@ -98,6 +98,36 @@ def test_udp_server_of_another_user_answers(procs: Processes, sockdir: Path,
     assert "reply failed" not in out
 
 
+# A native Unix datagram echo server: no shim, it answers whatever address recvfrom gives.
+NATIVE_ECHO = """\
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(100)
+    s.sendto(b"native|" + data, addr)
+"""
+
+
+def test_native_unix_server_of_another_user_answers(procs: Processes, sockdir: Path) -> None:
+    """A server that speaks Unix datagrams itself, unwrapped and running as uid 65534,
+    answers a converted client run by root at the address its recvfrom reports.  (The
+    old code: its reply failed with EACCES.)"""
+    setpriv = require_tool("setpriv")
+    sockdir.chmod(0o755)
+    os.chown(sockdir, NOBODY, NOBODY)
+    sock = sockdir / "native.sock"
+    server = procs.start([setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                          sys.executable, "-c", NATIVE_ECHO, str(sock)])
+    read_until(server, "ready")
+    port = free_port()
+    client = run_wrapped([f"out,udp,port={port},path={sock}"],
+                         [sys.executable, "-c", ECHO_CLIENT, str(port), "sendto"], timeout=30)
+    assert client.stdout == "hi\n", client
+
+
 # Holds a converted socket that has sent a datagram until a line on stdin.
 HOLDER = """\
 import socket, sys
