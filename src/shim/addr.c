@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "shim.h"
@@ -163,4 +164,20 @@ int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, sockl
 	memcpy(dst, src, *dstlen < srclen ? *dstlen : srclen);
 	*dstlen = srclen;
 	return 0;
+}
+
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
+{
+	size_t len = strlen(name);
+	size_t off = r->action == ACT_ABSTRACT ? 1 : 0;
+
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	if (len + off >= sizeof(sun->sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(sun->sun_path + off, name, len);
+	/* abstract names are the exact bytes given, with no terminating NUL */
+	return (int)(offsetof(struct sockaddr_un, sun_path) + off + len + (off ? 0 : 1));
 }

@@ -211,22 +211,6 @@ int claim_refuses(const struct fd_entry *e, int dir)
 	return -1;
 }
 
-int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
-{
-	size_t len = strlen(name);
-	size_t off = r->action == ACT_ABSTRACT ? 1 : 0;
-
-	memset(sun, 0, sizeof(*sun));
-	sun->sun_family = AF_UNIX;
-	if (len + off >= sizeof(sun->sun_path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(sun->sun_path + off, name, len);
-	/* abstract names are the exact bytes given, with no terminating NUL */
-	return (int)(offsetof(struct sockaddr_un, sun_path) + off + len + (off ? 0 : 1));
-}
-
 static const char *action_name(int action)
 {
 	static const char *const names[] = { "?", "path", "abstract", "reject", "blackhole",
@@ -520,17 +504,16 @@ static void client_local(struct ipaddr *local, int family, const struct ipaddr *
 	ipaddr_set_port(local, fake_port());
 }
 
-/* A datagram socket needs an address of its own for replies to reach it. */
-static int private_address(int fd, int sock, const struct fd_entry *old)
+/* A datagram socket needs an address of its own for replies to reach it.  0, or -1
+ * with sock discarded. */
+static int reply_address(int fd, int sock, const struct fd_entry *old)
 {
-	int idx;
-
-	if (old->type != SOCK_DGRAM)
-		return -1;
-	idx = dgram_private_bind(sock);
-	if (idx == -2)
-		discard(fd, sock);
-	return idx;
+	if (old->type != SOCK_DGRAM || dgram_autobind(sock) == 0)
+		return 0;
+	ulog(LOG_ERR_, "fd %d: cannot give the datagram socket an address for replies: %s",
+	     fd, strerror(errno));
+	discard(fd, sock);
+	return -1;
 }
 
 /* Connect to an address of another family, or through a multiplexer, in fd's place.
@@ -584,7 +567,7 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	struct sockaddr_un sun;
 	struct fd_entry e;
 	struct fd_flags flags;
-	int sock, d, len, idx, saved;
+	int sock, d, len, saved;
 
 	*handled = 1;
 	d = rule_decide(fd, &q, &r, name, sizeof(name));
@@ -608,15 +591,12 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
-	idx = private_address(fd, sock, old);
-	if (idx == -2)
+	if (reply_address(fd, sock, old))
 		return -1;
 	/* May block (a full backlog on a blocking socket); we hold no lock here. */
 	if (REAL(connect)(sock, (struct sockaddr *)&sun, (socklen_t)len)) {
 		saved = errno == ENOENT ? ECONNREFUSED : errno;
 		discard(fd, sock);
-		if (idx >= 0)
-			sockfile_release(idx);
 		/* a regular file where the socket should be may be an unsock control file */
 		d = saved == ECONNREFUSED && r->action == ACT_PATH && old->type == SOCK_STREAM
 			    ? control_file_read(sun.sun_path, &t) : 0;
@@ -630,7 +610,6 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	new_entry(&e, old, ROLE_CLIENT);
 	client_local(&e.local, old->family, addr);
 	e.peer = *addr;
-	e.sockfile = idx;
 	if (old->type == SOCK_DGRAM)
 		peers_remember(&sun, (socklen_t)len, addr);
 	if (install(fd, sock, &flags, &e))
@@ -643,17 +622,13 @@ int convert_sender(int fd, const struct fd_entry *old)
 {
 	struct fd_entry e;
 	struct fd_flags flags;
-	int sock, idx;
+	int sock;
 
 	sock = unix_socket_for(fd, SOCK_DGRAM, old, &flags);
-	if (sock < 0)
-		return -1;
-	idx = private_address(fd, sock, old);
-	if (idx == -2)
+	if (sock < 0 || reply_address(fd, sock, old))
 		return -1;
 	new_entry(&e, old, ROLE_NONE);
 	client_local(&e.local, old->family, &old->local);
-	e.sockfile = idx;
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: datagram socket converted for sending", fd);

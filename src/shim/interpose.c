@@ -63,7 +63,6 @@ __attribute__((destructor)) static void shim_fini(void)
 	if (rules_state == RULES_NONE || sandboxed())
 		return;
 	sockfile_exit_cleanup();
-	dgram_exit_cleanup();
 }
 
 /* What we know of fd, in e: its kind (FD_NONE for anything but an IP socket, including

@@ -767,30 +767,40 @@ static int addr_matches(const struct rule *r, const struct ipaddr *a)
 	return 1;
 }
 
-static int rule_matches(const struct rule *r, const struct sock_query *q)
+enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q)
 {
 	uint16_t port;
 
 	/* IP rules match IP sockets, from-unix rules paths, from-abstract abstract names */
-	if (q->unix_name ? !(q->abstract ? r->from_abstract : r->from_unix)
-			 : r->from_unix || r->from_abstract)
-		return 0;
+	if (!q->unix_name && is_unix_rule(r))
+		return MISS_UNIX_ONLY;
+	if (q->unix_name && !is_unix_rule(r))
+		return MISS_IP_ONLY;
 	if (r->dir && r->dir != q->dir)
-		return 0;
+		return MISS_DIR;
 	if (r->action == ACT_SYSTEMD && q->dir != DIR_IN)
-		return 0; /* passed sockets stand in for listeners only */
+		return MISS_SYSTEMD; /* passed sockets stand in for listeners only */
 	if (r->type && r->type != q->type)
-		return 0;
+		return MISS_TYPE;
 	if (r->family && (!q->addr || r->family != q->addr->sa.sa_family))
-		return 0;
-	if (q->unix_name)
-		return glob_match(r->from_unix ? r->from_unix : r->from_abstract, q->unix_name);
+		return MISS_FAMILY;
+	if (q->unix_name) {
+		if (!(q->abstract ? r->from_abstract : r->from_unix))
+			return MISS_UNIX_KIND;
+		return glob_match(r->from_unix ? r->from_unix : r->from_abstract, q->unix_name)
+			       ? MISS_NONE : MISS_GLOB;
+	}
 	if (r->has_addr && !addr_matches(r, q->addr))
-		return 0;
+		return MISS_ADDR;
 	port = ipaddr_port(q->addr);
 	if (r->has_ports && (port < r->port_lo || port > r->port_hi))
-		return 0;
-	return 1;
+		return MISS_PORT;
+	return MISS_NONE;
+}
+
+static int rule_matches(const struct rule *r, const struct sock_query *q)
+{
+	return rule_mismatch(r, q) == MISS_NONE;
 }
 
 /* The first rule of lists a and b (merged in rule order) that matches q, or -1. */
@@ -808,9 +818,8 @@ static int first_match(const struct ruleset *s, const uint32_t *a, size_t na,
 	return -1;
 }
 
-int rules_match(const struct sock_query *q)
+static int set_match(const struct ruleset *s, const struct sock_query *q)
 {
-	const struct ruleset *s = current();
 	uint32_t from, to;
 
 	if (!s->index) {
@@ -825,6 +834,39 @@ int rules_match(const struct sock_query *q)
 	from = s->port_first[ipaddr_port(q->addr)];
 	to = s->port_first[ipaddr_port(q->addr) + 1];
 	return first_match(s, s->by_port + from, to - from, s->wild, s->n_wild, q);
+}
+
+int rules_match(const struct sock_query *q)
+{
+	return set_match(current(), q);
+}
+
+/* A rule set of the caller's own, for explain's matcher (match.c). */
+struct ruleset *ruleset_decode(const char *text, size_t len)
+{
+	struct cursor c = { 0 };
+
+	return decode(text, len, &c);
+}
+
+int ruleset_match(const struct ruleset *s, const struct sock_query *q)
+{
+	return set_match(s, q);
+}
+
+int ruleset_count(const struct ruleset *s)
+{
+	return s->n;
+}
+
+const struct rule *ruleset_rule(const struct ruleset *s, int index)
+{
+	return &s->rules[index];
+}
+
+void ruleset_free(struct ruleset *s)
+{
+	set_free(s);
 }
 
 static int append(char *out, size_t size, size_t *used, const char *s, size_t n)

@@ -118,6 +118,10 @@ const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4); /* v4-mapped -> 4 
 void ipaddr_format(const struct ipaddr *a, char *buf, size_t size);
 uint16_t fake_port(void);
 int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, socklen_t *dstlen);
+struct rule;
+/* The Unix address for a path= or abstract= rule's expanded target: its length, or -1
+ * with errno ENAMETOOLONG when it does not fit. */
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
 
 /* ---- rules (rules.c) ---- */
 enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
@@ -198,6 +202,18 @@ const char *rules_keep_string(const char *s);
 int rules_refuse_socket(int family, int type);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
+/* Why rule r does not match q, the first condition that fails in this order (explain.py
+ * names them by these numbers); MISS_NONE when it matches. */
+enum rule_miss { MISS_NONE, MISS_UNIX_ONLY, MISS_IP_ONLY, MISS_DIR, MISS_SYSTEMD, MISS_TYPE,
+		 MISS_FAMILY, MISS_UNIX_KIND, MISS_GLOB, MISS_ADDR, MISS_PORT };
+enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q);
+/* A rule set apart from the process's own (match.c): NULL when text is malformed. */
+struct ruleset;
+struct ruleset *ruleset_decode(const char *text, size_t len);
+int ruleset_match(const struct ruleset *s, const struct sock_query *q);
+int ruleset_count(const struct ruleset *s);
+const struct rule *ruleset_rule(const struct ruleset *s, int index);
+void ruleset_free(struct ruleset *s);
 const struct rule *rule_at(int index);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
@@ -313,7 +329,7 @@ struct sockfile {
 	uint8_t used;
 	uint8_t noremove;
 };
-/* Bind sock to path; replaces a stale socket file, never a live one.  r (may be NULL)
+/* Bind sock to path; replaces a stale socket file, never a live one.  r, the rule,
  * gives noremove and the file's mode, owner and group, which it has from the moment it
  * appears at path. */
 int sockfile_bind(int sock, const char *path, const struct rule *r);
@@ -331,14 +347,6 @@ int sockfile_find(const char *path);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
 void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
-/* Remove name in dir, or path, only while it still names the file (dev, ino); flags as
- * unlinkat's.  0, or -1 (with errno from unlinkat_if_same: ESTALE when another file is
- * there now; unlink_if_same keeps errno). */
-int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags);
-/* name in parent, opened without following a symlink, if it is a directory of our euid
- * closed to everybody else (st filled); else -1, with EACCES when it is something else. */
-int open_own_dir(int parent, const char *name, struct stat *st);
-int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);
 /* The file the socket with inode sock_ino is bound to, or was accepted from: 1 with its
@@ -357,8 +365,6 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
  * -1 with errno: the call fails. */
 int rule_decide(int fd, const struct sock_query *q, const struct rule **r, char *target,
 		size_t size);
-/* The Unix address for a path= or abstract= rule's expanded target; its length or -1. */
-int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
 /* A 'systemd' rule's bind: put the passed socket in fd's place.  addr is what an IP
  * socket asked for, NULL for a Unix one. */
 int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
@@ -452,9 +458,8 @@ int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct
 int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len);
 
 /* ---- datagram sockets (dgram.c) ---- */
-/* Bind sock to a new file in the private directory; a sockfile index as sockfile_bind. */
-int dgram_private_bind(int sock);
-void dgram_exit_cleanup(void);
+/* Bind sock to a fresh abstract name for replies to reach it: 0, or -1 with errno. */
+int dgram_autobind(int sock);
 /* sendmsg() on an IP or converted datagram socket with a destination in msg. */
 ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg, int flags);
 /* connect() of a converted datagram socket to another IP address. */

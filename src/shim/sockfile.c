@@ -414,8 +414,9 @@ struct private_dir {
 	const char *base;    /* its name in parent */
 };
 
-/* Remove name in dir only while it still names the file (dev, ino); flags as unlinkat. */
-int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
+/* Remove name in dir only while it still names the file (dev, ino); flags as unlinkat.
+ * 0, or -1 (ESTALE when another file is there now). */
+static int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
 {
 	struct stat st;
 
@@ -428,7 +429,9 @@ int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
 	return unlinkat(dir, name, flags);
 }
 
-int open_own_dir(int parent, const char *name, struct stat *st)
+/* name in parent, opened without following a symlink, if it is a directory of our euid
+ * closed to everybody else (st filled); else -1, with EACCES when it is something else. */
+static int open_own_dir(int parent, const char *name, struct stat *st)
 {
 	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
@@ -589,7 +592,7 @@ static int bind_failed(const char *path)
 
 static int wants_permissions(const struct rule *r)
 {
-	return r && (r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1);
+	return r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1;
 }
 
 /* "name (id)" for a user or group of a rule, "id" without a name, "unchanged" for -1:
@@ -685,7 +688,7 @@ int sockfile_bind(int sock, const char *path, const struct rule *r)
 		return bind_private_then_rename(sock, path, r);
 	if (bind_path(sock, path) && (errno != EADDRINUSE || bind_over_stale(sock, path)))
 		return bind_failed(path);
-	return record(sock, path, r && r->noremove);
+	return record(sock, path, r->noremove);
 }
 
 /* Bound in a private directory of ours (in $TMPDIR, which another user may own), then
@@ -712,8 +715,8 @@ int sockfile_blackhole(int sock)
 
 /* Unlink path if it still names the file (dev, ino); flags as unlinkat.  Its directory
  * is resolved once, so a directory on the way swapped for a symlink cannot lead the
- * unlink elsewhere. */
-int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags)
+ * unlink elsewhere.  0, or -1 with errno kept. */
+static int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags)
 {
 	const char *base;
 	int dir, r = -1, saved = errno;
