@@ -105,6 +105,49 @@ def test_wildcard_listener_reached_by_loopback_and_ipv6(sockdir: Path) -> None:
     assert not elsewhere.exists()
 
 
+def test_wildcard_listener_reached_by_a_local_address_only(sockdir: Path,
+                                                           netns: list[str]) -> None:
+    """In a namespace of the test's own with 10.7.7.7 on lo: a wildcard listener is
+    reached through that local address too; 10.7.7.8, not local, is left to TCP (no
+    route there: unreachable)."""
+    port = free_port()
+    subprocess.run([*netns, "ip", "link", "set", "lo", "up"], check=True, timeout=30)
+    subprocess.run([*netns, "ip", "addr", "add", "10.7.7.7/32", "dev", "lo"], check=True,
+                   timeout=30)
+    proc = run_wrapped([f"in,port={port},path={sockdir}/own.sock"],
+                       [*netns, sys.executable, "-c", SELF_CONNECT, "0.0.0.0", str(port),
+                        "10.7.7.7", "10.7.7.8"], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "10.7.7.7 mine" and lines[2] == "child mine", proc.stderr
+    assert lines[1].startswith("10.7.7.8 OSError(101"), proc.stderr  # ENETUNREACH
+
+
+EXEC_CONNECT = r"""
+import socket, subprocess, sys
+port = int(sys.argv[1])
+srv = socket.socket()
+srv.bind(("127.0.0.1", port))
+srv.listen()
+srv.settimeout(10)
+child = subprocess.Popen([sys.executable, "-c",
+    "import socket, sys; c = socket.create_connection(('127.0.0.1', %d), timeout=5); "
+    "print(c.recv(4).decode())" % port], pass_fds=[srv.fileno()])
+a, _ = srv.accept()
+a.sendall(b"mine")
+sys.exit(child.wait())
+"""
+
+
+def test_own_listener_reached_from_exec_child(sockdir: Path) -> None:
+    """A child that inherited the listener across exec reaches it by its address."""
+    port = free_port()
+    proc = run_wrapped([f"in,port={port},path={sockdir}/own.sock"],
+                       [sys.executable, "-c", EXEC_CONNECT, str(port)], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "mine\n"
+
+
 @contextlib.contextmanager
 def tcp_listener(port: int) -> Iterator[socket.socket]:
     """A real TCP server on 127.0.0.1:port (another user's, say)."""
