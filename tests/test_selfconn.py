@@ -26,16 +26,21 @@ from conftest import (
 )
 
 
-def tcp_ports_in_use() -> set[int]:
-    """Every local or remote port of a TCP socket in this network namespace."""
-    ports: set[int] = set()
+def tcp_sockets_of(pids: list[int]) -> list[str]:
+    """The TCP sockets (as /proc/net/tcp lines) that the processes pids hold."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(FileNotFoundError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(name) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
-    return ports
+        with open(name) as f:
+            found += [line for line in f.readlines()[1:] if line.split()[9] in inodes]
+    return found
 
 
 # ---- a program's connections to its own listeners ----
@@ -59,10 +64,15 @@ def ask(dest):
     a, _ = srv.accept()
     a.sendall(b"mine")
     got = c.recv(4).decode()
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            mine.add(os.readlink("/proc/self/fd/" + fd))
+        except FileNotFoundError:
+            pass
     tcp = [line for name in ("/proc/net/tcp", "/proc/net/tcp6")
            for line in open(name).readlines()[1:]
-           if int(line.split()[1].rsplit(":", 1)[1], 16) == port
-           or int(line.split()[2].rsplit(":", 1)[1], 16) == port]
+           if "socket:[%s]" % line.split()[9] in mine]
     c.close()
     a.close()
     return got + ("" if not tcp else " tcp:" + repr(tcp))
@@ -194,9 +204,9 @@ MaxSpareServers 2
 """
 
 
-def children(pid: int) -> int:
+def children(pid: int) -> list[int]:
     tasks = Path(f"/proc/{pid}/task/{pid}/children")
-    return len(tasks.read_text().split()) if tasks.exists() else -1
+    return [int(p) for p in tasks.read_text().split()] if tasks.exists() else []
 
 
 
@@ -222,10 +232,10 @@ def test_apache_prefork_wakes_and_trims_children(sockdir: Path, procs: Processes
     pidfile = sockdir / "httpd.pid"
     wait_for(pidfile.exists, what="the pid file")
     pid = int(pidfile.read_text())
-    wait_for(lambda: 0 < children(pid) <= 2, timeout=30, what="children trimmed to 2")
+    wait_for(lambda: 0 < len(children(pid)) <= 2, timeout=30, what="children trimmed to 2")
     log = (sockdir / "error.log").read_text()
     assert "AH00056" not in log, log
-    assert port not in tcp_ports_in_use()
+    assert tcp_sockets_of([pid, *children(pid)]) == []
     assert server.poll() is None
 
 

@@ -779,8 +779,8 @@ int convert_sender(int fd, const struct fd_entry *old)
 /*
  * A client that binds a source address before connecting (curl --interface, ssh's
  * BindAddress) under an 'in' rule: the bind made a Unix listener, and the connect shows
- * it was a client.  old is what the bind left (an IP socket in all but name); the
- * source address the program bound, with the bound port, unless any.
+ * it was a client.  Its entry as the IP socket about to connect, made from the
+ * listener's old: the local address stays, the source a converted connect reports.
  */
 static void unbound_client(struct fd_entry *ip, const struct fd_entry *old)
 {
