@@ -429,11 +429,13 @@ def test_port_zero_listeners_get_files_of_their_own(sockdir: Path, procs: Proces
     assert (out + stdout).splitlines()[1:] == ["ready", "0", "1", "done"], stderr
 
 
-def test_port_zero_same_process_and_live_files_skipped(sockdir: Path,
-                                                       procs: Processes) -> None:
+@pytest.mark.parametrize("mode", ["", ",mode=0600"])
+def test_port_zero_same_process_and_live_files_skipped(sockdir: Path, procs: Processes,
+                                                       mode: str) -> None:
     """The process reaches its port-0 listeners by the ports they report; a second
-    process under the same rule skips the ports whose files the first holds."""
-    rule = f"addr=1.2.3.4,path={sockdir}/foo-%p.sock"
+    process under the same rule skips the ports whose files the first holds (with
+    mode=, after its socket was bound aside in a private directory)."""
+    rule = f"addr=1.2.3.4,path={sockdir}/foo-%p.sock{mode}"
     first = procs.wrapped([rule], [sys.executable, "-c", PORT_ZERO, "self"],
                           stdin=subprocess.PIPE)
     out = read_until(first, "done")
@@ -453,3 +455,13 @@ def test_port_zero_same_process_and_live_files_skipped(sockdir: Path,
     while os.listdir(sockdir) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.listdir(sockdir) == []
+
+
+def test_port_zero_rule_names_port_zero(sockdir: Path) -> None:
+    """A rule for port 0 alone takes no other port: its file is named by port 0."""
+    code = ("import os, socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+            "s.listen(); print(sorted(os.listdir(sys.argv[1])))")
+    got = run_wrapped([f"in,port=0,path={sockdir}/x-%p.sock"],
+                      [sys.executable, "-c", code, str(sockdir)])
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "['x-0.sock']\n"

@@ -506,19 +506,21 @@ static int unbound(int fd, int *sock, const struct fd_entry *old, struct fd_flag
  * A bind to port 0 under a rule whose target names the port (%p): choose the port
  * first and name the file by it, so that the port getsockname reports is the one
  * clients reach it by, and every such listener has a file of its own.  A port whose
- * file is live (or ours already), or that another rule decides, is skipped.
+ * file is live (or ours already), or that another rule decides, is skipped.  A rule
+ * that takes none of the candidates (port=0) names the file by port 0, as asked.
  */
 static int bind_free_port(int fd, int *sock, const struct fd_entry *old,
 			  struct fd_flags *flags, const struct rule *r, struct ipaddr *local,
 			  char *target, int *idx)
 {
 	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = local };
-	int rule = (int)(r - rule_at(0));
+	int rule = (int)(r - rule_at(0)), tried = 0;
 
 	for (int i = 0; i < PORT_TRIES; i++) {
 		ipaddr_set_port(local, fake_port());
 		if (rules_match(&q) != rule)
 			continue;
+		tried++;
 		if (rule_expand(r, &q, target, sizeof(((struct sockaddr_un *)0)->sun_path)))
 			return -1;
 		if (r->action == ACT_PATH && sockfile_find(target) >= 0)
@@ -527,6 +529,11 @@ static int bind_free_port(int fd, int *sock, const struct fd_entry *old,
 			return 0;
 		if (errno != EADDRINUSE || unbound(fd, sock, old, flags))
 			return -1;
+	}
+	if (!tried) {
+		ipaddr_set_port(local, 0);
+		return rule_expand(r, &q, target, sizeof(((struct sockaddr_un *)0)->sun_path)) ? -1
+			: bind_unix(fd, *sock, r, target, idx);
 	}
 	errno = EADDRINUSE; /* as the kernel says when no ephemeral port is free */
 	return -1;
