@@ -209,7 +209,6 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in tasks.read_text().split()] if tasks.exists() else []
 
 
-
 def test_apache_prefork_wakes_and_trims_children(sockdir: Path, procs: Processes) -> None:
     """Apache prefork wakes idle children by connecting to its own listen address: with
     only an 'in' rule it must not warn AH00056 every second, and it trims its six children
