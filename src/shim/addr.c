@@ -166,10 +166,9 @@ int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, sockl
 	return 0;
 }
 
-int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
+static int unix_name_fill(struct sockaddr_un *sun, const char *name, size_t off)
 {
 	size_t len = strlen(name);
-	size_t off = r->action == ACT_ABSTRACT ? 1 : 0;
 
 	memset(sun, 0, sizeof(*sun));
 	sun->sun_family = AF_UNIX;
@@ -180,4 +179,14 @@ int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *na
 	memcpy(sun->sun_path + off, name, len);
 	/* abstract names are the exact bytes given, with no terminating NUL */
 	return (int)(offsetof(struct sockaddr_un, sun_path) + off + len + (off ? 0 : 1));
+}
+
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
+{
+	return unix_name_fill(sun, name, r->action == ACT_ABSTRACT);
+}
+
+int unix_path_fill(struct sockaddr_un *sun, const char *path)
+{
+	return unix_name_fill(sun, path, 0);
 }

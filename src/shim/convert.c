@@ -93,7 +93,7 @@ static void discard(int fd, int sock)
 {
 	int saved = errno;
 
-	if (sock != fd)
+	if (sock != fd && sock >= 0)
 		REAL(close)(sock);
 	errno = saved;
 }
@@ -162,9 +162,23 @@ static int install(int fd, int sock, const struct fd_flags *flags, struct fd_ent
 	return -1;
 }
 
-int materialize(int fd)
+/* The IP socket e (fd's entry) stands for, with the IP- and TCP-level options the
+ * program set. */
+static int ip_socket(int fd, const struct fd_entry *e, struct fd_flags *flags)
 {
 	struct pending_opt o;
+	int sock = make_socket(fd, e->family, e->type, e, flags);
+
+	for (unsigned i = 0; sock >= 0 && fd_record_at(fd, e, REC_OPT, i, &o) == 0; i++) {
+		if (REAL(setsockopt)(sock, o.level, o.name, o.value, o.len))
+			ulog(LOG_DEBUG_, "fd %d: option %d/%d not carried over: %s", fd, o.level,
+			     o.name, strerror(errno));
+	}
+	return sock;
+}
+
+int materialize(int fd)
+{
 	struct fd_entry e;
 	struct fd_flags flags;
 	int sock;
@@ -172,14 +186,9 @@ int materialize(int fd)
 	fd_snapshot(fd, &e);
 	if (e.kind != FD_PENDING)
 		return 0;
-	sock = make_socket(fd, e.family, e.type, &e, &flags);
+	sock = ip_socket(fd, &e, &flags);
 	if (sock < 0)
 		return -1;
-	for (unsigned i = 0; fd_record_at(fd, &e, REC_OPT, i, &o) == 0; i++) {
-		if (REAL(setsockopt)(sock, o.level, o.name, o.value, o.len))
-			ulog(LOG_DEBUG_, "fd %d: option %d/%d not carried over: %s", fd, o.level,
-			     o.name, strerror(errno));
-	}
 	ulog(LOG_DEBUG_, "fd %d: no rule converts it; making it the IP socket it was", fd);
 	e.kind = FD_IP;
 	return replace_fd(fd, sock, &flags, &e);
@@ -322,7 +331,8 @@ static void new_entry(struct fd_entry *e, const struct fd_entry *old, int role)
 	*e = *old;
 	e->kind = FD_CONVERTED;
 	e->role = (uint8_t)role;
-	e->opts_set = 0;
+	if (role != ROLE_LISTENER) /* a listener may turn out a client that binds first */
+		e->opts_set = 0;
 	e->sockfile = -1;
 	e->claim_errno = 0;
 	e->claim_dir = 0;
@@ -335,6 +345,7 @@ static void listener_local(struct ipaddr *local, const struct ipaddr *addr)
 	*local = *addr;
 	if (ipaddr_port(addr) == 0)
 		ipaddr_set_port(local, fake_port());
+	listener_note(local);
 }
 
 /* A 'systemd' rule: the passed socket takes the place of fd instead of a bind. */
@@ -422,6 +433,87 @@ static int bind_other(int fd, const struct ipaddr *addr, const struct fd_entry *
 	return 0;
 }
 
+/* Bind sock where rule r (target expanded, SUN_LEN bytes) says: 0, or -1 with errno;
+ * *idx the record of the file made.  A path this process has bound already blackholes
+ * (an IPv4 and an IPv6 listener under one rule). */
+static int bind_unix(int fd, int sock, const struct rule *r, char *target, int *idx)
+{
+	struct sockaddr_un sun;
+	int len;
+
+	switch (r->action) {
+	case ACT_PATH:
+		if (sockfile_find(target) >= 0) {
+			ulog(LOG_INFO_, "fd %d: %s is already bound by this process; blackholing",
+			     fd, target);
+			target[0] = 0;
+			return sockfile_blackhole(sock);
+		}
+		*idx = sockfile_bind(sock, target, r);
+		return *idx == -2 ? -1 : 0;
+	case ACT_ABSTRACT:
+		len = unix_addr_fill(&sun, r, target);
+		return len < 0 ? -1 : REAL(bind)(sock, (struct sockaddr *)&sun, (socklen_t)len);
+	default:
+		return sockfile_blackhole(sock);
+	}
+}
+
+/* After a failed bind sock may be bound all the same (in a private directory, for
+ * mode=): then a new one takes its place. */
+static int unbound(int fd, int *sock, const struct fd_entry *old, struct fd_flags *flags)
+{
+	struct sockaddr_un sun;
+	socklen_t len = sizeof(sun);
+
+	if (REAL(getsockname)(*sock, (struct sockaddr *)&sun, &len) == 0 &&
+	    len <= offsetof(struct sockaddr_un, sun_path))
+		return 0;
+	if (*sock != fd)
+		REAL(close)(*sock);
+	*sock = make_socket(fd, AF_UNIX, old->type, old, flags);
+	return *sock < 0 ? -1 : 0;
+}
+
+#define PORT_TRIES 64
+
+/*
+ * A bind to port 0 under a rule whose target names the port (%p): choose the port
+ * first and name the file by it, so that the port getsockname reports is the one
+ * clients reach it by, and every such listener has a file of its own.  A port whose
+ * file is live (or ours already), or that another rule decides, is skipped.  A rule
+ * that takes none of the candidates (port=0) names the file by port 0, as asked.
+ */
+static int bind_free_port(int fd, int *sock, const struct fd_entry *old,
+			  struct fd_flags *flags, const struct rule *r, struct ipaddr *local,
+			  char *target, int *idx)
+{
+	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = local };
+	int rule = (int)(r - rule_at(0)), tried = 0;
+
+	for (int i = 0; i < PORT_TRIES; i++) {
+		ipaddr_set_port(local, fake_port());
+		if (rules_match(&q) != rule)
+			continue;
+		tried++;
+		if (rule_expand(r, &q, target, sizeof(((struct sockaddr_un *)0)->sun_path)))
+			return -1;
+		if (r->action == ACT_PATH && sockfile_find(target) >= 0)
+			continue;
+		if (bind_unix(fd, *sock, r, target, idx) == 0)
+			return 0;
+		if (errno != EADDRINUSE || unbound(fd, sock, old, flags))
+			return -1;
+	}
+	if (!tried) {
+		ipaddr_set_port(local, 0);
+		return rule_expand(r, &q, target, sizeof(((struct sockaddr_un *)0)->sun_path)) ? -1
+			: bind_unix(fd, *sock, r, target, idx);
+	}
+	errno = EADDRINUSE; /* as the kernel says when no ephemeral port is free */
+	return -1;
+}
+
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 {
 	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = addr };
@@ -429,6 +521,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	const struct rule *r = NULL;
 	struct fd_entry e;
 	struct fd_flags flags;
+	struct ipaddr local;
 	int sock, d, idx = -1;
 
 	d = rule_decide(fd, &q, &r, target, sizeof(target));
@@ -447,15 +540,13 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	sock = unix_socket_for(fd, old->type, old, &flags);
 	if (sock < 0)
 		return -1;
-	if (r->action == ACT_PATH && sockfile_find(target) >= 0) {
-		ulog(LOG_INFO_, "fd %d: %s is already bound by this process; blackholing", fd,
-		     target);
-		d = sockfile_blackhole(sock);
-		target[0] = 0;
-	} else if (r->action == ACT_PATH) {
-		idx = sockfile_bind(sock, target, r);
-		d = idx == -2 ? -1 : 0;
-		if (d && errno == EADDRINUSE) { /* a control file in the socket's place? */
+	local = *addr;
+	if (!ipaddr_port(addr) && rule_names_port(r)) {
+		d = bind_free_port(fd, &sock, old, &flags, r, &local, target, &idx);
+	} else {
+		d = bind_unix(fd, sock, r, target, &idx);
+		if (d && errno == EADDRINUSE && r->action == ACT_PATH) {
+			/* a control file in the socket's place? */
 			struct other_target t;
 			int saved = errno, c = control_file_read(target, &t);
 
@@ -465,20 +556,13 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 			}
 			errno = saved;
 		}
-	} else if (r->action == ACT_ABSTRACT) {
-		struct sockaddr_un sun;
-		int len = unix_addr_fill(&sun, r, target);
-
-		d = len < 0 ? -1 : REAL(bind)(sock, (struct sockaddr *)&sun, (socklen_t)len);
-	} else {
-		d = sockfile_blackhole(sock);
 	}
 	if (d) {
 		discard(fd, sock);
 		return -1;
 	}
 	new_entry(&e, old, ROLE_LISTENER);
-	listener_local(&e.local, addr);
+	listener_local(&e.local, &local);
 	e.sockfile = idx >= 0 ? idx : -1;
 	if (install(fd, sock, &flags, &e))
 		return -1;
@@ -502,6 +586,19 @@ static void client_local(struct ipaddr *local, int family, const struct ipaddr *
 {
 	ipaddr_loopback_like(local, family, peer);
 	ipaddr_set_port(local, fake_port());
+}
+
+/* The local address of a client we connected: the source address it bound first, as the
+ * program asked for it (a client that binds before connecting), else as above. */
+static void connected_local(struct ipaddr *local, const struct fd_entry *old,
+			    const struct ipaddr *peer)
+{
+	client_local(local, old->family, peer);
+	if (old->local.sa.sa_family != old->family || ipaddr_is_any(&old->local))
+		return;
+	*local = old->local;
+	if (!ipaddr_port(local))
+		ipaddr_set_port(local, fake_port());
 }
 
 /* A datagram socket needs an address of its own for replies to reach it.  0, or -1
@@ -548,13 +645,52 @@ static int connect_other(int fd, const struct ipaddr *addr, const struct fd_entr
 		return -1;
 	}
 	new_entry(&e, old, ROLE_CLIENT);
-	client_local(&e.local, old->family, addr);
+	connected_local(&e.local, old, addr);
 	e.peer = *addr;
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: connected to %s", fd, what);
 	errno = saved;
 	return r;
+}
+
+/* Connect fd in the Unix socket's place to sun, standing for addr; r the rule that sent
+ * it there (NULL for our own listener). */
+static int connect_unix(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+			const struct sockaddr_un *sun, socklen_t len, const struct rule *r)
+{
+	char name[sizeof(sun->sun_path) + 2];
+	struct other_target t;
+	struct fd_entry e;
+	struct fd_flags flags;
+	int sock, d, saved;
+
+	sock = unix_socket_for(fd, old->type, old, &flags);
+	if (sock < 0 || reply_address(fd, sock, old))
+		return -1;
+	/* May block (a full backlog on a blocking socket); we hold no lock here. */
+	if (REAL(connect)(sock, (const struct sockaddr *)sun, len)) {
+		saved = errno == ENOENT ? ECONNREFUSED : errno;
+		discard(fd, sock);
+		/* a regular file where the socket should be may be an unsock control file */
+		d = saved == ECONNREFUSED && r && r->action == ACT_PATH &&
+			    old->type == SOCK_STREAM ? control_file_read(sun->sun_path, &t) : 0;
+		if (d)
+			return d < 0 ? -1 : connect_other(fd, addr, old, &t);
+		ulog(LOG_INFO_, "fd %d: connecting to %s failed: %s", fd,
+		     unix_name(sun, name, sizeof(name)), strerror(saved));
+		errno = saved;
+		return -1;
+	}
+	new_entry(&e, old, ROLE_CLIENT);
+	connected_local(&e.local, old, addr);
+	e.peer = *addr;
+	if (old->type == SOCK_DGRAM)
+		peers_remember(sun, len, addr);
+	if (install(fd, sock, &flags, &e))
+		return -1;
+	ulog(LOG_INFO_, "fd %d: connected to %s", fd, unix_name(sun, name, sizeof(name)));
+	return 0;
 }
 
 int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
@@ -565,11 +701,14 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 	const struct rule *r = NULL;
 	struct other_target t;
 	struct sockaddr_un sun;
-	struct fd_entry e;
-	struct fd_flags flags;
-	int sock, d, len, saved;
+	socklen_t len;
+	int d, n;
 
 	*handled = 1;
+	/* our own listener first, as the kernel would; never real TCP to its port */
+	d = own_listener(fd, addr, old->type, &sun, &len);
+	if (d <= 0)
+		return d < 0 ? -1 : connect_unix(fd, addr, old, &sun, len, NULL);
 	d = rule_decide(fd, &q, &r, name, sizeof(name));
 	if (d > 0) {
 		*handled = materialize(fd) != 0;
@@ -585,37 +724,10 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 		errno = EACCES;
 		return -1;
 	}
-	len = unix_addr_fill(&sun, r, name);
-	if (len < 0)
+	n = unix_addr_fill(&sun, r, name);
+	if (n < 0)
 		return -1;
-	sock = unix_socket_for(fd, old->type, old, &flags);
-	if (sock < 0)
-		return -1;
-	if (reply_address(fd, sock, old))
-		return -1;
-	/* May block (a full backlog on a blocking socket); we hold no lock here. */
-	if (REAL(connect)(sock, (struct sockaddr *)&sun, (socklen_t)len)) {
-		saved = errno == ENOENT ? ECONNREFUSED : errno;
-		discard(fd, sock);
-		/* a regular file where the socket should be may be an unsock control file */
-		d = saved == ECONNREFUSED && r->action == ACT_PATH && old->type == SOCK_STREAM
-			    ? control_file_read(sun.sun_path, &t) : 0;
-		if (d)
-			return d < 0 ? -1 : connect_other(fd, addr, old, &t);
-		ulog(LOG_INFO_, "fd %d: connecting to %s failed: %s", fd,
-		     unix_name(&sun, name, sizeof(name)), strerror(saved));
-		errno = saved;
-		return -1;
-	}
-	new_entry(&e, old, ROLE_CLIENT);
-	client_local(&e.local, old->family, addr);
-	e.peer = *addr;
-	if (old->type == SOCK_DGRAM)
-		peers_remember(&sun, (socklen_t)len, addr);
-	if (install(fd, sock, &flags, &e))
-		return -1;
-	ulog(LOG_INFO_, "fd %d: connected to %s", fd, unix_name(&sun, name, sizeof(name)));
-	return 0;
+	return connect_unix(fd, addr, old, &sun, (socklen_t)n, r);
 }
 
 int convert_sender(int fd, const struct fd_entry *old)
@@ -633,4 +745,77 @@ int convert_sender(int fd, const struct fd_entry *old)
 		return -1;
 	ulog(LOG_INFO_, "fd %d: datagram socket converted for sending", fd);
 	return 0;
+}
+
+/*
+ * A client that binds a source address before connecting (curl --interface, ssh's
+ * BindAddress) under an 'in' rule: the bind made a Unix listener, and the connect shows
+ * it was a client.  Its entry as the IP socket about to connect, made from the
+ * listener's old: the local address stays, the source a converted connect reports.
+ */
+static void unbound_client(struct fd_entry *ip, const struct fd_entry *old)
+{
+	*ip = *old;
+	ip->kind = FD_IP;
+	ip->role = ROLE_NONE;
+	ip->sockfile = -1;
+}
+
+/* No rule converts the connect: the IP socket in fd's place, bound to the source
+ * address alone (IP_BIND_ADDRESS_NO_PORT: the kernel picks the port at connect, as
+ * for any client), so the port the 'in' rule claimed never opens. */
+static int reopen_ip(int fd, const struct fd_entry *old)
+{
+	struct fd_flags flags;
+	struct fd_entry e;
+	struct ipaddr src = old->local;
+	char ip[INET6_ADDRSTRLEN];
+	int one = 1, sock;
+
+	unbound_client(&e, old);
+	memset(&e.local, 0, sizeof(e.local));
+	sock = ip_socket(fd, &e, &flags);
+	if (sock < 0)
+		return -1;
+	ipaddr_set_port(&src, 0);
+	if (!ipaddr_is_any(&src) &&
+	    (REAL(setsockopt)(sock, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) ||
+	     REAL(bind)(sock, &src.sa, ipaddr_len(&src)))) {
+		discard(fd, sock);
+		return -1;
+	}
+	if (replace_fd(fd, sock, &flags, &e))
+		return -1;
+	sockfile_release(old->sockfile);
+	ipaddr_format(&src, ip, sizeof(ip));
+	ulog(LOG_INFO_, "fd %d: bound, then connected: a client; no rule converts the "
+	     "connect, so it is TCP from %s with a port the kernel picks", fd, ip);
+	return 0;
+}
+
+int convert_bound_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+			  int *handled)
+{
+	struct fd_entry ip;
+	socklen_t len = sizeof(int);
+	int listening = 0, r;
+
+	*handled = 1;
+	if (REAL(getsockopt)(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening) {
+		errno = EISCONN; /* as TCP answers a connect on a listener */
+		return -1;
+	}
+	if (addr->sa.sa_family != old->family) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	unbound_client(&ip, old);
+	r = convert_connect(fd, addr, &ip, handled);
+	if (*handled) {
+		if (r == 0)
+			sockfile_release(old->sockfile); /* the bind's file went with its socket */
+		return r;
+	}
+	*handled = reopen_ip(fd, old) != 0;
+	return -1;
 }

@@ -563,6 +563,8 @@ static int socket_genuine(const struct import *im, const struct sock_item *it)
 static void take_socket(struct sock_item *it)
 {
 	it->e.sockfile = sockfile_by_socket((ino_t)it->sock_ino);
+	if (it->e.role == ROLE_LISTENER)
+		listener_note(&it->e.local);
 	fd_store(it->fd, &it->e);
 	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", it->fd);
 }

@@ -237,12 +237,17 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = EISCONN;
 		return -1;
 	}
+	if (e.kind == FD_CONVERTED && e.role == ROLE_LISTENER && e.type == SOCK_STREAM) {
+		r = convert_bound_connect(fd, &a, &e, &handled); /* bound first: a client */
+		goto done;
+	}
 	if (claim_refuses(&e, DIR_IN)) /* connect would bind it to an IP port */
 		return -1;
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(connect)(fd, sa, len);
 	r = convert_connect(fd, &a, &e, &handled);
+done:
 	if (!handled) {
 		errno = saved;
 		return REAL(connect)(fd, sa, len);
@@ -533,7 +538,8 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 	e = fd_get(fd, 0);
 	if (e) {
 		kind = e->kind;
-		if (kind == FD_IP || kind == FD_PENDING)
+		/* a converted listener may still become an IP client (bound first) */
+		if (kind == FD_IP || kind == FD_PENDING || e->role == ROLE_LISTENER)
 			copyable_option_mark(e, level, optname);
 		/* IP- and TCP-level tuning has nothing to act on in a Unix socket; keep it
 		 * to answer getsockopt after conversion */
@@ -815,7 +821,9 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 
 	state_lock();
 	e = fd_get(fd, 0);
-	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+	/* a converted listener may still be replaced: a client that bound first */
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING ||
+		  (e->role == ROLE_LISTENER && e->type == SOCK_STREAM))) {
 		if (op == EPOLL_CTL_DEL) {
 			fd_record_del(fd, e, REC_EPOLL, &reg);
 		} else {

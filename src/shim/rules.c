@@ -924,3 +924,12 @@ int rule_expand(const struct rule *r, const struct sock_query *q, char *out, siz
 	out[used] = 0;
 	return 0;
 }
+
+int rule_names_port(const struct rule *r)
+{
+	for (const char *p = r->target; p && (p = strchr(p, '%')) != NULL && p[1]; p += 2) {
+		if (p[1] == 'p')
+			return 1;
+	}
+	return 0;
+}

@@ -122,6 +122,7 @@ struct rule;
 /* The Unix address for a path= or abstract= rule's expanded target: its length, or -1
  * with errno ENAMETOOLONG when it does not fit. */
 int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
+int unix_path_fill(struct sockaddr_un *sun, const char *path);
 
 /* ---- rules (rules.c) ---- */
 enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
@@ -215,6 +216,8 @@ int ruleset_count(const struct ruleset *s);
 const struct rule *ruleset_rule(const struct ruleset *s, int index);
 void ruleset_free(struct ruleset *s);
 const struct rule *rule_at(int index);
+/* Does r's path= or abstract= name the port (%p)? */
+int rule_names_port(const struct rule *r);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
 
@@ -344,6 +347,8 @@ void sockfile_list(struct growbuf *out);
 int sockfile_by_socket(ino_t sock_ino);
 /* Index of the record for path if this process holds its socket open, or -1. */
 int sockfile_find(const char *path);
+/* The path of record idx into out (size bytes): 0, or -1 when not in use. */
+int sockfile_path(int idx, char *out, size_t size);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
 void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
@@ -369,6 +374,10 @@ int rule_decide(int fd, const struct sock_query *q, const struct rule **r, char 
  * socket asked for, NULL for a Unix one. */
 int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		   const struct rule *r);
+/* connect() of a converted stream listener that never listened (a client that bound a
+ * source address first); as convert_connect, old the listener's entry. */
+int convert_bound_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+			  int *handled);
 /* Turn an IP datagram socket into a Unix one with a private address, unconnected. */
 int convert_sender(int fd, const struct fd_entry *old);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
@@ -384,6 +393,15 @@ void claim_mark(int fd, const struct fd_entry *old, int dir, int err);
 /* Would the call make e bind implicitly when a rule claimed it and its conversion failed
  * (dir is the direction that failed, DIR_ANY for either)?  -1 with errno, else 0. */
 int claim_refuses(const struct fd_entry *e, int dir);
+
+/* ---- connections to the process's own listeners (own.c) ---- */
+/* A converted listener now stands for local (its address and port). */
+void listener_note(const struct ipaddr *local);
+/* Where a stream connect from fd to dest goes when one of this process's converted
+ * listeners stands for dest: 0 with its Unix address in sun and len; 1 when none does;
+ * -1 with errno when one does but cannot be reached (never real TCP then). */
+int own_listener(int fd, const struct ipaddr *dest, int type, struct sockaddr_un *sun,
+		 socklen_t *len);
 
 /* ---- converted sockets across exec (inherit.c) ---- */
 void inherit_init(void);

@@ -346,6 +346,20 @@ int sockfile_find(const char *path)
 	return found;
 }
 
+int sockfile_path(int idx, char *out, size_t size)
+{
+	int r = -1;
+
+	state_lock_masked();
+	if (idx >= 0 && idx < n_sockfiles && sockfiles[idx].used &&
+	    strlen(sockfiles[idx].path) < size) {
+		strcpy(out, sockfiles[idx].path);
+		r = 0;
+	}
+	state_unlock();
+	return r;
+}
+
 static int bind_path(int sock, const char *path)
 {
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
