@@ -136,11 +136,27 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
 			     strerror(errno));
 	}
-	if (e->kind == FD_IP) /* materialized: a later connect may still convert it */
+	if (e->kind == FD_IP || is_receiver(e)) /* materialized: a later connect may still
+						     convert it; a receiver may move again */
 		fd_store(fd, e);
 	else
 		fd_store_no_epoll(fd, e);
 	return 0;
+}
+
+int replace_socket(int fd, int sock)
+{
+	struct fd_flags flags;
+	struct fd_entry e;
+
+	flags.status = REAL(fcntl)(fd, F_GETFL);
+	flags.fd = REAL(fcntl)(fd, F_GETFD);
+	if (flags.status < 0 || flags.fd < 0) {
+		discard(fd, sock);
+		return -1;
+	}
+	fd_snapshot(fd, &e);
+	return replace_fd(fd, sock, &flags, &e);
 }
 
 /* Record e for fd, moving sock into fd's place unless it is fd already.  On failure the
@@ -230,8 +246,9 @@ int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *na
 static const char *action_name(int action)
 {
 	static const char *const names[] = { "?", "path", "abstract", "reject", "blackhole",
-					     "ignore", "systemd" };
-	return action >= ACT_PATH && action <= ACT_SYSTEMD ? names[action] : "?";
+					     "ignore", "systemd", "vsock", "tipc", "fc",
+					     "receive" };
+	return action >= ACT_PATH && action <= ACT_RECEIVE ? names[action] : "?";
 }
 
 /* What a log line says the socket call is about. */
@@ -285,6 +302,7 @@ int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
 		return -1;
 	case ACT_PATH:
 	case ACT_ABSTRACT:
+	case ACT_RECEIVE:
 		if (rule_expand(*r, q, target, size)) {
 			query_text(q, text, sizeof(text));
 			ulog(LOG_ERR_, "rule %d: %s for %s is too long", idx + 1,
@@ -317,6 +335,10 @@ int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, soc
 	if (d)
 		return d;
 	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
+		errno = EACCES;
+		return -1;
+	}
+	if (r->action == ACT_RECEIVE) { /* matches binds only */
 		errno = EACCES;
 		return -1;
 	}
@@ -438,6 +460,45 @@ static int bind_other(int fd, const struct ipaddr *addr, const struct fd_entry *
 	return 0;
 }
 
+/*
+ * A receive= rule: a receiver takes fd's place (receive.c), so that accept() hands out
+ * the TCP connections a dispatcher passes.  A second listener of this process for the
+ * same path (IPv4 and IPv6) is blackholed, as for path=.
+ */
+static int bind_receiver(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+			 const struct rule *r, const char *target)
+{
+	int kind = r->n_numbers ? SOCK_SEQPACKET : SOCK_DGRAM, sock, idx = -1, d;
+	struct fd_flags flags;
+	struct fd_entry e;
+
+	if (old->type != SOCK_STREAM) {
+		ulog(LOG_ERR_, "fd %d: receive=%s takes TCP connections, not datagrams", fd,
+		     target);
+		errno = EPROTOTYPE;
+		return -1;
+	}
+	sock = make_socket(fd, AF_UNIX, kind, old, &flags);
+	if (sock < 0)
+		return -1;
+	if (!r->n_numbers && sockfile_find(target) >= 0) {
+		ulog(LOG_INFO_, "fd %d: %s is already bound by this process; blackholing", fd,
+		     target);
+		d = sockfile_blackhole(sock);
+	} else {
+		idx = receive_setup(sock, target, r);
+		d = idx == -2 ? -1 : 0;
+	}
+	if (d) {
+		discard(fd, sock);
+		return -1;
+	}
+	new_entry(&e, old, ROLE_RECEIVER);
+	listener_local(&e.local, addr);
+	e.sockfile = idx >= 0 ? idx : -1;
+	return install(fd, sock, &flags, &e);
+}
+
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 {
 	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = addr };
@@ -454,6 +515,8 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		return -1;
 	if (r->action == ACT_SYSTEMD)
 		return convert_passed(fd, addr, old, r);
+	if (r->action == ACT_RECEIVE)
+		return bind_receiver(fd, addr, old, r, target);
 	if (r->action == ACT_VSOCK || r->action == ACT_TIPC || r->action == ACT_FC) {
 		struct other_target t;
 

@@ -303,6 +303,8 @@ API int listen(int fd, int backlog)
 			return -1;
 		fd_snapshot(fd, &e);
 	}
+	if (is_receiver(&e)) /* nothing to listen on: connections come from a dispatcher */
+		return receive_listen(fd);
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
@@ -424,6 +426,11 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 	if (addr && !len) {
 		errno = EFAULT;
 		return -1;
+	}
+	if (is_receiver(&listener)) {
+		conn = receive_accept(fd, &listener, addr, len, is4 ? flags : 0);
+		release_after_accept(fd, &listener, before);
+		return conn;
 	}
 	/* The Unix peer's own address says nothing useful; we report a local one. */
 	conn = is4 ? REAL(accept4)(fd, NULL, NULL, flags) : REAL(accept)(fd, NULL, NULL);
@@ -582,6 +589,8 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
 		answer = optname == SO_DOMAIN ? e.family
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
+	} else if (level == SOL_SOCKET && receive_sockopt(&e, optname, &answer)) {
+		/* a receiver answers as the TCP listener it stands for */
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
 		o = &set;
 	} else if (!ip_level(level)) {
@@ -814,7 +823,8 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 
 	state_lock();
 	e = fd_get(fd, 0);
-	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+	/* a receiver too: it may get a new socket when its dispatcher restarts */
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING || is_receiver(e))) {
 		if (op == EPOLL_CTL_DEL) {
 			fd_record_del(fd, e, REC_EPOLL, &reg);
 		} else {

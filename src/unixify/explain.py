@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple, Union
 
-from unixify.rules import Rule, errno_name
+from unixify.rules import Rule, errno_name, file_notes
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -157,8 +157,8 @@ def mismatch(rule: Rule, query: Query) -> str | None:
         return "it matches IP sockets only"
     if rule.direction and rule.direction != query.direction:
         return f"it is for '{rule.direction}' only"
-    if rule.action == "systemd" and query.direction != "in":
-        return "'systemd' applies to listening sockets only"
+    if rule.action in ("systemd", "receive") and query.direction != "in":
+        return f"'{rule.action}' applies to listening sockets only"
     if rule.socket_type and rule.socket_type != query.socket_type:
         return f"it is for {'tcp' if rule.socket_type == 'stream' else 'udp'} only"
     if is_unix:
@@ -227,8 +227,24 @@ def outcome(rule: Rule | None, query: Query) -> str:
         if rule.action == "fc" and query.direction == "in":
             return f"{call} fails with EINVAL (a multiplexer only connects)"
         return f"{call} uses {rule.describe()} instead"
+    if rule.action == "receive":
+        return receive_outcome(rule, query, call)
     name = f" named {rule.systemd_name!r}" if rule.systemd_name else ""
     return f"{call} takes the {query.socket_type} socket{name} passed by systemd (LISTEN_FDS)"
+
+
+def receive_outcome(rule: Rule, query: Query, call: str) -> str:
+    """What a receive= rule does with a bind: connections arrive from a dispatcher."""
+    assert rule.target is not None
+    if query.socket_type != "stream":
+        return f"{call} fails with EPROTOTYPE (receive= takes TCP connections only)"
+    target = expand(rule.target, query)
+    if rule.numbers:
+        return (f"{call} registers slot {rule.numbers[0]} at the dispatcher's control "
+                f"socket {target}; accept() takes the TCP connections it passes")
+    return (f"{call} makes a receiver (Unix datagram socket) at {target}"
+            f"{file_notes(rule)}; accept() takes the "
+            "TCP connections a dispatcher passes there")
 
 
 def explain(rules: list[Rule], query: Query, refusal: str | None = None) -> str:

@@ -1,0 +1,340 @@
+"""receive= rules: unmodified TCP servers take connections a dispatcher passes them
+(protocol A: a Unix datagram receiver; protocol B: a slot registered at a control socket).
+
+The dispatcher here is a minimal one written in the test: it accepts real TCP
+connections on loopback and passes each with SCM_RIGHTS, so the servers must report the
+clients' real addresses (each client connects from its own 127.0.0.x address)."""
+
+from __future__ import annotations
+
+import array
+import os
+import re
+import socket
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    HELPERS,
+    Processes,
+    compile_c,
+    free_port,
+    read_until,
+    require_tool,
+    run_wrapped,
+    tcp_port_open,
+    wait_for,
+)
+
+from unixify.encoding import encode_rule
+from unixify.rules import RuleError, parse_rule
+
+
+def pass_fds(receiver: str | socket.socket, fds: list[int], data: bytes = b"\0") -> None:
+    """One protocol A message (or B, on a connected socket) carrying fds."""
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+    if isinstance(receiver, socket.socket):
+        receiver.sendmsg([data], rights if fds else [])
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+        out.sendmsg([data], rights if fds else [], 0, receiver)
+
+
+class Sender:
+    """A dispatcher in miniature: accepts TCP connections on 127.0.0.1 and passes each to
+    a receiver path (protocol A) or a registered seqpacket peer (protocol B)."""
+
+    def __init__(self, to: str | socket.socket) -> None:
+        self.to = to
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                pass_fds(self.to, [conn.fileno()])
+            except OSError as err:
+                self.errors.append(err)
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def client(port: int, source: str, request: bytes, timeout: float = 20) -> tuple[str, bytes]:
+    """Connect from source (a 127.x address); send request; the response and our
+    address as 'ip:port'."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                  source_address=(source, 0)) as conn:
+        me = conn.getsockname()
+        conn.sendall(request)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return f"{me[0]}:{me[1]}", data
+
+
+def test_receive_rule_parses_and_encodes() -> None:
+    rule = parse_rule("in,port=443,receive=/run/u/www.sock,mode=0660")
+    assert rule.action == "receive" and rule.mode == 0o660
+    assert "E" in encode_rule(rule) and "/run/u/www.sock" in encode_rule(rule)
+    slotted = parse_rule("in,tcp,receive=/run/u/control.sock,slot=7")
+    assert slotted.numbers == (7,) and "v1:7" in encode_rule(slotted)
+    for bad, what in (("out,receive=/x", "'in' only"), ("udp,receive=/x", "'udp'"),
+                      ("receive=/x,slot=1,mode=0600", "makes none"),
+                      ("path=/x,slot=3", "needs a 'receive='"),
+                      ("receive=/x,slot=-1", "slot '-1'"), ("receive=", "needs a value")):
+        with pytest.raises(RuleError, match=re.escape(what)):
+            parse_rule(bad)
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("receiver") / "receiver"
+    return str(compile_c(HELPERS / "receiver.c", out))
+
+
+def lines(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        found.setdefault(key, []).append(value)
+    return found
+
+
+def test_http_server_sees_real_clients(procs: Processes, sockdir: Path) -> None:
+    """python http.server wrapped with receive=: no TCP port, a 0660 datagram receiver,
+    and its log names each client's real address."""
+    port = free_port()
+    path = str(sockdir / "www.sock")
+    server = procs.wrapped([f"in,port={port},receive={path},mode=0660"],
+                           ["python3", "-u", "-m", "http.server", str(port),
+                            "--bind", "127.0.0.1", "--directory", str(sockdir)])
+    wait_for(lambda: os.path.exists(path), what="the receiver")
+    info = os.lstat(path)
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        probe.connect(path)  # a datagram socket: a stream server would refuse this
+    assert not tcp_port_open(port)
+    sender = Sender(path)
+    seen = []
+    for i in (7, 8, 9):
+        me, response = client(sender.port, f"127.0.0.{i}", b"GET / HTTP/1.0\r\n\r\n")
+        assert response.startswith(b"HTTP/1.0 200"), response[:200]
+        seen.append(me.split(":")[0])
+    sender.close()
+    server.terminate()
+    _, err = server.communicate(timeout=10)
+    logged = re.findall(r'^(\S+) - - \[.*"GET / HTTP/1.0" 200', err, re.M)
+    assert logged == seen, err
+    assert not sender.errors
+
+
+def nginx_config(tmp: Path, port: int, workers: int) -> Path:
+    (tmp / "www").mkdir()
+    (tmp / "www" / "index.html").write_text("hello from nginx\n")
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+user root;
+worker_processes {workers};
+daemon off;
+pid {tmp}/nginx.pid;
+error_log stderr info;
+events {{ worker_connections 64; }}
+http {{
+    log_format peer '$remote_addr:$remote_port $status';
+    access_log {tmp}/access.log peer;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {tmp}/www;
+    }}
+}}
+""")
+    return conf
+
+
+def nginx_workers(master: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True,
+                         text=True, timeout=10).stdout
+    return [int(p) for p in out.split()]
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_nginx_prefork_workers_share_a_receiver(procs: Processes, sockdir: Path) -> None:
+    """nginx, master and two workers, behind one receiver: every request is served once,
+    the access log has each client's real address and port, and no worker keeps a
+    passed socket after its connection ends."""
+    nginx = require_tool("nginx")
+    port = free_port()
+    path = str(sockdir / "nginx.sock")
+    conf = nginx_config(sockdir, port, 2)
+    server = procs.wrapped([f"in,port={port},receive={path}"], [nginx, "-c", str(conf)])
+    wait_for(lambda: os.path.exists(path), what="nginx's receiver")
+    wait_for(lambda: len(nginx_workers(server.pid)) == 2, what="two nginx workers")
+    assert not tcp_port_open(port)
+    workers = nginx_workers(server.pid)
+    sender = Sender(path)
+    client(sender.port, "127.0.0.2", b"GET / HTTP/1.0\r\n\r\n")  # warm up (log files open)
+    before = {pid: open_fds(pid) for pid in workers}
+    clients = []
+    for i in range(20):
+        me, response = client(sender.port, f"127.0.0.{10 + i}", b"GET / HTTP/1.0\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 200") and b"hello from nginx" in response
+        clients.append(me)
+    time.sleep(0.3)
+    assert {pid: open_fds(pid) for pid in workers} == before
+    sender.close()
+    log = (sockdir / "access.log").read_text().split("\n")
+    logged = [line.split()[0] for line in log if line][1:]
+    assert logged == clients
+    assert not sender.errors
+
+
+def test_nonblocking_epoll_select_and_mapped_peers(procs: Processes, sockdir: Path,
+                                                    receiver: str) -> None:
+    """A C server on AF_INET6 [::]:PORT: it sees a TCP listener (getsockname, SO_TYPE,
+    SO_DOMAIN, SO_ACCEPTCONN), EAGAIN with nothing queued, connections under epoll and
+    select with accept4's flags honoured, IPv4 peers as IPv4-mapped."""
+    port = free_port()
+    path = str(sockdir / "c.sock")
+    server = procs.wrapped([f"in,receive={path}"], [receiver, "6", str(port), "2"])
+    text = read_until(server, "ready")
+    got = lines(text)
+    assert got["bound_acceptconn"] == ["0"]
+    assert got["sockname"] == [f"{socket.AF_INET6},::,{port}"]
+    assert f"type={socket.SOCK_STREAM} domain={socket.AF_INET6} acceptconn=1" in text
+    assert got["empty"] == ["-1,11"]  # EAGAIN
+    assert got["badflags"] == ["22"]  # EINVAL
+    sender = Sender(path)
+    first, reply = client(sender.port, "127.0.0.3", b"")
+    assert reply == b"hello 1\n"
+    second, reply = client(sender.port, "127.0.0.4", b"")
+    assert reply == b"hello 2\n"
+    out, _ = server.communicate(timeout=20)
+    got = lines(text + out)
+    ip1, port1 = first.split(":")
+    ip2, port2 = second.split(":")
+    assert got["peer"] == [f"{socket.AF_INET6},::ffff:{ip1},{port1}",
+                           f"{socket.AF_INET6},::ffff:{ip2},{port2}"]
+    # the passed socket itself is the real TCP socket: an AF_INET one, never spoofed
+    assert got["getpeername"] == [f"{socket.AF_INET},{ip1},{port1}",
+                                  f"{socket.AF_INET},{ip2},{port2}"]
+    assert got["addrlen"] == ["28", "28"]
+    assert got["flags"] == ["nonblock,cloexec", "block,inherit"]
+    assert got["conn_type"] == [f"{socket.SOCK_STREAM},{socket.AF_INET}"] * 2
+    assert "done" in out
+    sender.close()
+
+
+def test_ipv4_listener_gets_plain_ipv4_and_never_an_ipv6_client(procs: Processes,
+                                                               sockdir: Path,
+                                                               receiver: str) -> None:
+    """An AF_INET listener: an IPv6 client cannot be reported to it, so that connection
+    is closed and skipped; the next (IPv4) one is delivered as plain IPv4."""
+    port = free_port()
+    path = str(sockdir / "c4.sock")
+    server = procs.wrapped([f"in,port={port},receive={path}"], [receiver, "4", str(port), "1"])
+    read_until(server, "ready")
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as lst6, \
+            socket.create_connection(("::1", lst6.getsockname()[1]), timeout=10) as c6:
+        conn6, _ = lst6.accept()
+        pass_fds(path, [conn6.fileno()])
+        conn6.close()
+        c6.settimeout(10)
+        assert c6.recv(100) == b""  # closed by the receiver, not served
+    sender = Sender(path)
+    me, reply = client(sender.port, "127.0.0.5", b"")
+    assert reply == b"hello 1\n"
+    out, err = server.communicate(timeout=20)
+    ip, cport = me.split(":")
+    assert lines(out)["peer"] == [f"{socket.AF_INET},{ip},{cport}"]
+    assert "IPv6 client cannot be reported" in err
+    sender.close()
+
+
+def closed_by_receiver(read_end: int) -> bool:
+    """The write end of this pipe, passed to the receiver, was closed there."""
+    os.set_blocking(read_end, False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if os.read(read_end, 10) == b"":
+                return True
+        except BlockingIOError:
+            time.sleep(0.05)
+    return False
+
+
+def test_non_tcp_fds_are_closed_and_skipped(procs: Processes, sockdir: Path,
+                                            receiver: str) -> None:
+    """A pipe, a UDP socket, a listening TCP socket, two fds in one message, a message
+    without any: each closed and skipped; the real connection after them is served."""
+    port = free_port()
+    path = str(sockdir / "junk.sock")
+    server = procs.wrapped([f"in,port={port},receive={path}"], [receiver, "6", str(port), "1"])
+    read_until(server, "ready")
+    pipes = [os.pipe() for _ in range(4)]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp_listener = socket.create_server(("127.0.0.1", 0))
+    pass_fds(path, [pipes[0][1]])
+    pass_fds(path, [udp.fileno()])
+    pass_fds(path, [tcp_listener.fileno()])
+    pass_fds(path, [pipes[1][1], pipes[2][1]])
+    pass_fds(path, [])
+    pass_fds(path, [pipes[3][1]], data=b"\0" * 3)
+    for _, write_end in pipes:
+        os.close(write_end)
+    udp.close()
+    tcp_listener.close()
+    sender = Sender(path)
+    _, reply = client(sender.port, "127.0.0.6", b"")
+    assert reply == b"hello 1\n"
+    for read_end, _ in pipes:
+        assert closed_by_receiver(read_end)
+        os.close(read_end)
+    out, err = server.communicate(timeout=20)
+    assert "done" in out and len(lines(out)["peer"]) == 1
+    assert "passed to the receiver; closed" in err
+    sender.close()
+
+
+def test_receiver_file_handling(sockdir: Path) -> None:
+    """A stale receiver file is replaced; a live one is never taken (EADDRINUSE)."""
+    path = sockdir / "r.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(path))
+    stale.close()
+    code = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_INET6)\n"
+            "try:\n    s.bind(('::', 9)); s.listen(); print('bound')\n"
+            "except OSError as e:\n    print('errno', e.errno)\n")
+    done = run_wrapped([f"in,receive={path}"], ["python3", "-c", code + "s.close()"])
+    assert done.stdout.strip() == "bound", done.stderr
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path.unlink(missing_ok=True)
+    live.bind(str(path))
+    try:
+        done = run_wrapped([f"in,receive={path}"], ["python3", "-c", code])
+        assert done.stdout.strip() == "errno 98", done.stderr
+        assert os.path.exists(path)
+    finally:
+        live.close()
