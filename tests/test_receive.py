@@ -48,8 +48,9 @@ class Sender:
     """A dispatcher in miniature: accepts TCP connections on 127.0.0.1 and passes each to
     a receiver path (protocol A) or a registered seqpacket peer (protocol B)."""
 
-    def __init__(self, to: str | socket.socket) -> None:
-        self.to = to
+    def __init__(self, to: str | socket.socket, data: bytes = b"\0") -> None:
+        self.to = to  # a test may point it elsewhere (a restarted dispatcher)
+        self.data = data
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.errors: list[BaseException] = []
@@ -63,7 +64,7 @@ class Sender:
             except OSError:
                 return
             try:
-                pass_fds(self.to, [conn.fileno()])
+                pass_fds(self.to, [conn.fileno()], self.data)
             except OSError as err:
                 self.errors.append(err)
             conn.close()
@@ -338,3 +339,129 @@ def test_receiver_file_handling(sockdir: Path) -> None:
         assert os.path.exists(path)
     finally:
         live.close()
+
+
+REGISTERED = b"\x80\0\0\0"
+CONNECTION = b"\3\0\0\0"
+
+
+class Control:
+    """A protocol B dispatcher's control socket in miniature: accepts registrations
+    (answering REGISTERED unless the slot is taken) and keeps the registered peers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.bind(path)
+        self.sock.listen()
+        self.slots: dict[int, socket.socket] = {}
+        self.requests: list[bytes] = []
+        self.registered = threading.Event()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+                request = conn.recv(64)
+            except OSError:
+                return
+            self.requests.append(request)
+            slot = int.from_bytes(request[4:8], "big")
+            if request[:4] != b"\1\0\0\0" or len(request) != 8 or slot in self.slots:
+                conn.send(b"\x81\0\0\0")
+                conn.close()
+                continue
+            conn.send(REGISTERED)
+            self.slots[slot] = conn
+            self.registered.set()
+
+    def stop(self) -> None:
+        """The dispatcher goes away: its listener and every registration."""
+        self.sock.close()
+        for conn in self.slots.values():
+            conn.close()
+        os.unlink(self.path)
+
+
+def test_slot_receiver_serves_and_survives_a_dispatcher_restart(procs: Processes,
+                                                                sockdir: Path) -> None:
+    """http.server with receive=CONTROL,slot=7 registers slot 7 (protocol B), serves
+    the connections passed to it, and registers again on its own when the dispatcher
+    restarts; it is never killed."""
+    port = free_port()
+    path = str(sockdir / "control.sock")
+    control = Control(path)
+    server = procs.wrapped([f"in,port={port},receive={path},slot=7"],
+                           ["python3", "-u", "-m", "http.server", str(port),
+                            "--bind", "127.0.0.1", "--directory", str(sockdir)])
+    assert control.registered.wait(20), server.stderr
+    assert control.requests == [b"\1\0\0\0\0\0\0\7"]
+    assert not tcp_port_open(port)
+    sender = Sender(control.slots[7], CONNECTION)
+    me, response = client(sender.port, "127.0.0.11", b"GET / HTTP/1.0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.0 200")
+    control.stop()
+    time.sleep(1.5)  # the server finds its dispatcher gone and waits for it
+    assert server.poll() is None
+    control = Control(path)
+    assert control.registered.wait(20), "the receiver did not register again"
+    sender.to = control.slots[7]
+    me2, response = client(sender.port, "127.0.0.12", b"GET / HTTP/1.0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.0 200")
+    assert server.poll() is None
+    server.terminate()
+    _, err = server.communicate(timeout=10)
+    logged = re.findall(r'^(\S+) - - \[.*"GET / HTTP/1.0" 200', err, re.M)
+    assert logged == [me.split(":")[0], me2.split(":")[0]], err
+    assert "registered slot 7" in err and "again" in err
+    sender.close()
+    control.stop()
+
+
+def test_nonblocking_slot_receiver_waits_without_spinning(procs: Processes, sockdir: Path,
+                                                         receiver: str) -> None:
+    """A non-blocking receiver under epoll whose dispatcher is gone gets EAGAIN, and its
+    fd turns readable again about once a second (no busy loop) until the dispatcher is
+    back; then it takes connections again through the same epoll registration."""
+    port = free_port()
+    path = str(sockdir / "control.sock")
+    control = Control(path)
+    server = procs.wrapped([f"in,receive={path},slot=3"], [receiver, "6", str(port), "3"])
+    read_until(server, "ready")
+    assert control.registered.wait(20)
+    sender = Sender(control.slots[3], CONNECTION)
+    assert client(sender.port, "127.0.0.13", b"")[1] == b"hello 1\n"
+    assert client(sender.port, "127.0.0.14", b"")[1] == b"hello 2\n"
+    control.stop()
+    time.sleep(3)
+    control = Control(path)
+    assert control.registered.wait(20), "the receiver did not register again"
+    sender.to = control.slots[3]
+    assert client(sender.port, "127.0.0.15", b"")[1] == b"hello 3\n"
+    out, err = server.communicate(timeout=20)
+    waits = lines(out).get("accept", [])
+    assert waits and set(waits) == {"11"} and len(waits) <= 6, out  # EAGAIN, ~1 a second
+    assert "done" in out
+    sender.close()
+    control.stop()
+
+
+def test_slot_registration_refused_or_absent_fails_the_bind(sockdir: Path) -> None:
+    """No dispatcher, or one that refuses the slot: the bind fails, visibly."""
+    path = str(sockdir / "control.sock")
+    code = ("import socket\n"
+            "s = socket.socket(socket.AF_INET6)\n"
+            "try:\n    s.bind(('::', 9)); print('bound')\n"
+            "except OSError as e:\n    print('errno', e.errno)\n")
+    done = run_wrapped([f"in,receive={path},slot=1"], ["python3", "-c", code])
+    assert done.stdout.strip() == "errno 2" and "cannot register slot 1" in done.stderr
+    control = Control(path)
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    holder.connect(path)
+    holder.send(b"\1\0\0\0\0\0\0\1")
+    assert holder.recv(8) == REGISTERED
+    done = run_wrapped([f"in,receive={path},slot=1"], ["python3", "-c", code])
+    assert done.stdout.strip() == "errno 13", done.stderr
+    holder.close()
+    control.stop()
