@@ -27,6 +27,7 @@ from conftest import (
     require_tool,
     run_wrapped,
     tcp_port_open,
+    unixify_command,
     wait_for,
 )
 
@@ -465,3 +466,28 @@ def test_slot_registration_refused_or_absent_fails_the_bind(sockdir: Path) -> No
     assert done.stdout.strip() == "errno 13", done.stderr
     holder.close()
     control.stop()
+
+
+def test_systemd_datagram_socket_becomes_a_receiver(procs: Processes, sockdir: Path) -> None:
+    """A Unix datagram socket passed by socket activation to a 'systemd' rule of a TCP
+    listener is a receiver: made before the server starts, only its fd passed in."""
+    tool = require_tool("systemd-socket-activate")
+    port = free_port()
+    path = str(sockdir / "activated.sock")
+    server = procs.start([tool, "--datagram", "-l", path, "--", *unixify_command(),
+                          "-r", f"in,tcp,port={port},systemd", "--", "python3", "-u", "-m",
+                          "http.server", str(port), "--bind", "127.0.0.1",
+                          "--directory", str(sockdir)])
+    wait_for(lambda: os.path.exists(path), what="the activation socket")
+    sender = Sender(path)
+    # systemd-socket-activate starts the server at the first datagram: this connection
+    me, response = client(sender.port, "127.0.0.21", b"GET / HTTP/1.0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.0 200")
+    me2, response = client(sender.port, "127.0.0.22", b"GET / HTTP/1.0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.0 200")
+    assert not tcp_port_open(port)
+    server.terminate()
+    _, err = server.communicate(timeout=10)
+    logged = re.findall(r'^(\S+) - - \[.*"GET / HTTP/1.0" 200', err, re.M)
+    assert logged == [me.split(":")[0], me2.split(":")[0]], err
+    sender.close()

@@ -375,6 +375,14 @@ static void listener_local(struct ipaddr *local, const struct ipaddr *addr)
 		ipaddr_set_port(local, fake_port());
 }
 
+static int socket_type(int sock)
+{
+	socklen_t len = sizeof(int);
+	int type = 0;
+
+	return REAL(getsockopt)(sock, SOL_SOCKET, SO_TYPE, &type, &len) ? -1 : type;
+}
+
 /* A 'systemd' rule: the passed socket takes the place of fd instead of a bind. */
 int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		      const struct rule *r)
@@ -407,7 +415,9 @@ int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old
 	new_entry(&e, old, ROLE_LISTENER);
 	/* A passed socket of the program's own family is what it would have made itself:
 	 * nothing to translate.  A passed Unix socket for an IP one is a converted
-	 * listener. */
+	 * listener; a Unix datagram one for a TCP listener a receiver (receive.c). */
+	if (family == AF_UNIX && old->type == SOCK_STREAM && socket_type(sock) == SOCK_DGRAM)
+		e.role = ROLE_RECEIVER;
 	if (addr)
 		listener_local(&e.local, addr);
 	if (!addr || family != AF_UNIX)
