@@ -74,13 +74,16 @@ class Sender:
         self.listener.close()
 
 
-def client(port: int, source: str, request: bytes, timeout: float = 20) -> tuple[str, bytes]:
-    """Connect from source (a 127.x address); send request; the response and our
-    address as 'ip:port'."""
+def client(port: int, source: str, request: bytes, timeout: float = 20,
+           shut: bool = False) -> tuple[str, bytes]:
+    """Connect from source (a 127.x address); send request (then end our side if shut);
+    the response and our address as 'ip:port'."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout,
                                   source_address=(source, 0)) as conn:
         me = conn.getsockname()
         conn.sendall(request)
+        if shut:
+            conn.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
@@ -440,7 +443,7 @@ def test_nonblocking_slot_receiver_waits_without_spinning(procs: Processes, sock
     assert control.registered.wait(20), "the receiver did not register again"
     sender.to = control.slots[3]
     assert client(sender.port, "127.0.0.15", b"")[1] == b"hello 3\n"
-    out, err = server.communicate(timeout=20)
+    out, _ = server.communicate(timeout=20)
     waits = lines(out).get("accept", [])
     assert waits and set(waits) == {"11"} and len(waits) <= 6, out  # EAGAIN, ~1 a second
     assert "done" in out
@@ -491,3 +494,89 @@ def test_systemd_datagram_socket_becomes_a_receiver(procs: Processes, sockdir: P
     logged = re.findall(r'^(\S+) - - \[.*"GET / HTTP/1.0" 200', err, re.M)
     assert logged == [me.split(":")[0], me2.split(":")[0]], err
     sender.close()
+
+
+def children_of(pid: int) -> list[str]:
+    """Child processes of pid, zombies included."""
+    out = subprocess.run(["ps", "-o", "pid=,stat=", "--ppid", str(pid)], capture_output=True,
+                         text=True, timeout=10).stdout
+    return out.split("\n")[:-1]
+
+
+def test_inetd_runs_a_program_per_connection_with_ucspi_variables(procs: Processes,
+                                                                   sockdir: Path) -> None:
+    """unixify inetd: the program's stdin and stdout are the passed TCP socket and it
+    knows the client's real address; cat echoes."""
+    path = str(sockdir / "inetd.sock")
+    inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--", "sh", "-c",
+                         'echo "$TCPREMOTEIP $TCPREMOTEPORT $TCPLOCALIP $TCPLOCALPORT"; '
+                         "exec cat"])
+    wait_for(lambda: os.path.exists(path), what="inetd's receiver")
+    sender = Sender(path)
+    me, reply = client(sender.port, "127.0.0.31", b"", shut=True)
+    with socket.create_connection(("127.0.0.1", sender.port), timeout=20,
+                                  source_address=("127.0.0.32", 0)) as conn:
+        ip, port = conn.getsockname()
+        conn.sendall(b"echo me\n")
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(1000):
+            data += chunk
+    assert reply.decode() == f"{me.replace(':', ' ')} 127.0.0.1 {sender.port}\n"
+    assert data.decode() == f"{ip} {port} 127.0.0.1 {sender.port}\necho me\n"
+    wait_for(lambda: not children_of(inetd.pid), what="the children reaped")
+    inetd.terminate()
+    assert inetd.wait(timeout=10) == 0
+    assert not os.path.exists(path)
+    sender.close()
+
+
+def test_inetd_caps_children_and_leaves_the_rest_queued(procs: Processes,
+                                                        sockdir: Path) -> None:
+    """--max-children 1: while one child runs, the next connection stays queued in the
+    receiver (not received, not spawned); it is served when the first ends."""
+    path = str(sockdir / "capped.sock")
+    inetd = procs.start([*unixify_command(), "inetd", "--max-children", "1", "--receive",
+                         path, "--", "sh", "-c", 'echo "$TCPREMOTEIP"; exec cat'])
+    wait_for(lambda: os.path.exists(path), what="inetd's receiver")
+    sender = Sender(path)
+    first = socket.create_connection(("127.0.0.1", sender.port), timeout=20,
+                                     source_address=("127.0.0.41", 0))
+    assert first.recv(100) == b"127.0.0.41\n"
+    second = socket.create_connection(("127.0.0.1", sender.port), timeout=20,
+                                      source_address=("127.0.0.42", 0))
+    second.settimeout(1.5)
+    with pytest.raises(TimeoutError):
+        second.recv(100)  # queued: no child for it yet
+    first.close()  # cat ends, the child exits, the next connection is received
+    second.settimeout(20)
+    assert second.recv(100) == b"127.0.0.42\n"
+    second.close()
+    inetd.send_signal(2)
+    assert inetd.wait(timeout=10) == 0
+    sender.close()
+
+
+def test_inetd_slot_and_bad_arguments(procs: Processes, sockdir: Path) -> None:
+    """--slot registers at a control socket; bad arguments are one line and exit 2."""
+    path = str(sockdir / "control.sock")
+    control = Control(path)
+    inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--slot", "9",
+                         "--", "sh", "-c", 'echo "$TCPREMOTEIP"'])
+    assert control.registered.wait(20)
+    sender = Sender(control.slots[9], CONNECTION)
+    assert client(sender.port, "127.0.0.51", b"")[1] == b"127.0.0.51\n"
+    inetd.terminate()
+    assert inetd.wait(timeout=10) == 0
+    sender.close()
+    control.stop()
+    for args, text in ((["--", "cat"], "--receive PATH is required"),
+                       (["--receive", path, "--slot", "x", "--", "cat"], "--slot 'x'"),
+                       (["--receive", path, "--max-children", "0", "--", "cat"],
+                        "--max-children '0'"),
+                       (["--receive", path], "no program"),
+                       (["--bogus"], "bogus")):
+        done = subprocess.run([*unixify_command(), "inetd", *args], capture_output=True,
+                              text=True, timeout=20)
+        assert done.returncode == 2 and text in done.stderr, done.stderr
+        assert len(done.stderr.splitlines()) == 1

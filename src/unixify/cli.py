@@ -12,7 +12,7 @@ import os
 import sys
 from typing import NoReturn
 
-from unixify import __version__
+from unixify import __version__, inetd
 from unixify.encoding import (
     ENV_RULES,
     ENV_VERBOSE,
@@ -31,7 +31,7 @@ usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS.
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp
                        unix PATH|abstract NAME
-       unixify --lib | --version | --help
+       unixify inetd [--max-children N] --receive PATH [--slot N] -- PROGRAM [ARGS...]
 
 Run PROGRAM with its IP sockets turned into Unix domain sockets by RULEs.
 
@@ -294,6 +294,8 @@ def run(argv: list[str]) -> int:
         return run_control_file(argv[1:])
     if argv[:1] == ["env"]:
         return run_env(argv[1:])
+    if argv[:1] == ["inetd"]:
+        return inetd.main(argv[1:])
     try:
         options, rest = getopt.getopt(
             argv, "r:f:cpvh",
