@@ -580,3 +580,22 @@ def test_inetd_slot_and_bad_arguments(procs: Processes, sockdir: Path) -> None:
                               text=True, timeout=20)
         assert done.returncode == 2 and text in done.stderr, done.stderr
         assert len(done.stderr.splitlines()) == 1
+
+
+def test_udp_bind_under_receive_rule_fails_closed_and_explain_says_so(sockdir: Path) -> None:
+    """receive= takes TCP only: a UDP bind it matches fails (EPROTOTYPE), no port opens,
+    and explain tells both cases."""
+    path = str(sockdir / "r.sock")
+    code = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try:\n    s.bind(('127.0.0.1', 0)); print('bound')\n"
+            "except OSError as e:\n    print('errno', e.errno)\n")
+    done = run_wrapped([f"in,receive={path}"], ["python3", "-c", code])
+    assert done.stdout.strip() == "errno 91" and "takes TCP connections" in done.stderr
+    base = [*unixify_command(), "explain", "-r", f"in,port=443,receive={path},mode=0600"]
+    out = subprocess.run([*base, "in", "tcp", "10.0.0.1", "443"], capture_output=True,
+                         text=True, timeout=20).stdout
+    assert f"makes a receiver (Unix datagram socket) at {path} (mode 0600)" in out
+    out = subprocess.run([*base, "in", "udp", "10.0.0.1", "443"], capture_output=True,
+                         text=True, timeout=20).stdout
+    assert "fails with EPROTOTYPE" in out

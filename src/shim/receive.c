@@ -224,13 +224,21 @@ static int wait_in_place(int fd)
 	return -1;
 }
 
+static ino_t inode_of(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) ? 0 : st.st_ino;
+}
+
 /*
- * fd's dispatcher went away: connect and register again as the rule that made fd says,
- * and put the new connection in fd's place.  A blocking receiver waits for the
- * dispatcher (as accept waits for clients; a signal ends the wait with EINTR); a
- * non-blocking one gets EAGAIN and a timer (wait_in_place).  0, or -1 with errno.
+ * fd's dispatcher went away (lost: the inode of what fd was then): connect and register
+ * again as the rule that made fd says, and put the new connection in fd's place.  A
+ * blocking receiver waits for the dispatcher (as accept waits for clients; a signal ends
+ * the wait with EINTR), unless another thread put something new in fd's place meanwhile;
+ * a non-blocking one gets EAGAIN and a timer (wait_in_place).  0, or -1 with errno.
  */
-static int rejoin(int fd, const struct fd_entry *l)
+static int rejoin(int fd, const struct fd_entry *l, ino_t lost)
 {
 	struct sock_query q = { .dir = DIR_IN, .type = SOCK_STREAM, .addr = &l->local };
 	const struct timespec pause = { .tv_sec = RETRY_SECONDS };
@@ -246,6 +254,8 @@ static int rejoin(int fd, const struct fd_entry *l)
 	}
 	status = REAL(fcntl)(fd, F_GETFL);
 	for (int logged = 0;; logged = 1) {
+		if (inode_of(fd) != lost)
+			return 0; /* another thread of ours registered again */
 		sock = REAL(socket)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC |
 				    (status & O_NONBLOCK ? SOCK_NONBLOCK : 0), 0);
 		if (sock >= 0 && register_slot(sock, path, r->numbers[0]) == 0) {
@@ -273,11 +283,13 @@ static int next_connection(int fd, const struct fd_entry *l, struct ipaddr *peer
 	ssize_t n;
 
 	for (;;) {
+		ino_t seen = slot ? inode_of(fd) : 0; /* what a loss would be a loss of */
+
 		n_fds = receive_message(fd, head, sizeof(head), &n, fds, &cut);
 		if (slot && ((n_fds < 0 && (errno == ECONNRESET || errno == ENOTCONN ||
 					    errno == ENOTSOCK)) ||
 			     (n_fds == 0 && n == 0))) {
-			if (rejoin(fd, l))
+			if (rejoin(fd, l, seen))
 				return -1;
 			continue;
 		}
