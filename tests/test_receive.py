@@ -599,3 +599,30 @@ def test_udp_bind_under_receive_rule_fails_closed_and_explain_says_so(sockdir: P
     out = subprocess.run([*base, "in", "udp", "10.0.0.1", "443"], capture_output=True,
                          text=True, timeout=20).stdout
     assert "fails with EPROTOTYPE" in out
+
+
+def test_receiver_survives_exec(procs: Processes, sockdir: Path) -> None:
+    """A server that re-executes itself keeps its receiver: the new image sees its TCP
+    listener and accepts the passed connections with their real peers."""
+    path = str(sockdir / "exec.sock")
+    child = ("import socket, sys\n"
+             "s = socket.socket(fileno=int(sys.argv[1]))\n"
+             "print(s.family == socket.AF_INET6, s.type == socket.SOCK_STREAM, "
+             "s.getsockname()[:2], flush=True)\n"
+             "c, peer = s.accept()\n"
+             "c.sendall(repr(peer[:2]).encode()); c.close()\n")
+    parent = ("import os, socket, sys\n"
+              "s = socket.socket(socket.AF_INET6); s.bind(('::', 9)); s.listen()\n"
+              "s.set_inheritable(True)\n"
+              "os.execv(sys.executable, [sys.executable, '-c', sys.argv[1], "
+              "str(s.fileno())])\n")
+    server = procs.wrapped([f"in,receive={path}"], ["python3", "-c", parent, child])
+    assert read_until(server, "True True ('::', 9)")
+    sender = Sender(path)
+    me, reply = client(sender.port, "127.0.0.61", b"")
+    ip, port = me.split(":")
+    assert reply.decode() == repr((f"::ffff:{ip}", int(port)))
+    _, err = server.communicate(timeout=10)
+    assert "ignored" not in err
+    assert not os.path.exists(path)  # the new image removed it at exit
+    sender.close()
