@@ -626,3 +626,17 @@ def test_receiver_survives_exec(procs: Processes, sockdir: Path) -> None:
     assert "ignored" not in err
     assert not os.path.exists(path)  # the new image removed it at exit
     sender.close()
+
+
+def test_receiver_file_permissions(procs: Processes, sockdir: Path) -> None:
+    """--mode and owner=/group= apply to a receiver's file as to a path= one."""
+    path = sockdir / "perm.sock"
+    code = ("import socket, time\n"
+            "s = socket.socket(socket.AF_INET); s.bind(('127.0.0.1', 9)); s.listen()\n"
+            "print('bound', flush=True); time.sleep(30)\n")
+    server = procs.start([*unixify_command(), "--mode", "0640", "-r",
+                          f"in,receive={path},owner=65534,group=65534", "python3", "-c", code])
+    read_until(server, "bound")
+    info = os.lstat(path)
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o640
+    assert (info.st_uid, info.st_gid) == (65534, 65534)
