@@ -322,16 +322,21 @@ def test_non_tcp_fds_are_closed_and_skipped(procs: Processes, sockdir: Path,
     sender.close()
 
 
+def bind_script(socket_args: str, address: str) -> str:
+    """Python that binds and listens (or tries), printing 'bound' or 'errno N'."""
+    return ("import socket\n"
+            f"s = socket.socket({socket_args})\n"
+            f"try:\n    s.bind({address}); print('bound'); s.listen()\n"
+            "except OSError as e:\n    print('errno', e.errno)\n")
+
+
 def test_receiver_file_handling(sockdir: Path) -> None:
     """A stale receiver file is replaced; a live one is never taken (EADDRINUSE)."""
     path = sockdir / "r.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale.bind(str(path))
     stale.close()
-    code = ("import socket, sys\n"
-            "s = socket.socket(socket.AF_INET6)\n"
-            "try:\n    s.bind(('::', 9)); s.listen(); print('bound')\n"
-            "except OSError as e:\n    print('errno', e.errno)\n")
+    code = bind_script("socket.AF_INET6", "('::', 9)")
     done = run_wrapped([f"in,receive={path}"], ["python3", "-c", code + "s.close()"])
     assert done.stdout.strip() == "bound", done.stderr
     live = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -454,10 +459,7 @@ def test_nonblocking_slot_receiver_waits_without_spinning(procs: Processes, sock
 def test_slot_registration_refused_or_absent_fails_the_bind(sockdir: Path) -> None:
     """No dispatcher, or one that refuses the slot: the bind fails, visibly."""
     path = str(sockdir / "control.sock")
-    code = ("import socket\n"
-            "s = socket.socket(socket.AF_INET6)\n"
-            "try:\n    s.bind(('::', 9)); print('bound')\n"
-            "except OSError as e:\n    print('errno', e.errno)\n")
+    code = bind_script("socket.AF_INET6", "('::', 9)")
     done = run_wrapped([f"in,receive={path},slot=1"], ["python3", "-c", code])
     assert done.stdout.strip() == "errno 2" and "cannot register slot 1" in done.stderr
     control = Control(path)
@@ -586,10 +588,7 @@ def test_udp_bind_under_receive_rule_fails_closed_and_explain_says_so(sockdir: P
     """receive= takes TCP only: a UDP bind it matches fails (EPROTOTYPE), no port opens,
     and explain tells both cases."""
     path = str(sockdir / "r.sock")
-    code = ("import socket\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "try:\n    s.bind(('127.0.0.1', 0)); print('bound')\n"
-            "except OSError as e:\n    print('errno', e.errno)\n")
+    code = bind_script("socket.AF_INET, socket.SOCK_DGRAM", "('127.0.0.1', 0)")
     done = run_wrapped([f"in,receive={path}"], ["python3", "-c", code])
     assert done.stdout.strip() == "errno 91" and "takes TCP connections" in done.stderr
     base = [*unixify_command(), "explain", "-r", f"in,port=443,receive={path},mode=0600"]

@@ -470,6 +470,18 @@ static int bind_other(int fd, const struct ipaddr *addr, const struct fd_entry *
 	return 0;
 }
 
+/* Put sock, bound for a listener of role (its socket file idx, or -1), in fd's place. */
+static int install_listener(int fd, int sock, const struct fd_flags *flags,
+			    const struct fd_entry *old, const struct ipaddr *addr, int role, int idx)
+{
+	struct fd_entry e;
+
+	new_entry(&e, old, role);
+	listener_local(&e.local, addr);
+	e.sockfile = idx >= 0 ? idx : -1;
+	return install(fd, sock, flags, &e);
+}
+
 /*
  * A receive= rule: a receiver takes fd's place (receive.c), so that accept() hands out
  * the TCP connections a dispatcher passes.  A second listener of this process for the
@@ -480,7 +492,6 @@ static int bind_receiver(int fd, const struct ipaddr *addr, const struct fd_entr
 {
 	int kind = r->n_numbers ? SOCK_SEQPACKET : SOCK_DGRAM, sock, idx = -1, d;
 	struct fd_flags flags;
-	struct fd_entry e;
 
 	if (old->type != SOCK_STREAM) {
 		ulog(LOG_ERR_, "fd %d: receive=%s takes TCP connections, not datagrams", fd,
@@ -503,10 +514,7 @@ static int bind_receiver(int fd, const struct ipaddr *addr, const struct fd_entr
 		discard(fd, sock);
 		return -1;
 	}
-	new_entry(&e, old, ROLE_RECEIVER);
-	listener_local(&e.local, addr);
-	e.sockfile = idx >= 0 ? idx : -1;
-	return install(fd, sock, &flags, &e);
+	return install_listener(fd, sock, &flags, old, addr, ROLE_RECEIVER, idx);
 }
 
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
@@ -514,7 +522,6 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = addr };
 	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	const struct rule *r = NULL;
-	struct fd_entry e;
 	struct fd_flags flags;
 	int sock, d, idx = -1;
 
@@ -566,10 +573,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		discard(fd, sock);
 		return -1;
 	}
-	new_entry(&e, old, ROLE_LISTENER);
-	listener_local(&e.local, addr);
-	e.sockfile = idx >= 0 ? idx : -1;
-	if (install(fd, sock, &flags, &e))
+	if (install_listener(fd, sock, &flags, old, addr, ROLE_LISTENER, idx))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: listening on %s%s", fd,
 	     r->action == ACT_ABSTRACT ? "@" : "", target[0] ? target : "(blackhole)");

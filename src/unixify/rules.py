@@ -439,12 +439,13 @@ def _need_value(key: str, has_value: bool, value: str) -> str:
 
 def _parse_action(action: str, key: str, has_value: bool, value: str,
                   fields: dict[str, object], cwd: str) -> None:
-    if action == "path":
+    if action in FILE_ACTIONS:
+        what = "path" if action == "path" else "receive path"
         path = _need_value(key, has_value, value)
-        _check_template(path, "path")
+        _check_template(path, what)
         path = _absolute(path, cwd)
         if len(path.encode()) > MAX_PATH and "%" not in path:
-            raise ValueError(f"path is {len(path.encode())} bytes; a Unix socket path "
+            raise ValueError(f"{what} is {len(path.encode())} bytes; a Unix socket path "
                              f"holds at most {MAX_PATH}")
         fields["target"] = path
     elif action == "abstract":
@@ -468,14 +469,6 @@ def _parse_action(action: str, key: str, has_value: bool, value: str,
     elif action == "fc":
         fields["target"], port = parse_fc(_need_value(key, has_value, value), cwd)
         fields["numbers"] = (port,)
-    elif action == "receive":
-        path = _need_value(key, has_value, value)
-        _check_template(path, "receive path")
-        path = _absolute(path, cwd)
-        if len(path.encode()) > MAX_PATH and "%" not in path:
-            raise ValueError(f"receive path is {len(path.encode())} bytes; a Unix socket "
-                             f"path holds at most {MAX_PATH}")
-        fields["target"] = path
     else:  # blackhole, ignore
         _no_value(key, has_value)
 
