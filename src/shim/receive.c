@@ -224,6 +224,10 @@ static int wait_in_place(int fd)
 	return -1;
 }
 
+/* Some receiver is waiting for its dispatcher and has said so: one line, not one a
+ * second. */
+static int waiting;
+
 static ino_t inode_of(int fd)
 {
 	struct stat st;
@@ -246,24 +250,26 @@ static int rejoin(int fd, const struct fd_entry *l, ino_t lost)
 	int idx = rules_match(&q), status, sock;
 	const struct rule *r = idx >= 0 ? rule_at(idx) : NULL;
 
-	if (!r || r->action != ACT_RECEIVE || !r->n_numbers || rule_expand(r, &q, path, sizeof(path))) {
+	if (!r || r->action != ACT_RECEIVE || !r->n_numbers ||
+	    rule_expand(r, &q, path, sizeof(path))) {
 		ulog(LOG_ERR_, "fd %d: its dispatcher is gone and no receive= rule says where "
 		     "to register again", fd);
 		errno = ECONNABORTED;
 		return -1;
 	}
 	status = REAL(fcntl)(fd, F_GETFL);
-	for (int logged = 0;; logged = 1) {
+	for (;;) {
 		if (inode_of(fd) != lost)
 			return 0; /* another thread of ours registered again */
 		sock = REAL(socket)(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC |
 				    (status & O_NONBLOCK ? SOCK_NONBLOCK : 0), 0);
 		if (sock >= 0 && register_slot(sock, path, r->numbers[0]) == 0) {
+			__atomic_store_n(&waiting, 0, __ATOMIC_RELAXED);
 			ulog(LOG_WARN_, "fd %d: registered slot %u at %s again", fd,
 			     r->numbers[0], path);
 			return replace_socket(fd, sock);
 		}
-		if (!logged)
+		if (!__atomic_exchange_n(&waiting, 1, __ATOMIC_RELAXED))
 			ulog(LOG_WARN_, "fd %d: dispatcher at %s gone (%s); registering slot %u "
 			     "again", fd, path, strerror(errno), r->numbers[0]);
 		if (sock >= 0)
