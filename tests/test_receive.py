@@ -641,3 +641,25 @@ def test_receiver_file_permissions(procs: Processes, sockdir: Path) -> None:
     info = os.lstat(path)
     assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o640
     assert (info.st_uid, info.st_gid) == (65534, 65534)
+
+
+def test_shutdown_wakes_accept_with_einval(sockdir: Path) -> None:
+    """shutdown() of a receiver wakes a thread blocked in accept(), which fails with
+    EINVAL as on a TCP listener (protocol A and B), instead of reading on or
+    registering again."""
+    control_path = str(sockdir / "control.sock")
+    control = Control(control_path)
+    code = ("import socket, threading, time\n"
+            "s = socket.socket(socket.AF_INET6); s.bind(('::', 9)); s.listen()\n"
+            "result = []\n"
+            "def take():\n"
+            "    try:\n        s.accept(); result.append('accepted')\n"
+            "    except OSError as e:\n        result.append(e.errno)\n"
+            "t = threading.Thread(target=take); t.start(); time.sleep(0.3)\n"
+            "s.shutdown(socket.SHUT_RDWR); t.join(10)\n"
+            "print(result, s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))\n")
+    for rule in (f"in,receive={sockdir / 'a.sock'}", f"in,receive={control_path},slot=4"):
+        done = run_wrapped([rule], ["python3", "-c", code], timeout=20)
+        assert done.stdout.strip() == "[22] 0", done.stderr
+        assert "registering slot" not in done.stderr
+    control.stop()

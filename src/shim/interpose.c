@@ -304,7 +304,7 @@ API int listen(int fd, int backlog)
 		fd_snapshot(fd, &e);
 	}
 	if (is_receiver(&e)) /* nothing to listen on: connections come from a dispatcher */
-		return receive_listen(fd);
+		return receive_role(fd, ROLE_RECEIVING);
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
@@ -675,6 +675,19 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 			return REAL(sendmsg)(fd, &copy, flags & ~MSG_FASTOPEN);
 	}
 	return REAL(sendmsg)(fd, msg, flags);
+}
+
+/* A receiver shut down must fail accept() as a TCP listener would, not read on. */
+API int shutdown(int fd, int how)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd)) {
+		fd_snapshot(fd, &e);
+		if (is_receiver(&e))
+			receive_role(fd, ROLE_RECEIVER_SHUT);
+	}
+	return REAL(shutdown)(fd, how);
 }
 
 API int close(int fd)

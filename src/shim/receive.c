@@ -191,16 +191,29 @@ int receive_setup(int sock, const char *path, const struct rule *r)
 	return -1;
 }
 
-int receive_listen(int fd)
+int receive_role(int fd, int role)
 {
 	struct fd_entry *e;
 
 	state_lock(); /* this fd's entry only */
 	e = fd_get(fd, 0);
 	if (e && is_receiver(e))
-		e->role = ROLE_RECEIVING;
+		e->role = (uint8_t)role;
 	state_unlock();
 	return 0;
+}
+
+/* Did the program shut the receiver down?  Then accept() fails with EINVAL, as on a
+ * TCP listener (the shutdown woke threads blocked on it with an empty read). */
+static int shut_down(int fd)
+{
+	struct fd_entry e;
+
+	fd_snapshot(fd, &e);
+	if (e.role != ROLE_RECEIVER_SHUT)
+		return 0;
+	errno = EINVAL;
+	return 1;
 }
 
 int receive_sockopt(const struct fd_entry *e, int name, int *answer)
@@ -292,6 +305,8 @@ static int next_connection(int fd, const struct fd_entry *l, struct ipaddr *peer
 		ino_t seen = slot ? inode_of(fd) : 0; /* what a loss would be a loss of */
 
 		n_fds = receive_message(fd, head, sizeof(head), &n, fds, &cut);
+		if (n_fds == 0 && n == 0 && shut_down(fd))
+			return -1;
 		if (slot && ((n_fds < 0 && (errno == ECONNRESET || errno == ENOTCONN ||
 					    errno == ENOTSOCK)) ||
 			     (n_fds == 0 && n == 0))) {

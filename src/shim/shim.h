@@ -57,6 +57,7 @@ struct real_funcs {
 			   const posix_spawnattr_t *, char *const[], char *const[]);
 	int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			    const posix_spawnattr_t *, char *const[], char *const[]);
+	int (*shutdown)(int, int);
 };
 extern struct real_funcs real;
 void real_init(void);
@@ -208,9 +209,10 @@ enum fd_kind {
 };
 /* A converted datagram socket is a LISTENER when a rule bound it, a CLIENT while it is
  * connected, and NONE when it only sends to addresses it names.  A RECEIVER stands in
- * for a TCP listener (receive=): RECEIVING once the program listened. */
+ * for a TCP listener (receive=): RECEIVING once the program listened, RECEIVER_SHUT
+ * once it shut it down. */
 enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED, ROLE_RECEIVER,
-	       ROLE_RECEIVING };
+	       ROLE_RECEIVING, ROLE_RECEIVER_SHUT };
 
 /* Where a socket we may convert is registered with epoll, and the IP- and TCP-level
  * options set on it: records keyed by epfd, and by level and name.  A few are kept in
@@ -371,13 +373,14 @@ int claim_refuses(const struct fd_entry *e, int dir);
 /* ---- receivers: TCP connections passed by a dispatcher (receive.c) ---- */
 static inline int is_receiver(const struct fd_entry *e)
 {
-	return e->kind == FD_CONVERTED && (e->role == ROLE_RECEIVER || e->role == ROLE_RECEIVING);
+	return e->kind == FD_CONVERTED && e->role >= ROLE_RECEIVER && e->role <= ROLE_RECEIVER_SHUT;
 }
 /* Make sock, the socket a receive= rule puts in a listener's place, ready: a datagram
  * socket bound at path as sockfile_bind does (its index, or -1), or with a slot a
  * seqpacket socket registered at the control socket path (-1).  -2 on failure. */
 int receive_setup(int sock, const char *path, const struct rule *r);
-int receive_listen(int fd);
+/* listen() and shutdown() of a receiver: its role becomes role. */
+int receive_role(int fd, int role);
 /* accept()/accept4() on a receiver: the next TCP connection passed to it. */
 int receive_accept(int fd, const struct fd_entry *l, struct sockaddr *addr, socklen_t *len,
 		   int flags);
