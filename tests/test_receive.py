@@ -205,8 +205,8 @@ def test_nginx_prefork_workers_share_a_receiver(procs: Processes, sockdir: Path)
         me, response = client(sender.port, f"127.0.0.{10 + i}", b"GET / HTTP/1.0\r\n\r\n")
         assert response.startswith(b"HTTP/1.1 200") and b"hello from nginx" in response
         clients.append(me)
-    time.sleep(0.3)
-    assert {pid: open_fds(pid) for pid in workers} == before
+    wait_for(lambda: {pid: open_fds(pid) for pid in workers} == before, 5,
+             "the workers back to their fds before the connections")
     sender.close()
     log = (sockdir / "access.log").read_text().split("\n")
     logged = [line.split()[0] for line in log if line][1:]
