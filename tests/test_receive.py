@@ -481,7 +481,10 @@ def test_systemd_datagram_socket_becomes_a_receiver(procs: Processes, sockdir: P
     tool = require_tool("systemd-socket-activate")
     port = free_port()
     path = str(sockdir / "activated.sock")
-    server = procs.start([tool, "--datagram", "-l", path, "--", *unixify_command(),
+    # systemd-socket-activate passes on only the environment it is told to
+    passed = [f"-E{name}={os.environ[name]}" for name in
+              ("UNIXIFY_SHIM", "ASAN_OPTIONS", "UBSAN_OPTIONS") if name in os.environ]
+    server = procs.start([tool, "--datagram", "-l", path, *passed, "--", *unixify_command(),
                           "-r", f"in,tcp,port={port},systemd", "--", "python3", "-u", "-m",
                           "http.server", str(port), "--bind", "127.0.0.1",
                           "--directory", str(sockdir)])
