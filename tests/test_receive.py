@@ -140,9 +140,11 @@ def test_http_server_sees_real_clients(procs: Processes, sockdir: Path) -> None:
         seen.append(me.split(":")[0])
     sender.close()
     server.terminate()
-    _, err = server.communicate(timeout=10)
+    out, err = server.communicate(timeout=10)
     logged = re.findall(r'^(\S+) - - \[.*"GET / HTTP/1.0" 200', err, re.M)
     assert logged == seen, err
+    # its getsockname is the address it bound (socketbox's preload printed garbage)
+    assert f"Serving HTTP on 127.0.0.1 port {port} " in out
     assert not sender.errors
 
 
