@@ -32,8 +32,7 @@ int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_
 	return -1;
 }
 
-/* a as the IPv4-mapped IPv6 address of v4, with port (network byte order). */
-static void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port)
+void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port)
 {
 	memset(a, 0, sizeof(*a));
 	a->in6.sin6_family = AF_INET6;

@@ -136,11 +136,27 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
 			     strerror(errno));
 	}
-	if (e->kind == FD_IP) /* materialized: a later connect may still convert it */
+	if (e->kind == FD_IP || is_receiver(e)) /* materialized: a later connect may still
+						     convert it; a receiver may move again */
 		fd_store(fd, e);
 	else
 		fd_store_no_epoll(fd, e);
 	return 0;
+}
+
+int replace_socket(int fd, int sock)
+{
+	struct fd_flags flags;
+	struct fd_entry e;
+
+	flags.status = REAL(fcntl)(fd, F_GETFL);
+	flags.fd = REAL(fcntl)(fd, F_GETFD);
+	if (flags.status < 0 || flags.fd < 0) {
+		discard(fd, sock);
+		return -1;
+	}
+	fd_snapshot(fd, &e);
+	return replace_fd(fd, sock, &flags, &e);
 }
 
 /* Record e for fd, moving sock into fd's place unless it is fd already.  On failure the
@@ -223,8 +239,9 @@ int claim_refuses(const struct fd_entry *e, int dir)
 static const char *action_name(int action)
 {
 	static const char *const names[] = { "?", "path", "abstract", "reject", "blackhole",
-					     "ignore", "systemd" };
-	return action >= ACT_PATH && action <= ACT_SYSTEMD ? names[action] : "?";
+					     "ignore", "systemd", "vsock", "tipc", "fc",
+					     "receive" };
+	return action >= ACT_PATH && action <= ACT_RECEIVE ? names[action] : "?";
 }
 
 /* What a log line says the socket call is about. */
@@ -278,6 +295,7 @@ int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
 		return -1;
 	case ACT_PATH:
 	case ACT_ABSTRACT:
+	case ACT_RECEIVE:
 		if (rule_expand(*r, q, target, size)) {
 			query_text(q, text, sizeof(text));
 			ulog(LOG_ERR_, "rule %d: %s for %s is too long", idx + 1,
@@ -310,6 +328,10 @@ int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, soc
 	if (d)
 		return d;
 	if (r->action == ACT_BLACKHOLE) { /* the parser allows blackhole only for 'in' */
+		errno = EACCES;
+		return -1;
+	}
+	if (r->action == ACT_RECEIVE) { /* matches binds only */
 		errno = EACCES;
 		return -1;
 	}
@@ -348,6 +370,14 @@ static void listener_local(struct ipaddr *local, const struct ipaddr *addr)
 	listener_note(local);
 }
 
+static int socket_type(int sock)
+{
+	socklen_t len = sizeof(int);
+	int type = 0;
+
+	return REAL(getsockopt)(sock, SOL_SOCKET, SO_TYPE, &type, &len) ? -1 : type;
+}
+
 /* A 'systemd' rule: the passed socket takes the place of fd instead of a bind. */
 int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		      const struct rule *r)
@@ -380,7 +410,9 @@ int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old
 	new_entry(&e, old, ROLE_LISTENER);
 	/* A passed socket of the program's own family is what it would have made itself:
 	 * nothing to translate.  A passed Unix socket for an IP one is a converted
-	 * listener. */
+	 * listener; a Unix datagram one for a TCP listener a receiver (receive.c). */
+	if (family == AF_UNIX && old->type == SOCK_STREAM && socket_type(sock) == SOCK_DGRAM)
+		e.role = ROLE_RECEIVER;
 	if (addr)
 		listener_local(&e.local, addr);
 	if (!addr || family != AF_UNIX)
@@ -514,12 +546,58 @@ static int bind_free_port(int fd, int *sock, const struct fd_entry *old,
 	return -1;
 }
 
+/* Put sock, bound for a listener of role (its socket file idx, or -1), in fd's place. */
+static int install_listener(int fd, int sock, const struct fd_flags *flags,
+			    const struct fd_entry *old, const struct ipaddr *addr, int role, int idx)
+{
+	struct fd_entry e;
+
+	new_entry(&e, old, role);
+	listener_local(&e.local, addr);
+	e.sockfile = idx >= 0 ? idx : -1;
+	return install(fd, sock, flags, &e);
+}
+
+/*
+ * A receive= rule: a receiver takes fd's place (receive.c), so that accept() hands out
+ * the TCP connections a dispatcher passes.  A second listener of this process for the
+ * same path (IPv4 and IPv6) is blackholed, as for path=.
+ */
+static int bind_receiver(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+			 const struct rule *r, const char *target)
+{
+	int kind = r->n_numbers ? SOCK_SEQPACKET : SOCK_DGRAM, sock, idx = -1, d;
+	struct fd_flags flags;
+
+	if (old->type != SOCK_STREAM) {
+		ulog(LOG_ERR_, "fd %d: receive=%s takes TCP connections, not datagrams", fd,
+		     target);
+		errno = EPROTOTYPE;
+		return -1;
+	}
+	sock = make_socket(fd, AF_UNIX, kind, old, &flags);
+	if (sock < 0)
+		return -1;
+	if (!r->n_numbers && sockfile_find(target) >= 0) {
+		ulog(LOG_INFO_, "fd %d: %s is already bound by this process; blackholing", fd,
+		     target);
+		d = sockfile_blackhole(sock);
+	} else {
+		idx = receive_setup(sock, target, r);
+		d = idx == -2 ? -1 : 0;
+	}
+	if (d) {
+		discard(fd, sock);
+		return -1;
+	}
+	return install_listener(fd, sock, &flags, old, addr, ROLE_RECEIVER, idx);
+}
+
 int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 {
 	struct sock_query q = { .dir = DIR_IN, .type = old->type, .addr = addr };
 	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	const struct rule *r = NULL;
-	struct fd_entry e;
 	struct fd_flags flags;
 	struct ipaddr local;
 	int sock, d, idx = -1;
@@ -531,6 +609,8 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		return -1;
 	if (r->action == ACT_SYSTEMD)
 		return convert_passed(fd, addr, old, r);
+	if (r->action == ACT_RECEIVE)
+		return bind_receiver(fd, addr, old, r, target);
 	if (r->action == ACT_VSOCK || r->action == ACT_TIPC || r->action == ACT_FC) {
 		struct other_target t;
 
@@ -561,10 +641,7 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 		discard(fd, sock);
 		return -1;
 	}
-	new_entry(&e, old, ROLE_LISTENER);
-	listener_local(&e.local, &local);
-	e.sockfile = idx >= 0 ? idx : -1;
-	if (install(fd, sock, &flags, &e))
+	if (install_listener(fd, sock, &flags, old, &local, ROLE_LISTENER, idx))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: listening on %s%s", fd,
 	     r->action == ACT_ABSTRACT ? "@" : "", target[0] ? target : "(blackhole)");

@@ -461,6 +461,14 @@ static int take_claim(const char **s, struct import *im)
 	return 0;
 }
 
+/* A receiver (receive.c) stands in for a TCP listener with a datagram socket. */
+static int type_plausible(const struct sock_item *it)
+{
+	if (it->e.role == ROLE_RECEIVER || it->e.role == ROLE_RECEIVING)
+		return it->e.type == SOCK_STREAM && sockopt_is(it->fd, SO_TYPE, SOCK_DGRAM);
+	return sockopt_is(it->fd, SO_TYPE, it->e.type) && it->e.role <= ROLE_ACCEPTED;
+}
+
 /* Pass 1: fd is (still) the Unix socket announced. */
 static int socket_plausible(const struct sock_item *it)
 {
@@ -468,9 +476,7 @@ static int socket_plausible(const struct sock_item *it)
 
 	return it->fd >= 0 && !fstat(it->fd, &st) && S_ISSOCK(st.st_mode) &&
 	       st.st_ino == it->sock_ino && sockopt_is(it->fd, SO_DOMAIN, AF_UNIX) &&
-	       sockopt_is(it->fd, SO_TYPE, it->e.type) &&
-	       (it->e.family == AF_INET || it->e.family == AF_INET6) &&
-	       it->e.role <= ROLE_ACCEPTED;
+	       type_plausible(it) && (it->e.family == AF_INET || it->e.family == AF_INET6);
 }
 
 static const struct sock_item *held(const struct import *im, unsigned long sock_ino)

@@ -309,6 +309,8 @@ API int listen(int fd, int backlog)
 			return -1;
 		fd_snapshot(fd, &e);
 	}
+	if (is_receiver(&e)) /* nothing to listen on: connections come from a dispatcher */
+		return receive_role(fd, ROLE_RECEIVING);
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
@@ -430,6 +432,11 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 	if (addr && !len) {
 		errno = EFAULT;
 		return -1;
+	}
+	if (is_receiver(&listener)) {
+		conn = receive_accept(fd, &listener, addr, len, is4 ? flags : 0);
+		release_after_accept(fd, &listener, before);
+		return conn;
 	}
 	/* The Unix peer's own address says nothing useful; we report a local one. */
 	conn = is4 ? REAL(accept4)(fd, NULL, NULL, flags) : REAL(accept)(fd, NULL, NULL);
@@ -589,6 +596,8 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
 		answer = optname == SO_DOMAIN ? e.family
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
+	} else if (level == SOL_SOCKET && receive_sockopt(&e, optname, &answer)) {
+		/* a receiver answers as the TCP listener it stands for */
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
 		o = &set;
 	} else if (!ip_level(level)) {
@@ -673,6 +682,19 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 			return REAL(sendmsg)(fd, &copy, flags & ~MSG_FASTOPEN);
 	}
 	return REAL(sendmsg)(fd, msg, flags);
+}
+
+/* A receiver shut down must fail accept() as a TCP listener would, not read on. */
+API int shutdown(int fd, int how)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd)) {
+		fd_snapshot(fd, &e);
+		if (is_receiver(&e))
+			receive_role(fd, ROLE_RECEIVER_SHUT);
+	}
+	return REAL(shutdown)(fd, how);
 }
 
 API int close(int fd)
@@ -821,8 +843,9 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 
 	state_lock();
 	e = fd_get(fd, 0);
-	/* a converted listener may still be replaced: a client that bound first */
-	if (e && (e->kind == FD_IP || e->kind == FD_PENDING ||
+	/* a converted listener may still be replaced (a client that bound first), and a
+	 * receiver gets a new socket when its dispatcher restarts */
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING || is_receiver(e) ||
 		  (e->role == ROLE_LISTENER && e->type == SOCK_STREAM))) {
 		if (op == EPOLL_CTL_DEL) {
 			fd_record_del(fd, e, REC_EPOLL, &reg);

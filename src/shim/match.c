@@ -46,14 +46,15 @@ static int query_address(struct ipaddr *a, const char *ip, unsigned port)
 	return 0;
 }
 
-/* A path= or abstract= rule's target for q into target, as a socket call would get it:
- * "" when it does not fit (in size, or in a Unix address: the call fails). */
+/* A path=, abstract= or receive= rule's target for q into target, as a socket call
+ * would get it: "" when it does not fit (in size, or in a Unix address: the call fails). */
 static void expand(const struct rule *r, const struct sock_query *q, char *target,
 		   size_t size)
 {
 	struct sockaddr_un sun;
 
-	if ((r->action != ACT_PATH && r->action != ACT_ABSTRACT) || !size)
+	if ((r->action != ACT_PATH && r->action != ACT_ABSTRACT && r->action != ACT_RECEIVE) ||
+	    !size)
 		return;
 	if (rule_expand(r, q, target, size) || unix_addr_fill(&sun, r, target) < 0)
 		target[0] = 0;
@@ -63,7 +64,7 @@ static void expand(const struct rule *r, const struct sock_query *q, char *targe
  * The rules (len bytes of their encoding) asked about a bind (dir DIR_IN) or a connect
  * or send (DIR_OUT) of a socket of type to ip (text) and port, or with ip NULL, of a Unix
  * socket to unix_name (an abstract name if abstract).  why[i] gets rule_mismatch() of
- * rule i < n_why; a matching path= or abstract= rule's expansion goes to target ("" if
+ * rule i < n_why; a matching path=, abstract= or receive= rule's expansion goes to target ("" if
  * it does not fit in size or in a Unix address).  The index of the first matching rule, -1 when none
  * matches, -2 when the rules or the query are malformed.
  */

@@ -47,6 +47,7 @@ void real_init(void)
 	r.posix_spawnp = next("posix_spawnp");
 	r.prctl = next("prctl");
 	r.syscall = next("syscall");
+	r.shutdown = next("shutdown");
 	/* Concurrent first calls compute the same values; publishing a whole struct
 	 * field by field is harmless because every field read is checked by REAL(). */
 	real = r;

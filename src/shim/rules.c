@@ -199,7 +199,7 @@ static int parse_numbers(struct rule *r, const char *v, size_t n)
 
 static int parse_action(struct rule *r, const char *v, size_t n)
 {
-	static const char letters[] = "PARBISVCF";
+	static const char letters[] = "PARBISVCFE";
 	const char *p;
 
 	if (n != 1 || !(p = memchr(letters, v[0], sizeof(letters) - 1)))
@@ -292,18 +292,22 @@ static int check_rule(const struct rule *r)
 {
 	if (!r->action)
 		return -1;
-	if ((r->action == ACT_PATH || r->action == ACT_ABSTRACT || r->action == ACT_FC) !=
-	    (r->target != NULL))
+	if ((r->action == ACT_PATH || r->action == ACT_ABSTRACT || r->action == ACT_FC ||
+	     r->action == ACT_RECEIVE) != (r->target != NULL))
 		return -1;
-	if (r->n_numbers != (r->action == ACT_VSOCK ? 2 : r->action == ACT_TIPC ? 5
-			     : r->action == ACT_FC ? 1 : 0))
+	if (r->action == ACT_RECEIVE ? r->n_numbers > 1 || r->dir == DIR_OUT ||
+				       r->type == SOCK_DGRAM || r->target[0] != '/' ||
+				       (r->n_numbers && (r->noremove || r->mode >= 0 ||
+					r->uid != (uid_t)-1 || r->gid != (gid_t)-1))
+	    : r->n_numbers != (r->action == ACT_VSOCK ? 2 : r->action == ACT_TIPC ? 5
+			       : r->action == ACT_FC ? 1 : 0))
 		return -1;
 	if (r->action == ACT_FC && (r->target[0] != '/' || r->dir == DIR_IN))
 		return -1;
 	if ((r->action == ACT_REJECT) != (r->reject_errno != 0))
 		return -1;
 	if ((r->noremove || r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1) &&
-	    r->action != ACT_PATH)
+	    r->action != ACT_PATH && r->action != ACT_RECEIVE)
 		return -1;
 	if (r->action == ACT_BLACKHOLE && r->dir != DIR_IN)
 		return -1;
@@ -778,8 +782,8 @@ enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q)
 		return MISS_IP_ONLY;
 	if (r->dir && r->dir != q->dir)
 		return MISS_DIR;
-	if (r->action == ACT_SYSTEMD && q->dir != DIR_IN)
-		return MISS_SYSTEMD; /* passed sockets stand in for listeners only */
+	if ((r->action == ACT_SYSTEMD || r->action == ACT_RECEIVE) && q->dir != DIR_IN)
+		return MISS_SYSTEMD; /* passed sockets and receivers stand in for listeners only */
 	if (r->type && r->type != q->type)
 		return MISS_TYPE;
 	if (r->family && (!q->addr || r->family != q->addr->sa.sa_family))

@@ -59,6 +59,7 @@ struct real_funcs {
 			    const posix_spawnattr_t *, char *const[], char *const[]);
 	int (*prctl)(int, ...);
 	long (*syscall)(long, ...);
+	int (*shutdown)(int, int);
 };
 extern struct real_funcs real;
 void real_init(void);
@@ -116,6 +117,8 @@ void ipaddr_loopback_like(struct ipaddr *a, int family, const struct ipaddr *mod
 int ipaddr_is_any(const struct ipaddr *a);
 const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4); /* v4-mapped -> 4 bytes */
 void ipaddr_format(const struct ipaddr *a, char *buf, size_t size);
+/* a as the IPv4-mapped IPv6 address of v4, with port (network byte order). */
+void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port);
 uint16_t fake_port(void);
 int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, socklen_t *dstlen);
 struct rule;
@@ -126,7 +129,7 @@ int unix_path_fill(struct sockaddr_un *sun, const char *path);
 
 /* ---- rules (rules.c) ---- */
 enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
-		   ACT_SYSTEMD, ACT_VSOCK, ACT_TIPC, ACT_FC };
+		   ACT_SYSTEMD, ACT_VSOCK, ACT_TIPC, ACT_FC, ACT_RECEIVE };
 enum rule_dir { DIR_ANY = 0, DIR_IN, DIR_OUT };
 
 struct rule {
@@ -140,7 +143,7 @@ struct rule {
 	uint8_t has_ports;
 	uint8_t family;    /* 0 (any), AF_INET or AF_INET6 */
 	uint8_t n_numbers;
-	uint32_t numbers[5]; /* vsock cid, port; tipc's five values; fc port */
+	uint32_t numbers[5]; /* vsock cid, port; tipc's five values; fc port; receive slot */
 	uint8_t addr[16];
 	uint16_t port_lo, port_hi;
 	int reject_errno;
@@ -149,7 +152,7 @@ struct rule {
 	gid_t gid;                 /* socket file group, or (gid_t)-1 */
 	const char *owner_name;    /* their names as the launcher knew them, or NULL */
 	const char *group_name;
-	const char *target;        /* path= or abstract=, unexpanded */
+	const char *target;        /* path=, abstract= or receive=, unexpanded */
 	const char *systemd_name;
 	const char *from_unix;
 	const char *from_abstract;
@@ -237,8 +240,11 @@ enum fd_kind {
 	FD_REDIRECTED, /* the program's own Unix socket, bound where a rule said */
 };
 /* A converted datagram socket is a LISTENER when a rule bound it, a CLIENT while it is
- * connected, and NONE when it only sends to addresses it names. */
-enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED };
+ * connected, and NONE when it only sends to addresses it names.  A RECEIVER stands in
+ * for a TCP listener (receive=): RECEIVING once the program listened, RECEIVER_SHUT
+ * once it shut it down. */
+enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED, ROLE_RECEIVER,
+	       ROLE_RECEIVING, ROLE_RECEIVER_SHUT };
 
 /* Where a socket we may convert is registered with epoll, and the IP- and TCP-level
  * options set on it: records keyed by epfd, and by level and name.  A few are kept in
@@ -384,6 +390,9 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname);
 /* Which Unix address the rules send q to: 0 with sun and len set; 1 when no rule
  * converts it (the call goes to libc unchanged); -1 with errno when it must fail. */
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
+/* Put sock in fd's place; fd keeps its entry, flags and epoll registrations.  On
+ * failure sock is closed and fd left as it was. */
+int replace_socket(int fd, int sock);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
 /* Remember that a rule claimed fd (old is what we knew of it) for dir and converting it
@@ -402,6 +411,22 @@ void listener_note(const struct ipaddr *local);
  * -1 with errno when one does but cannot be reached (never real TCP then). */
 int own_listener(int fd, const struct ipaddr *dest, int type, struct sockaddr_un *sun,
 		 socklen_t *len);
+/* ---- receivers: TCP connections passed by a dispatcher (receive.c) ---- */
+static inline int is_receiver(const struct fd_entry *e)
+{
+	return e->kind == FD_CONVERTED && e->role >= ROLE_RECEIVER && e->role <= ROLE_RECEIVER_SHUT;
+}
+/* Make sock, the socket a receive= rule puts in a listener's place, ready: a datagram
+ * socket bound at path as sockfile_bind does (its index, or -1), or with a slot a
+ * seqpacket socket registered at the control socket path (-1).  -2 on failure. */
+int receive_setup(int sock, const char *path, const struct rule *r);
+/* listen() and shutdown() of a receiver: its role becomes role. */
+int receive_role(int fd, int role);
+/* accept()/accept4() on a receiver: the next TCP connection passed to it. */
+int receive_accept(int fd, const struct fd_entry *l, struct sockaddr *addr, socklen_t *len,
+		   int flags);
+/* getsockopt(SOL_SOCKET, name) of a receiver as of a TCP listener: 1 with *answer set. */
+int receive_sockopt(const struct fd_entry *e, int name, int *answer);
 
 /* ---- converted sockets across exec (inherit.c) ---- */
 void inherit_init(void);

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple, Union
 
 from unixify.encoding import encode_rules
-from unixify.rules import Rule, errno_name
+from unixify.rules import Rule, errno_name, file_notes
 from unixify.shim import ShimError, matcher_path
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -105,7 +105,7 @@ def reason(rule: Rule, query: Query, miss: int) -> str:
     if miss == MISS_DIR:
         return f"it is for '{rule.direction}' only"
     if miss == MISS_SYSTEMD:
-        return "'systemd' applies to listening sockets only"
+        return f"'{rule.action}' applies to listening sockets only"
     if miss == MISS_TYPE:
         return f"it is for {'tcp' if rule.socket_type == 'stream' else 'udp'} only"
     if miss == MISS_FAMILY:
@@ -132,7 +132,7 @@ def outcome(rule: Rule | None, query: Query, target: str) -> str:
         why = "no rule matches" if rule is None else "the rule says ignore"
         kind = "Unix" if is_unix else "IP"
         return f"{why}: {call} goes ahead unchanged on the {kind} socket"
-    if rule.action in ("path", "abstract") and not target:
+    if rule.action in ("path", "abstract", "receive") and not target:
         return (f"{call} fails with ENAMETOOLONG ({errno.ENAMETOOLONG}): {rule.target} "
                 "expands to more than a Unix socket address holds")
     if rule.action in ("path", "abstract"):
@@ -155,8 +155,23 @@ def outcome(rule: Rule | None, query: Query, target: str) -> str:
         if rule.action == "fc" and query.direction == "in":
             return f"{call} fails with EINVAL (a multiplexer only connects)"
         return f"{call} uses {rule.describe()} instead"
+    if rule.action == "receive":
+        return receive_outcome(rule, query, call, target)
     name = f" named {rule.systemd_name!r}" if rule.systemd_name else ""
     return f"{call} takes the {query.socket_type} socket{name} passed by systemd (LISTEN_FDS)"
+
+
+def receive_outcome(rule: Rule, query: Query, call: str, target: str) -> str:
+    """What a receive= rule does with a bind (target expanded): connections arrive from a
+    dispatcher."""
+    if query.socket_type != "stream":
+        return f"{call} fails with EPROTOTYPE (receive= takes TCP connections only)"
+    if rule.numbers:
+        return (f"{call} registers slot {rule.numbers[0]} at the dispatcher's control "
+                f"socket {target}; accept() takes the TCP connections it passes")
+    return (f"{call} makes a receiver (Unix datagram socket) at {target}"
+            f"{file_notes(rule)}; accept() takes the "
+            "TCP connections a dispatcher passes there")
 
 
 def explain(rules: list[Rule], query: Query, refusal: str | None = None) -> str:
