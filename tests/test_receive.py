@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     HELPERS,
     Processes,
+    activate,
     compile_c,
     free_port,
     read_until,
@@ -480,16 +481,11 @@ def test_slot_registration_refused_or_absent_fails_the_bind(sockdir: Path) -> No
 def test_systemd_datagram_socket_becomes_a_receiver(procs: Processes, sockdir: Path) -> None:
     """A Unix datagram socket passed by socket activation to a 'systemd' rule of a TCP
     listener is a receiver: made before the server starts, only its fd passed in."""
-    tool = require_tool("systemd-socket-activate")
     port = free_port()
     path = str(sockdir / "activated.sock")
-    # systemd-socket-activate passes on only the environment it is told to
-    passed = [f"-E{name}={os.environ[name]}" for name in
-              ("UNIXIFY_SHIM", "ASAN_OPTIONS", "UBSAN_OPTIONS") if name in os.environ]
-    server = procs.start([tool, "--datagram", "-l", path, *passed, "--", *unixify_command(),
-                          "-r", f"in,tcp,port={port},systemd", "--", "python3", "-u", "-m",
-                          "http.server", str(port), "--bind", "127.0.0.1",
-                          "--directory", str(sockdir)])
+    server = activate(procs, [path], [f"in,tcp,port={port},systemd"],
+                      ["python3", "-u", "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                       "--directory", str(sockdir)], extra=["--datagram"])
     wait_for(lambda: os.path.exists(path), what="the activation socket")
     sender = Sender(path)
     # systemd-socket-activate starts the server at the first datagram: this connection
