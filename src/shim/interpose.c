@@ -135,9 +135,9 @@ API pid_t vfork(void)
 
 static int predicted(int domain, int base, int protocol)
 {
-	return predict_stream_out && rules_state == RULES_OK && base == SOCK_STREAM &&
+	return rules_state == RULES_OK && base == SOCK_STREAM &&
 	       (protocol == 0 || protocol == IPPROTO_TCP) &&
-	       (domain == AF_INET || domain == AF_INET6);
+	       (domain == AF_INET || domain == AF_INET6) && predict_pending(domain);
 }
 
 API int socket(int domain, int type, int protocol)
