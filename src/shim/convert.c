@@ -38,6 +38,14 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname)
 	}
 }
 
+int copyable_option(int optname)
+{
+	struct fd_entry e = { .opts_set = 0 };
+
+	copyable_option_mark(&e, SOL_SOCKET, optname);
+	return e.opts_set != 0;
+}
+
 static void copy_options(int from, int to, uint32_t mask)
 {
 	for (int i = 0; i < N_COPYABLE; i++) {

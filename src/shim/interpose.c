@@ -527,6 +527,23 @@ static int log_option(int fd, struct fd_entry *e, int level, int name, const voi
 	return fd_record_put(fd, e, REC_OPT, &o);
 }
 
+/*
+ * A pending socket stands in for an IP one only as far as what is set on it comes
+ * along if it becomes one: the SOL_SOCKET options conversion carries over, IP-level
+ * ones we can keep.  Another (SO_BINDTODEVICE, SO_OOBINLINE, a long IP_OPTIONS) makes
+ * it the IP socket first, for the kernel to take; 0 when fd is ready for it.
+ */
+static int settle_for_option(int fd, int level, int optname, const void *val, socklen_t len)
+{
+	struct fd_entry e;
+
+	if (level == SOL_SOCKET ? copyable_option(optname)
+	    : !ip_level(level) || (val && len <= sizeof(((struct pending_opt *)0)->value)))
+		return 0;
+	fd_snapshot(fd, &e);
+	return e.kind == FD_PENDING ? materialize(fd) : 0;
+}
+
 API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
 {
 	struct fd_entry *e;
@@ -534,6 +551,8 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
+	if (settle_for_option(fd, level, optname, val, len))
+		return -1;
 	state_lock();
 	e = fd_get(fd, 0);
 	if (e) {
@@ -584,6 +603,16 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	if (!fd_tracked(fd))
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	fd_snapshot(fd, &e);
+	if (e.kind == FD_PENDING && level == SOL_SOCKET &&
+	    (optname == SO_SNDBUF || optname == SO_RCVBUF)) {
+		/* a Unix socket's buffers differ from an IP one's: the kernel's answer is
+		 * the IP socket's, which it may well stay */
+		int saved = errno;
+
+		if (materialize(fd) == 0)
+			return REAL(getsockopt)(fd, level, optname, val, len);
+		errno = saved;
+	}
 	if (e.kind != FD_CONVERTED && e.kind != FD_PENDING)
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {

@@ -384,6 +384,8 @@ int convert_bound_connect(int fd, const struct ipaddr *addr, const struct fd_ent
 /* Turn an IP datagram socket into a Unix one with a private address, unconnected. */
 int convert_sender(int fd, const struct fd_entry *old);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
+/* Is a SOL_SOCKET option carried over to a socket that takes fd's place? */
+int copyable_option(int optname);
 /* Which Unix address the rules send q to: 0 with sun and len set; 1 when no rule
  * converts it (the call goes to libc unchanged); -1 with errno when it must fail. */
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
