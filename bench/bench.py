@@ -228,12 +228,14 @@ def bench_setup(rounds: int, quick: bool, targets: Targets, old_shim: str | None
         wait_until(lambda: tcp_ready(port), "tcp accept loop")
         results = interleave_cpu(variants, rounds)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nconnection setup: {count} x socket+connect+close, {rounds} rounds (median ns "
-          "per connection; ratio to native unix, to plain tcp; CPU ns; spread)")
+    print(f"\nconnection setup: {count} x socket+connect+close, medians of {rounds} rounds")
+    print(f"  {'':<26} {'wall ns':>9} {'/unix':>7} {'/tcp':>7} {'CPU ns':>9} {'/unix':>7} "
+          f"{'/tcp':>7} {'spread':>7}")
     unix, plain = results["native unix"][0], results["plain tcp"][0]
+    unix_cpu, plain_cpu = results["native unix"][1], results["plain tcp"][1]
     for name, (wall, cpu, spread) in results.items():
         print(f"  {name:<26} {wall:>9.1f} {wall / unix:6.3f}x {wall / plain:6.3f}x "
-              f"{cpu:>9.1f} {spread:6.1%}")
+              f"{cpu:>9.1f} {cpu / unix_cpu:6.3f}x {cpu / plain_cpu:6.3f}x {spread:7.1%}")
     for prefix in shims:
         def ratio(name: str, base: float, prefix: str = prefix) -> float:
             return results[prefix + name][0] / base
