@@ -59,20 +59,9 @@ static const char *result(int r)
 static void addr_text(const struct sockaddr_storage *ss, char *buf, size_t size)
 {
 	char ip[INET6_ADDRSTRLEN] = "?";
-	int port = 0;
+	int port = addr_ip(ss, ip, sizeof(ip));
 
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-
-		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-		port = ntohs(in->sin_port);
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-		port = ntohs(in6->sin6_port);
-	}
-	snprintf(buf, size, "%d,%s,%d", ss->ss_family, ip, port);
+	snprintf(buf, size, "%d,%s,%d", ss->ss_family, ip, port < 0 ? 0 : port);
 }
 
 static int peer_port(int fd)
