@@ -154,6 +154,32 @@ def test_buffer_sizes_before_connect_are_an_ip_sockets(guess: str, peers: Peers,
     expect_connected(info, peers, "c")
 
 
+@pytest.mark.parametrize("rule", ["conditional", "every"])
+def test_a_copy_made_before_bind_is_the_same_socket(guess: str, peers: Peers,
+                                                     rule: str) -> None:
+    # dup of a guessed socket, then a bind no rule converts: both fds name the one IP
+    # socket, bound once (before, the copy stayed the Unix socket, unbound).
+    rules = [peers.rule()] if rule == "conditional" else [f"out,path={peers.sock}"]
+    info = run_guess(guess, peers, ["client", "-", "t", "dup,bind"], rules)
+    assert info["made"] == "unix"
+    assert info["bound_copy"] == info["bound"], info
+    if rule == "conditional":
+        expect_connected(info, peers, "t")
+        assert (int(info["copy_peer_port"]), info["copy_real"]) == (peers.tport, "inet")
+
+
+@pytest.mark.parametrize("dest", ["c", "t"])
+def test_a_copy_made_before_connect(guess: str, peers: Peers, dest: str) -> None:
+    # Left TCP, both fds are the one connected socket, as without the guess.  Converted,
+    # the copy stays the IP socket (a conversion replaces the one fd it is called on).
+    info = run_guess(guess, peers, ["client", "-", dest, "dup"])
+    expect_connected(info, peers, dest)
+    if dest == "t":
+        assert (int(info["copy_peer_port"]), info["copy_real"]) == (peers.tport, "inet")
+    else:
+        assert (info["copy_peer_port"], info["copy_real"]) == ("-1", "inet")
+
+
 @pytest.mark.parametrize("steer", ["-", "tt"])
 @pytest.mark.parametrize("dest", ["c", "t"])
 def test_fork_between_socket_and_connect(guess: str, peers: Peers, steer: str,

@@ -779,9 +779,25 @@ static void copy_entry(int from, int to)
 		ulog(LOG_WARN_, "fd %d: out of memory; options of fd %d not all copied", to, from);
 }
 
+/*
+ * A pending socket's copy would stay the Unix socket when the original becomes the IP
+ * one: it becomes the IP socket before it gets another name.  -1 when it cannot.
+ */
+static int settle_for_copy(int fd)
+{
+	struct fd_entry e;
+
+	fd_snapshot(fd, &e);
+	return e.kind == FD_PENDING ? materialize(fd) : 0;
+}
+
 API int dup(int fd)
 {
-	int n = REAL(dup)(fd);
+	int n;
+
+	if (fd_tracked(fd) && settle_for_copy(fd))
+		return -1;
+	n = REAL(dup)(fd);
 
 	if (n >= 0 && fd_tracked(fd))
 		copy_entry(fd, n);
@@ -795,6 +811,8 @@ static int dup_onto(int old, int new, int flags, int is3)
 
 	if (old == new || (!fd_tracked(old) && !fd_tracked(new)))
 		return is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
+	if (fd_tracked(old) && settle_for_copy(old))
+		return -1;
 	systemd_evict(new);
 	fd_take(new, &gone);
 	r = is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
@@ -831,6 +849,8 @@ API int fcntl(int fd, int cmd, ...)
 	va_start(ap, cmd);
 	arg = va_arg(ap, void *);
 	va_end(ap);
+	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd) && settle_for_copy(fd))
+		return -1;
 	r = REAL(fcntl)(fd, cmd, arg);
 	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd))
 		copy_entry(fd, r);

@@ -15,7 +15,8 @@
  *       connected to CPORT or TPORT (DEST 'c' or 't').  MODE, words joined by commas:
  *       "bind" binds HOST port 0 first; "extra" also sets SO_OOBINLINE and
  *       SO_BINDTODEVICE "lo" (and a 20-byte IP_OPTIONS on IPv4); "sndbuf" asks for
- *       SO_SNDBUF before connecting, and what a new TCP socket says; "fork" connects in
+ *       SO_SNDBUF before connecting, and what a new TCP socket says; "dup" makes a
+ *       copy before binding or connecting ("copy_" and "bound_copy" keys); "fork" connects in
  *       a child ("child_" keys), the parent only closes; "forkparent" has a child that
  *       exits at once and the parent connects; "exec" connects in a new image
  */
@@ -30,7 +31,7 @@
 #include "common.h"
 
 static const char *host;
-static int is6;
+static int is6, copy = -1;
 
 static int raw_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 {
@@ -204,6 +205,9 @@ static void finish(int fd, int ep, int port, const char *prefix, int extra)
 		printf("%slocal=%s\n", prefix, text);
 	}
 	printf("%sreal=%s\n", prefix, made(fd));
+	if (copy >= 0)
+		printf("%scopy_peer_port=%d\n%scopy_real=%s\n", prefix, peer_port(copy), prefix,
+		       made(copy));
 	printf("%swrite=%zd\n", prefix, write(fd, "x", 1));
 	report_options(fd, prefix, extra);
 	fflush(stdout);
@@ -268,6 +272,8 @@ static int client(int cport, int tport, const char *steer, char dest, const char
 		die("epoll");
 	if (has(mode, "sndbuf"))
 		sndbuf(fd);
+	if (has(mode, "dup") && (copy = dup(fd)) < 0)
+		die("dup");
 	if (has(mode, "bind")) {
 		socklen_t n = make_addr(host, 0, &ss);
 
@@ -276,6 +282,11 @@ static int client(int cport, int tport, const char *steer, char dest, const char
 		getsockname(fd, (struct sockaddr *)&ss, &len);
 		addr_text(&ss, text, sizeof(text));
 		printf("bound=%s\nbound_real=%s\n", text, made(fd));
+		len = sizeof(ss);
+		if (copy >= 0 && getsockname(copy, (struct sockaddr *)&ss, &len) == 0) {
+			addr_text(&ss, text, sizeof(text));
+			printf("bound_copy=%s\n", text);
+		}
 		report_options(fd, "bound_", extra);
 	}
 	if (has(mode, "exec"))
