@@ -143,14 +143,16 @@ def test_options_a_unix_socket_cannot_carry_reach_the_ip_socket(guess: str, peer
 
 
 @pytest.mark.parametrize("rule", ["conditional", "every"])
-def test_buffer_sizes_before_connect_are_an_ip_sockets(guess: str, peers: Peers,
-                                                       rule: str) -> None:
-    # A guessed socket is a Unix one, whose buffers are not TCP's: asked before the
-    # connect, it answers as the IP socket (before, with the Unix socket's sizes).
+def test_options_never_set_answer_as_an_ip_socket(guess: str, peers: Peers,
+                                                  rule: str) -> None:
+    # A guessed socket is a Unix one, whose buffers are not TCP's and which has no IP-
+    # or TCP-level options: asked before the connect, it answers as the IP socket
+    # (before: the Unix socket's buffer sizes, and 0 for a TTL or a keepalive count).
     rules = [peers.rule()] if rule == "conditional" else [f"out,path={peers.sock}"]
-    info = run_guess(guess, peers, ["client", "-", "c", "sndbuf"], rules)
+    info = run_guess(guess, peers, ["client", "-", "c", "defaults"], rules)
     assert info["made"] == "unix"
-    assert info["sndbuf"] == info["tcp_sndbuf"], info
+    for name in ("sndbuf", "ttl", "keepcnt"):
+        assert info[name] == info["tcp_" + name], (name, info)
     expect_connected(info, peers, "c")
 
 

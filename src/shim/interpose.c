@@ -593,6 +593,15 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 	return r;
 }
 
+/* An option whose value a Unix socket does not have, or has but not as a fresh IP
+ * socket does (its buffer sizes): IP-level defaults are the kernel's (IP_TTL,
+ * TCP_KEEPIDLE, TCP_CONGESTION, ...). */
+static int asks_ip_socket(int level, int optname)
+{
+	return ip_level(level) ||
+	       (level == SOL_SOCKET && (optname == SO_SNDBUF || optname == SO_RCVBUF));
+}
+
 API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 {
 	const struct pending_opt *o = NULL;
@@ -603,16 +612,6 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	if (!fd_tracked(fd))
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	fd_snapshot(fd, &e);
-	if (e.kind == FD_PENDING && level == SOL_SOCKET &&
-	    (optname == SO_SNDBUF || optname == SO_RCVBUF)) {
-		/* a Unix socket's buffers differ from an IP one's: the kernel's answer is
-		 * the IP socket's, which it may well stay */
-		int saved = errno;
-
-		if (materialize(fd) == 0)
-			return REAL(getsockopt)(fd, level, optname, val, len);
-		errno = saved;
-	}
 	if (e.kind != FD_CONVERTED && e.kind != FD_PENDING)
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
@@ -620,6 +619,13 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
 		o = &set;
+	} else if (e.kind == FD_PENDING && asks_ip_socket(level, optname)) {
+		/* only the IP socket it stands for knows, which it may well stay */
+		int saved = errno;
+
+		if (materialize(fd) == 0)
+			return REAL(getsockopt)(fd, level, optname, val, len);
+		errno = saved;
 	} else if (!ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}

@@ -14,8 +14,8 @@
  *       set up (options, an epoll registration), asked about before connecting, and
  *       connected to CPORT or TPORT (DEST 'c' or 't').  MODE, words joined by commas:
  *       "bind" binds HOST port 0 first; "extra" also sets SO_OOBINLINE and
- *       SO_BINDTODEVICE "lo" (and a 20-byte IP_OPTIONS on IPv4); "sndbuf" asks for
- *       SO_SNDBUF before connecting, and what a new TCP socket says; "dup" makes a
+ *       SO_BINDTODEVICE "lo" (and a 20-byte IP_OPTIONS on IPv4); "defaults" asks for
+ *       options never set before connecting, and what a new TCP socket says; "dup" makes a
  *       copy before binding or connecting ("copy_" and "bound_copy" keys); "fork" connects in
  *       a child ("child_" keys), the parent only closes; "forkparent" has a child that
  *       exits at once and the parent connects; "exec" connects in a new image
@@ -237,12 +237,20 @@ static int has(const char *mode, const char *word)
 	return 0;
 }
 
-static void sndbuf(int fd)
+/* Options never set, asked before connecting, and what a new TCP socket says. */
+static void defaults(int fd)
 {
 	int tcp = (int)syscall(SYS_socket, is6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+	struct opt o[] = {
+		{ "sndbuf", SOL_SOCKET, SO_SNDBUF, 0 },
+		{ "ttl", is6 ? IPPROTO_IPV6 : IPPROTO_IP, is6 ? IPV6_UNICAST_HOPS : IP_TTL, 0 },
+		{ "keepcnt", IPPROTO_TCP, TCP_KEEPCNT, 0 },
+	};
 
-	printf("sndbuf=%d\n", get_int(fd, SOL_SOCKET, SO_SNDBUF, 0));
-	printf("tcp_sndbuf=%d\n", get_int(tcp, SOL_SOCKET, SO_SNDBUF, 1));
+	for (size_t i = 0; i < sizeof(o) / sizeof(o[0]); i++) {
+		printf("%s=%d\n", o[i].name, get_int(fd, o[i].level, o[i].optname, 0));
+		printf("tcp_%s=%d\n", o[i].name, get_int(tcp, o[i].level, o[i].optname, 1));
+	}
 	close(tcp);
 }
 
@@ -270,8 +278,8 @@ static int client(int cport, int tport, const char *steer, char dest, const char
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev))
 		die("epoll");
-	if (has(mode, "sndbuf"))
-		sndbuf(fd);
+	if (has(mode, "defaults"))
+		defaults(fd);
 	if (has(mode, "dup") && (copy = dup(fd)) < 0)
 		die("dup");
 	if (has(mode, "bind")) {
