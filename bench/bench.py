@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -178,11 +179,15 @@ def run_pair(args: list[str], env: dict[str, str] | None = None) -> tuple[float,
 def interleave_cpu(variants: dict[str, Callable[[], tuple[float, float]]], rounds: int
                    ) -> dict[str, tuple[float, float, float]]:
     """Medians of wall and CPU time, and the spread of the wall times (interquartile
-    range over the median), round after round as interleave()."""
+    range over the median), round after round as interleave() but in a new order each
+    round, so that no variant always follows the same one."""
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    order = list(variants)
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for name, measure in variants.items():
-            samples[name].append(measure())
+        shuffle(order)
+        for name in order:
+            samples[name].append(variants[name]())
     results = {}
     for name, values in samples.items():
         walls = [w for w, _ in values]
@@ -200,7 +205,9 @@ def bench_setup(rounds: int, quick: bool, targets: Targets, old_shim: str | None
     sock = tmp / "accept.sock"
     count = "5000" if quick else "20000"
     port, elsewhere = free_port(), free_port()
-    tcp = [loop, "tcp", "127.0.0.1", str(port), count]
+    # fewer TCP connections: each leaves a port in TIME_WAIT for a minute, and once
+    # they run short every connect searches longer for one
+    tcp = [loop, "tcp", "127.0.0.1", str(port), str(int(count) // 4)]
     converted = [loop, "tcp", "127.0.0.1", "9", count]
     wrapped = {
         # every connection converts: sockets start as Unix sockets
@@ -228,7 +235,8 @@ def bench_setup(rounds: int, quick: bool, targets: Targets, old_shim: str | None
         wait_until(lambda: tcp_ready(port), "tcp accept loop")
         results = interleave_cpu(variants, rounds)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nconnection setup: {count} x socket+connect+close, medians of {rounds} rounds")
+    print(f"\nconnection setup: {count} x socket+connect+close ({tcp[-1]} on TCP), medians "
+          f"of {rounds} rounds")
     print(f"  {'':<26} {'wall ns':>9} {'/unix':>7} {'/tcp':>7} {'CPU ns':>9} {'/unix':>7} "
           f"{'/tcp':>7} {'spread':>7}")
     unix, plain = results["native unix"][0], results["plain tcp"][0]
