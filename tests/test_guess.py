@@ -147,7 +147,8 @@ def test_options_never_set_answer_as_an_ip_socket(guess: str, peers: Peers,
                                                   rule: str) -> None:
     # A guessed socket is a Unix one, whose buffers are not TCP's and which has no IP-
     # or TCP-level options: asked before the connect, it answers as the IP socket
-    # (before: the Unix socket's buffer sizes, and 0 for a TTL or a keepalive count).
+    # (before this round: the Unix socket's buffer sizes, and 0 for a TTL or a
+    # keepalive count).
     rules = [peers.rule()] if rule == "conditional" else [f"out,path={peers.sock}"]
     info = run_guess(guess, peers, ["client", "-", "c", "defaults"], rules)
     assert info["made"] == "unix"

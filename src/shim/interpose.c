@@ -593,15 +593,6 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 	return r;
 }
 
-/* An option whose value a Unix socket does not have, or has but not as a fresh IP
- * socket does (its buffer sizes): IP-level defaults are the kernel's (IP_TTL,
- * TCP_KEEPIDLE, TCP_CONGESTION, ...). */
-static int asks_ip_socket(int level, int optname)
-{
-	return ip_level(level) ||
-	       (level == SOL_SOCKET && (optname == SO_SNDBUF || optname == SO_RCVBUF));
-}
-
 API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 {
 	const struct pending_opt *o = NULL;
@@ -619,8 +610,10 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
 		o = &set;
-	} else if (e.kind == FD_PENDING && asks_ip_socket(level, optname)) {
-		/* only the IP socket it stands for knows, which it may well stay */
+	} else if (e.kind == FD_PENDING && level == SOL_SOCKET &&
+		   (optname == SO_SNDBUF || optname == SO_RCVBUF)) {
+		/* a Unix socket's buffers are not an IP one's: ask the IP socket it stands
+		 * for, which it may well stay */
 		int saved = errno;
 
 		if (materialize(fd) == 0)
