@@ -34,6 +34,10 @@ class Peers:
     def rule(self) -> str:
         return f"out,port={self.cport},path={self.sock}"
 
+    def rules(self, kind: str) -> list[str]:
+        """The conditional rule, or one that converts every connect."""
+        return [self.rule()] if kind == "conditional" else [f"out,path={self.sock}"]
+
 
 @pytest.fixture(params=["127.0.0.1", "::1"])
 def peers(request: pytest.FixtureRequest, sockdir: Path) -> Iterator[Peers]:
@@ -130,8 +134,7 @@ def test_options_a_unix_socket_cannot_carry_reach_the_ip_socket(guess: str, peer
     # then becomes an IP one (here by a bind no rule converts) are on the kernel's
     # socket, as without the guess.  Before, they stayed on the Unix socket and were
     # lost with it.
-    rules = [peers.rule()] if rule == "conditional" else [f"out,path={peers.sock}"]
-    info = run_guess(guess, peers, ["client", "-", "t", "bind,extra"], rules)
+    info = run_guess(guess, peers, ["client", "-", "t", "bind,extra"], peers.rules(rule))
     assert info["bound_real"] == "inet", info
     assert info["bound_raw_oobinline"] == "1", info
     assert info["bound_raw_bindtodevice"] == "lo", info
@@ -149,8 +152,7 @@ def test_options_never_set_answer_as_an_ip_socket(guess: str, peers: Peers,
     # or TCP-level options: asked before the connect, it answers as the IP socket
     # (before this round: the Unix socket's buffer sizes, and 0 for a TTL or a
     # keepalive count).
-    rules = [peers.rule()] if rule == "conditional" else [f"out,path={peers.sock}"]
-    info = run_guess(guess, peers, ["client", "-", "c", "defaults"], rules)
+    info = run_guess(guess, peers, ["client", "-", "c", "defaults"], peers.rules(rule))
     assert info["made"] == "unix"
     for name in ("sndbuf", "ttl", "keepcnt"):
         assert info[name] == info["tcp_" + name], (name, info)
@@ -162,8 +164,7 @@ def test_a_copy_made_before_bind_is_the_same_socket(guess: str, peers: Peers,
                                                      rule: str) -> None:
     # dup of a guessed socket, then a bind no rule converts: both fds name the one IP
     # socket, bound once (before, the copy stayed the Unix socket, unbound).
-    rules = [peers.rule()] if rule == "conditional" else [f"out,path={peers.sock}"]
-    info = run_guess(guess, peers, ["client", "-", "t", "dup,bind"], rules)
+    info = run_guess(guess, peers, ["client", "-", "t", "dup,bind"], peers.rules(rule))
     assert info["made"] == "unix"
     assert info["bound_copy"] == info["bound"], info
     if rule == "conditional":
