@@ -38,6 +38,14 @@ void copyable_option_mark(struct fd_entry *e, int level, int optname)
 	}
 }
 
+int copyable_option(int optname)
+{
+	struct fd_entry e = { .opts_set = 0 };
+
+	copyable_option_mark(&e, SOL_SOCKET, optname);
+	return e.opts_set != 0;
+}
+
 static void copy_options(int from, int to, uint32_t mask)
 {
 	for (int i = 0; i < N_COPYABLE; i++) {
@@ -208,6 +216,39 @@ int materialize(int fd)
 	ulog(LOG_DEBUG_, "fd %d: no rule converts it; making it the IP socket it was", fd);
 	e.kind = FD_IP;
 	return replace_fd(fd, sock, &flags, &e);
+}
+
+/*
+ * Under PREDICT_LEARN, a guess for each family from this process's recent stream
+ * connects: a count that each converted connect raises and each unconverted one (or
+ * bind of a pending socket) lowers, within 0..LEARN_MAX; socket() makes a pending
+ * socket while it is LEARN_PENDING or more.  One odd connect does not turn it, two in a
+ * row do.  No lock: threads racing may lose an update of a guess, and a wrong guess
+ * costs time, never what the program sees.
+ */
+#define LEARN_MAX 3
+#define LEARN_PENDING 2
+static int learnt[2] = { LEARN_PENDING, LEARN_PENDING };
+
+int predict_pending(int family)
+{
+	int v6 = family == AF_INET6;
+
+	if (predict_stream_out[v6] != PREDICT_LEARN)
+		return predict_stream_out[v6] == PREDICT_ALWAYS;
+	return __atomic_load_n(&learnt[v6], __ATOMIC_RELAXED) >= LEARN_PENDING;
+}
+
+static void learn(const struct fd_entry *e, int converted)
+{
+	int v6 = e->family == AF_INET6, n, was;
+
+	if (e->type != SOCK_STREAM || predict_stream_out[v6] != PREDICT_LEARN)
+		return;
+	was = __atomic_load_n(&learnt[v6], __ATOMIC_RELAXED);
+	n = converted ? was + (was < LEARN_MAX) : was - (was > 0);
+	if (n != was) /* the line stays shared while the guess holds */
+		__atomic_store_n(&learnt[v6], n, __ATOMIC_RELAXED);
 }
 
 void claim_mark(int fd, const struct fd_entry *old, int dir, int err)
@@ -603,6 +644,8 @@ int convert_bind(int fd, const struct ipaddr *addr, const struct fd_entry *old)
 	int sock, d, idx = -1;
 
 	d = rule_decide(fd, &q, &r, target, sizeof(target));
+	if (d > 0 && old->kind == FD_PENDING)
+		learn(old, 0); /* a pending socket bound as an IP one: no gain, a cost */
 	if (d > 0)
 		return materialize(fd) ? -1 : 1;
 	if (d < 0)
@@ -788,11 +831,13 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
 		return d < 0 ? -1 : connect_unix(fd, addr, old, &sun, len, NULL);
 	d = rule_decide(fd, &q, &r, name, sizeof(name));
 	if (d > 0) {
+		learn(old, 0);
 		*handled = materialize(fd) != 0;
 		return -1;
 	}
 	if (d < 0)
 		return -1;
+	learn(old, r->action == ACT_PATH || r->action == ACT_ABSTRACT);
 	if (r->action == ACT_VSOCK || r->action == ACT_TIPC || r->action == ACT_FC) {
 		other_from_rule(r, &t);
 		return connect_other(fd, addr, old, &t);

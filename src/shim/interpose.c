@@ -135,9 +135,9 @@ API pid_t vfork(void)
 
 static int predicted(int domain, int base, int protocol)
 {
-	return predict_stream_out && rules_state == RULES_OK && base == SOCK_STREAM &&
+	return rules_state == RULES_OK && base == SOCK_STREAM &&
 	       (protocol == 0 || protocol == IPPROTO_TCP) &&
-	       (domain == AF_INET || domain == AF_INET6);
+	       (domain == AF_INET || domain == AF_INET6) && predict_pending(domain);
 }
 
 API int socket(int domain, int type, int protocol)
@@ -534,6 +534,23 @@ static int log_option(int fd, struct fd_entry *e, int level, int name, const voi
 	return fd_record_put(fd, e, REC_OPT, &o);
 }
 
+/*
+ * A pending socket stands in for an IP one only as far as what is set on it comes
+ * along if it becomes one: the SOL_SOCKET options conversion carries over, IP-level
+ * ones we can keep.  Another (SO_BINDTODEVICE, SO_OOBINLINE, a long IP_OPTIONS) makes
+ * it the IP socket first, for the kernel to take; 0 when fd is ready for it.
+ */
+static int settle_for_option(int fd, int level, int optname, const void *val, socklen_t len)
+{
+	struct fd_entry e;
+
+	if (level == SOL_SOCKET ? copyable_option(optname)
+	    : !ip_level(level) || (val && len <= sizeof(((struct pending_opt *)0)->value)))
+		return 0;
+	fd_snapshot(fd, &e);
+	return e.kind == FD_PENDING ? materialize(fd) : 0;
+}
+
 API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
 {
 	struct fd_entry *e;
@@ -541,6 +558,8 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
+	if (settle_for_option(fd, level, optname, val, len))
+		return -1;
 	state_lock();
 	e = fd_get(fd, 0);
 	if (e) {
@@ -600,6 +619,15 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 		/* a receiver answers as the TCP listener it stands for */
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
 		o = &set;
+	} else if (e.kind == FD_PENDING && level == SOL_SOCKET &&
+		   (optname == SO_SNDBUF || optname == SO_RCVBUF)) {
+		/* a Unix socket's buffers are not an IP one's: ask the IP socket it stands
+		 * for, which it may well stay */
+		int saved = errno;
+
+		if (materialize(fd) == 0)
+			return REAL(getsockopt)(fd, level, optname, val, len);
+		errno = saved;
 	} else if (!ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
@@ -772,9 +800,25 @@ static void copy_entry(int from, int to)
 		ulog(LOG_WARN_, "fd %d: out of memory; options of fd %d not all copied", to, from);
 }
 
+/*
+ * A pending socket's copy would stay the Unix socket when the original becomes the IP
+ * one: it becomes the IP socket before it gets another name.  -1 when it cannot.
+ */
+static int settle_for_copy(int fd)
+{
+	struct fd_entry e;
+
+	fd_snapshot(fd, &e);
+	return e.kind == FD_PENDING ? materialize(fd) : 0;
+}
+
 API int dup(int fd)
 {
-	int n = REAL(dup)(fd);
+	int n;
+
+	if (fd_tracked(fd) && settle_for_copy(fd))
+		return -1;
+	n = REAL(dup)(fd);
 
 	if (n >= 0 && fd_tracked(fd))
 		copy_entry(fd, n);
@@ -788,6 +832,8 @@ static int dup_onto(int old, int new, int flags, int is3)
 
 	if (old == new || (!fd_tracked(old) && !fd_tracked(new)))
 		return is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
+	if (fd_tracked(old) && settle_for_copy(old))
+		return -1;
 	systemd_evict(new);
 	fd_take(new, &gone);
 	r = is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
@@ -824,6 +870,8 @@ API int fcntl(int fd, int cmd, ...)
 	va_start(ap, cmd);
 	arg = va_arg(ap, void *);
 	va_end(ap);
+	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd) && settle_for_copy(fd))
+		return -1;
 	r = REAL(fcntl)(fd, cmd, arg);
 	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd))
 		copy_entry(fd, r);

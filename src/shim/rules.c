@@ -36,7 +36,8 @@ struct ruleset {
 	size_t mapped;
 	int n, cap;
 	enum rules_state state;
-	int predict, use_systemd, use_unix;
+	int predict[2];           /* [AF_INET6?]: PREDICT_* for stream sockets */
+	int use_systemd, use_unix;
 	int refusal[2][2];        /* [AF_INET6?][SOCK_DGRAM?] */
 	struct rule *rules;
 	char *arena;              /* NUL-terminated copies of string values */
@@ -51,7 +52,7 @@ struct ruleset {
 };
 
 enum rules_state rules_state = RULES_NONE;
-int predict_stream_out;
+int predict_stream_out[2];
 int rules_use_systemd, rules_use_unix;
 static struct ruleset *set;       /* published; NULL until then */
 static struct ruleset *building;  /* the constructor's, for rules_append() */
@@ -382,22 +383,35 @@ static int parse_encoding(struct cursor *c)
 }
 
 /*
- * When the first rule that can match an outgoing stream connection has no address or
- * port condition and converts, every connect() of a stream socket will convert.  Then
- * socket() can make the Unix socket straight away and spare the program the cost of an
- * IP socket made only to be thrown away.
+ * How socket() guesses whether a stream socket of family will be converted.  When the
+ * first rule that can match its outgoing connections has no address or port condition
+ * and converts, every connect() converts: socket() can make the Unix socket straight
+ * away and spare the program an IP socket made only to be thrown away
+ * (PREDICT_ALWAYS).  When a rule with a condition may convert before any rule that
+ * decides all connections, only the connects themselves tell: socket() guesses from
+ * what this process's recent ones did (PREDICT_LEARN, convert.c).  Else none converts.
  */
-static int predict(const struct ruleset *s)
+static int predict(const struct ruleset *s, int family)
 {
+	int conditional = 0;
+
 	for (int i = 0; i < s->n; i++) {
 		const struct rule *r = &s->rules[i];
+		int converts = r->action == ACT_PATH || r->action == ACT_ABSTRACT;
 
-		if (r->from_unix || r->from_abstract || r->dir == DIR_IN || r->type == SOCK_DGRAM)
+		if (r->from_unix || r->from_abstract || r->dir == DIR_IN ||
+		    r->type == SOCK_DGRAM || (r->family && r->family != family) ||
+		    r->action == ACT_SYSTEMD) /* systemd: not at connect */
 			continue;
-		return !r->has_addr && !r->has_ports &&
-		       (r->action == ACT_PATH || r->action == ACT_ABSTRACT);
+		if (r->has_addr || r->has_ports) {
+			conditional |= converts;
+			continue;
+		}
+		if (conditional)
+			return PREDICT_LEARN;
+		return converts ? PREDICT_ALWAYS : PREDICT_NEVER;
 	}
-	return 0;
+	return conditional ? PREDICT_LEARN : PREDICT_NEVER;
 }
 
 /*
@@ -495,7 +509,8 @@ static void build_index(struct ruleset *s)
 /* What matching needs beyond the rules themselves, worked out once. */
 static void set_finish(struct ruleset *s)
 {
-	s->predict = predict(s);
+	s->predict[0] = predict(s, AF_INET);
+	s->predict[1] = predict(s, AF_INET6);
 	for (int v6 = 0; v6 < 2; v6++) {
 		for (int dgram = 0; dgram < 2; dgram++)
 			s->refusal[v6][dgram] = first_rule_rejects(s, v6 ? AF_INET6 : AF_INET,
@@ -548,7 +563,8 @@ static struct ruleset *publish(struct ruleset *s, int *won)
 		s = expected;
 	}
 	/* every publisher stores the same values, from the one set in force */
-	predict_stream_out = s->predict;
+	predict_stream_out[0] = s->predict[0];
+	predict_stream_out[1] = s->predict[1];
 	rules_use_unix = s->use_unix;
 	rules_use_systemd = s->use_systemd;
 	__atomic_store_n(&rules_state, s->state, __ATOMIC_RELEASE);
@@ -597,8 +613,11 @@ static struct ruleset *decode(const char *text, size_t len, struct cursor *c)
 
 static void log_ready(const struct ruleset *s, const char *source)
 {
+	static const char *const how[] = { "", "; stream sockets start as Unix sockets",
+					   "; stream sockets start as their connects suggest" };
+
 	ulog(LOG_DEBUG_, "%d rule(s) from %s%s", s->n, source,
-	     s->predict ? "; stream sockets start as Unix sockets" : "");
+	     how[s->predict[0] > s->predict[1] ? s->predict[0] : s->predict[1]]);
 }
 
 static void from_unsock(void)

@@ -190,8 +190,11 @@ char *rulefile_read(const char *path, size_t size, const char **why);
 /* A file we may act on what it says: owned by root or our euid, writable by nobody
  * else (a rules file, an unsock control file, their directories). */
 int file_trusted(const struct stat *st);
-/* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
-extern int predict_stream_out;
+/* What socket() of a stream socket makes, by [AF_INET6?]: PREDICT_NEVER an IP socket;
+ * PREDICT_ALWAYS a pending Unix one (every outgoing connection converts); PREDICT_LEARN
+ * what this process's recent connects suggest (predict_pending(), convert.c). */
+enum { PREDICT_NEVER, PREDICT_ALWAYS, PREDICT_LEARN };
+extern int predict_stream_out[2];
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
 extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
@@ -387,6 +390,8 @@ int convert_bound_connect(int fd, const struct ipaddr *addr, const struct fd_ent
 /* Turn an IP datagram socket into a Unix one with a private address, unconnected. */
 int convert_sender(int fd, const struct fd_entry *old);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
+/* Is a SOL_SOCKET option carried over to a socket that takes fd's place? */
+int copyable_option(int optname);
 /* Which Unix address the rules send q to: 0 with sun and len set; 1 when no rule
  * converts it (the call goes to libc unchanged); -1 with errno when it must fail. */
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
@@ -395,6 +400,8 @@ int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, soc
 int replace_socket(int fd, int sock);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+/* Should socket() make a stream socket of family a pending one? */
+int predict_pending(int family);
 /* Remember that a rule claimed fd (old is what we knew of it) for dir and converting it
  * failed with err: a later listen, connect or send fails with err rather than let the
  * kernel bind an IP port.  err 0 forgets it. */
