@@ -77,6 +77,7 @@ static int take_inbound(const char *path, const struct stat *sock, int role,
 	if (e->sockfile < 0 && file.st_uid == geteuid())
 		e->sockfile = sockfile_adopt(path, file.st_dev, file.st_ino, sock->st_ino,
 					     rule_at(idx)->noremove);
+	listener_note(&e->local);
 	fake_port_share(); /* for the workers it may fork */
 	return 0;
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 LIBRARY_NAME = "libunixify.so"
+MATCHER_NAME = "libunixify-match.so"
 
 
 ENV_OVERRIDE = "UNIXIFY_SHIM"
@@ -21,18 +22,28 @@ def library_path() -> str:
     override = os.environ.get(ENV_OVERRIDE)
     if override:
         return override
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    return _package_file(LIBRARY_NAME)
+
+
+def matcher_path() -> str:
+    """The shim's matcher alone, for ``unixify explain`` to load (never UNIXIFY_SHIM's:
+    a preload list, maybe with a sanitizer runtime)."""
+    return _package_file(MATCHER_NAME)
+
+
+def _package_file(name: str) -> str:
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if _readable(here):
         return here
     # Editable installs keep the built library in the build tree; ask the package's
     # resource loader where it is.
     from importlib import resources
 
-    resource = resources.files("unixify") / LIBRARY_NAME
+    resource = resources.files("unixify") / name
     with resources.as_file(resource) as path:
         if _readable(str(path)):
             return str(path)
-    raise ShimError(f"the unixify shim ({LIBRARY_NAME}) is not installed, or this user "
+    raise ShimError(f"the unixify shim ({name}) is not installed, or this user "
                     f"(uid {os.getuid()}) cannot read it at {here}")
 
 
