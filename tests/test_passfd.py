@@ -118,6 +118,18 @@ def test_received_client_reports_its_peer(procs: Processes, sockdir: Path) -> No
     assert got["sockname"][0] == "127.0.0.1"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_socket_passed_before_connect_is_the_ip_socket(procs: Processes, sockdir: Path,
+                                                         host: str) -> None:
+    """Under a rule that converts every connect, socket() makes the Unix socket at once
+    (pending); passed on before its connect, it must reach the other process as the IP
+    socket it stands for, not as a nameless Unix socket nobody can tell for one."""
+    rules = [f"out,tcp,path={sockdir}/o-%p.sock"]
+    [got], _ = hand_over(procs, sockdir, rules, "fresh", host)
+    assert got["family"] == ("AF_INET6" if ":" in host else "AF_INET"), got
+    assert got["type"] == "SOCK_STREAM" and got["acceptconn"] == 0, got
+
+
 @pytest.mark.parametrize("kind", ["pair", "unix"])
 def test_received_unix_sockets_stay_unix(procs: Processes, sockdir: Path,
                                          kind: str) -> None:

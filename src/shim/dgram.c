@@ -341,6 +341,9 @@ API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 	unsigned i;
 
 	rules_need();
+	for (i = 0; vec && i < vlen; i++)
+		if (vec[i].msg_hdr.msg_controllen && passfd_sending(&vec[i].msg_hdr))
+			return -1; /* nothing sent yet */
 	if (!vec || (!fd_tracked(fd) && !sends_to_ip(fd, vec, vlen)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	fd_snapshot(fd, &e);

@@ -699,6 +699,8 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	int handled;
 
 	rules_need();
+	if (msg && msg->msg_controllen && passfd_sending(msg))
+		return -1;
 	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);

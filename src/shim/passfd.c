@@ -13,6 +13,10 @@
  * by inode).  Anything else -- an IP socket, a plain Unix socket, a listener on an
  * abstract name nothing ties to us -- is left as it is.
  *
+ * A socket still pending (socket() made the Unix socket a connect was expected to use)
+ * has no name yet to tell it by, so it becomes the IP socket it stands for before it
+ * is sent.
+ *
  * A received listener takes on the socket file's removal when the file is ours: the
  * sender may exit first.  Removal stays safe with several holders, as after fork: the
  * file goes once nobody anywhere holds its socket, and only while the path still names
@@ -161,4 +165,33 @@ void passfd_received(struct msghdr *msg)
 		}
 	}
 	errno = saved;
+}
+
+/* The fds msg passes (SCM_RIGHTS) that are still pending become their IP sockets: -1
+ * with errno when one cannot (the send fails then, rather than pass a Unix socket the
+ * receiver would take for an IP one). */
+int passfd_sending(const struct msghdr *msg)
+{
+	struct fd_entry e;
+
+	if (!msg || !msg->msg_control || msg->msg_controllen < sizeof(struct cmsghdr))
+		return 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR((struct msghdr *)msg, c)) {
+		size_t n;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
+			if (!fd_tracked(fd))
+				continue;
+			fd_snapshot(fd, &e);
+			if (e.kind == FD_PENDING && materialize(fd))
+				return -1;
+		}
+	}
+	return 0;
 }

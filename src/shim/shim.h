@@ -468,6 +468,8 @@ int listener_resume(int fd, const struct fd_entry *e, int backlog);
 /* ---- converted sockets received over SCM_RIGHTS (passfd.c) ---- */
 /* The sockets msg, just received, carries: take back those we can prove converted. */
 void passfd_received(struct msghdr *msg);
+/* Before a send: the pending sockets msg passes become their IP sockets.  0, or -1. */
+int passfd_sending(const struct msghdr *msg);
 
 /* ---- unsock's environment variables as rules (unsock.c) ---- */
 /* Some UNSOCK_* variable asks for conversion or blocking. */

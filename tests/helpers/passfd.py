@@ -5,7 +5,8 @@
                                                      (hold: keep them until stdin ends)
 
 KIND: listener, accepted (a connection accepted on a listener; the test connects),
-client (connected to HOST PORT), pair (one end of a socketpair), unix (a plain Unix
+client (connected to HOST PORT), fresh (a socket of HOST's family, neither bound nor
+connected), pair (one end of a socketpair), unix (a plain Unix
 listener at PATH), moved (a Unix listener named PATH whose file was moved away and
 replaced by another socket's).  The receiver prints one JSON line per socket.
 """
@@ -36,6 +37,8 @@ def make(kind: str, args: list[str]) -> list[socket.socket]:
         other.bind(args[0])
         other.listen()
         return [s, other]  # the second keeps the file at PATH bound
+    if kind == "fresh":
+        return [ip_socket(args[0])]
     host, port = args[0], int(args[1])
     s = ip_socket(host)
     if kind == "client":
