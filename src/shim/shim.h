@@ -186,6 +186,7 @@ int rules_refuse_socket(int family, int type);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
 const struct rule *rule_at(int index);
+int rules_count(void);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
 
