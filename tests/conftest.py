@@ -160,9 +160,10 @@ def preloaded_env(**variables: str) -> dict[str, str]:
 
 
 def run_wrapped(rules: list[str], program: list[str], verbose: int = 0,
-                timeout: float = 10, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+                timeout: float = 10, backend: str = "auto",
+                **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run program under unixify with rules to completion, capturing its output."""
-    args = unixify_command() + ["-v"] * verbose
+    args = [*unixify_command(), f"--backend={backend}"] + ["-v"] * verbose
     for rule in rules:
         args += ["-r", rule]
     return subprocess.run([*args, "--", *program], capture_output=True, text=True,

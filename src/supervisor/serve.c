@@ -1,0 +1,909 @@
+/*
+ * Answering the program's notified calls.
+ *
+ * A bind or connect a rule converts is carried out here: a Unix socket of the same type
+ * is made, given the program's SOL_SOCKET options and blocking mode, bound (with the
+ * shim's socket-file code) or connected, and installed over the program's fd with
+ * SECCOMP_IOCTL_NOTIF_ADDFD.  Its inode goes into a table with the IP addresses the
+ * program believes in, which getsockname, getpeername and accept answer from.
+ *
+ * Nothing is decided on memory the program can change after we read it where that
+ * decision could open an IP port: an IP bind no rule converts is done here, on a
+ * duplicate of the program's socket with our copy of the address, never by
+ * SECCOMP_USER_NOTIF_FLAG_CONTINUE.  CONTINUE is used for calls whose outcome cannot
+ * open a listening port: a connect no rule converts (the kernel reads the address
+ * again, so a program racing its own buffer can reach another address, as it could
+ * without us), calls on Unix sockets, and address queries of sockets that are not ours.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "supervisor.h"
+
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
+/* A converted socket, by its inode, and the addresses the program believes in. */
+struct conv {
+	ino_t ino;
+	struct ipaddr local;
+	struct ipaddr peer;   /* family 0: not connected */
+	uint8_t bound;        /* bind made it (not connect or accept) */
+	socklen_t sunlen;     /* bound: its Unix address, which its accepted sockets share */
+	struct sockaddr_un sun;
+	int sockfile;         /* socket file record, or -1 */
+	int stash;            /* an accepted connection the program's call was not there
+				 to take (interrupted), delivered by the next accept; or -1 */
+};
+
+static struct growbuf convs;
+static size_t live_at_sweep = 64;
+static int n_bound;
+static int listener_fd;
+
+/* One notification being answered. */
+struct call {
+	struct seccomp_notif *n;
+	struct seccomp_notif_resp *resp;
+	int fd;          /* the program's fd argument */
+	int dup;         /* our duplicate of it, or -1 */
+	int family, type;
+	ino_t ino;
+	int status;      /* its F_GETFL */
+	int cloexec;     /* its FD_CLOEXEC */
+};
+
+static size_t n_convs(void)
+{
+	return convs.len / sizeof(struct conv);
+}
+
+static struct conv *conv_at(size_t i)
+{
+	return (struct conv *)convs.data + i;
+}
+
+static struct conv *conv_find(ino_t ino)
+{
+	for (size_t i = n_convs(); i-- > 0;) {
+		if (conv_at(i)->ino == ino)
+			return conv_at(i);
+	}
+	return NULL;
+}
+
+/* Forget sockets that no longer exist, once the table has doubled since last time. */
+static void conv_sweep(void)
+{
+	size_t kept = 0;
+
+	if (n_convs() < 2 * live_at_sweep)
+		return;
+	for (size_t i = 0; i < n_convs(); i++) {
+		struct conv *c = conv_at(i);
+
+		if (c->stash < 0 && unix_socket_alive(c->ino) == 0) {
+			sockfile_release(c->sockfile);
+			continue;
+		}
+		*conv_at(kept++) = *c;
+	}
+	convs.len = kept * sizeof(struct conv);
+	live_at_sweep = kept > 64 ? kept : 64;
+}
+
+static struct conv *conv_add(ino_t ino)
+{
+	struct conv c = { .ino = ino, .sockfile = -1, .stash = -1 };
+
+	conv_sweep();
+	if (growbuf_add(&convs, &c, sizeof(c)))
+		return NULL;
+	return conv_at(n_convs() - 1);
+}
+
+static ino_t inode_of(int sock)
+{
+	struct stat st;
+
+	return fstat(sock, &st) ? 0 : st.st_ino;
+}
+
+/* ---- the program's side ---- */
+
+static int id_valid(const struct call *c)
+{
+	return ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &c->n->id) == 0;
+}
+
+static int mem_read(pid_t pid, uint64_t addr, void *buf, size_t len)
+{
+	struct iovec local = { buf, len }, remote = { (void *)(uintptr_t)addr, len };
+
+	return process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+}
+
+static int mem_write(pid_t pid, uint64_t addr, const void *buf, size_t len)
+{
+	struct iovec local = { (void *)buf, len }, remote = { (void *)(uintptr_t)addr, len };
+
+	return process_vm_writev(pid, &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+}
+
+/* The inode of the socket at the program's fd, from /proc (no duplicate): 0 if none. */
+static ino_t program_socket(pid_t tid, int fd)
+{
+	char path[64], link[64];
+	unsigned long long ino;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)tid, fd);
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n <= 0)
+		return 0;
+	link[n] = 0;
+	return sscanf(link, "socket:[%llu]", &ino) == 1 ? (ino_t)ino : 0;
+}
+
+static int cloexec_of(pid_t tid, int fd)
+{
+	char path[64], text[256];
+	unsigned long flags = 0;
+	ssize_t n;
+	int f;
+
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", (int)tid, fd);
+	f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return 0;
+	n = read(f, text, sizeof(text) - 1);
+	close(f);
+	if (n <= 0)
+		return 0;
+	text[n] = 0;
+	const char *p = strstr(text, "flags:");
+	if (p)
+		flags = strtoul(p + 6, NULL, 8);
+	return (flags & O_CLOEXEC) != 0;
+}
+
+static int pidfd_of(pid_t tid)
+{
+	int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+	char path[64], text[512], *p;
+	int f;
+	ssize_t n;
+
+	if (pidfd >= 0 || errno != EINVAL)
+		return pidfd;
+	/* before Linux 6.9: the thread group leader's */
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return -1;
+	n = read(f, text, sizeof(text) - 1);
+	close(f);
+	if (n <= 0)
+		return -1;
+	text[n] = 0;
+	p = strstr(text, "\nTgid:");
+	return p ? (int)syscall(SYS_pidfd_open, atoi(p + 6), 0) : -1;
+}
+
+/* Fill c with what the program's fd is: a duplicate and its family, type and flags.
+ * -1 when it is not a socket (or is gone). */
+static int inspect(struct call *c)
+{
+	int pidfd = pidfd_of((pid_t)c->n->pid);
+	socklen_t len = sizeof(int);
+
+	c->dup = -1;
+	if (pidfd < 0)
+		return -1;
+	c->dup = (int)syscall(SYS_pidfd_getfd, pidfd, c->fd, 0);
+	close(pidfd);
+	if (c->dup < 0)
+		return -1;
+	c->ino = inode_of(c->dup);
+	c->status = fcntl(c->dup, F_GETFL);
+	c->cloexec = cloexec_of((pid_t)c->n->pid, c->fd);
+	if (getsockopt(c->dup, SOL_SOCKET, SO_DOMAIN, &c->family, &len))
+		return -1;
+	len = sizeof(int);
+	return getsockopt(c->dup, SOL_SOCKET, SO_TYPE, &c->type, &len);
+}
+
+/* ---- answers ---- */
+
+static void answer(struct call *c, long long val, int error)
+{
+	c->resp->id = c->n->id;
+	c->resp->val = val;
+	c->resp->error = error ? -error : 0;
+	c->resp->flags = 0;
+}
+
+static void pass(struct call *c)
+{
+	answer(c, 0, 0);
+	c->resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+}
+
+/* Put sock over the program's fd (newfd) or at a free number (newfd -1, with send the
+ * call's answer).  The fd number in the program, or -1 with errno. */
+static int install(struct call *c, int sock, int newfd, int cloexec, int send)
+{
+	struct seccomp_notif_addfd a = {
+		.id = c->n->id,
+		.srcfd = (uint32_t)sock,
+		.newfd = newfd < 0 ? 0 : (uint32_t)newfd,
+		.newfd_flags = cloexec ? O_CLOEXEC : 0,
+		.flags = newfd < 0 ? 0 : SECCOMP_ADDFD_FLAG_SETFD,
+	};
+	int r;
+
+	if (send && features.addfd_send)
+		a.flags |= SECCOMP_ADDFD_FLAG_SEND;
+	r = ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &a);
+	if (r < 0 && errno == EINVAL && (a.flags & SECCOMP_ADDFD_FLAG_SEND)) {
+		features.addfd_send = 0; /* before 5.14 */
+		return install(c, sock, newfd, cloexec, send);
+	}
+	return r;
+}
+
+/* SOL_SOCKET options worth carrying from the program's socket to ours. */
+static const int carried[] = {
+	SO_REUSEADDR, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, SO_RCVTIMEO, SO_SNDTIMEO,
+	SO_LINGER, SO_PRIORITY, SO_MARK, SO_RCVLOWAT,
+};
+
+static void carry_options(int from, int to)
+{
+	for (size_t i = 0; i < sizeof(carried) / sizeof(carried[0]); i++) {
+		char value[64];
+		socklen_t len = sizeof(value);
+
+		if (getsockopt(from, SOL_SOCKET, carried[i], value, &len))
+			continue;
+		if ((carried[i] == SO_RCVBUF || carried[i] == SO_SNDBUF) && len == sizeof(int))
+			*(int *)value /= 2; /* reported doubled; setting doubles again */
+		setsockopt(to, SOL_SOCKET, carried[i], value, len);
+	}
+}
+
+static int unix_socket_like(const struct call *c)
+{
+	int sock = socket(AF_UNIX, c->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+	if (sock >= 0)
+		carry_options(c->dup, sock);
+	return sock;
+}
+
+/* Match the program's blocking mode once our own set-up is done. */
+static void set_blocking_like(const struct call *c, int sock)
+{
+	if (!(c->status & O_NONBLOCK))
+		fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) & ~O_NONBLOCK);
+}
+
+static int read_address(struct call *c, int arg, struct sockaddr_storage *ss, socklen_t *len)
+{
+	uint64_t n = c->n->data.args[arg + 1];
+
+	if (n > sizeof(*ss) || (int64_t)n < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	memset(ss, 0, sizeof(*ss));
+	*len = (socklen_t)n;
+	if (mem_read((pid_t)c->n->pid, c->n->data.args[arg], ss, n)) {
+		errno = EFAULT;
+		return -1;
+	}
+	return 0;
+}
+
+static const char *target_text(const struct rule *r, const char *target)
+{
+	return r->action == ACT_ABSTRACT ? "an abstract name" : target;
+}
+
+/* Install sock (ours) over the program's fd; record it with conv filled by the caller.
+ * The call is answered 0, or with the error. */
+/* Connections made for a connect the program was not there to take (a signal
+ * interrupted it, and SA_RESTART will ask again): kept for the retry, which must come
+ * from the same thread, for the same fd, still the same socket, to the same address. */
+#define MAX_KEPT 16
+static struct kept {
+	pid_t tid;
+	int fd;
+	ino_t ino;            /* the program's socket at fd */
+	struct ipaddr peer;
+	int sock;             /* ours, or -1 */
+} kept[MAX_KEPT];
+static unsigned kept_next;
+
+static void keep_connection(const struct call *c, int sock, const struct ipaddr *peer)
+{
+	struct kept *k = &kept[kept_next++ % MAX_KEPT];
+
+	if (k->sock > 0)
+		close(k->sock); /* the oldest: its caller gave up */
+	*k = (struct kept){ (pid_t)c->n->pid, c->fd, c->ino, *peer, sock };
+}
+
+static int kept_connection(const struct call *c, const struct ipaddr *peer)
+{
+	for (int i = 0; i < MAX_KEPT; i++) {
+		struct kept *k = &kept[i];
+		int sock = k->sock;
+
+		if (sock <= 0 || k->tid != (pid_t)c->n->pid || k->fd != c->fd ||
+		    k->ino != c->ino || ipaddr_len(peer) != ipaddr_len(&k->peer) ||
+		    memcmp(peer, &k->peer, ipaddr_len(peer)))
+			continue;
+		k->sock = -1;
+		return sock;
+	}
+	return -1;
+}
+
+/* Install sock (ours) over the program's fd; record it as tmpl says.  The call is
+ * answered 0, or with the error.  An interrupted connect's connection is kept. */
+static void swap_in(struct call *c, int sock, const struct conv *tmpl)
+{
+	struct conv *k;
+
+	set_blocking_like(c, sock);
+	k = conv_add(inode_of(sock));
+	if (!k) {
+		ulog(LOG_ERR_, "out of memory for the table of converted sockets");
+		sockfile_release(tmpl->sockfile);
+		close(sock);
+		answer(c, -1, ENOMEM);
+		return;
+	}
+	*k = *tmpl;
+	k->ino = inode_of(sock);
+	if (install(c, sock, c->fd, c->cloexec, 0) < 0) {
+		/* interrupted: the program's socket is as it was */
+		int err = errno;
+
+		convs.len -= sizeof(struct conv); /* k, the last */
+		if (err == ENOENT && tmpl->peer.sa.sa_family) {
+			keep_connection(c, sock, &tmpl->peer);
+		} else {
+			close(sock);
+			sockfile_release(tmpl->sockfile);
+		}
+		answer(c, -1, err == ENOENT ? EINTR : err);
+		return;
+	}
+	close(sock);
+	answer(c, 0, 0);
+}
+
+/* The port a bind names, or a made-up one for port 0. */
+static void settle_port(struct ipaddr *a)
+{
+	if (!ipaddr_port(a))
+		ipaddr_set_port(a, fake_port());
+}
+
+static void do_bind_ip(struct call *c, const struct sockaddr_storage *ss, socklen_t len)
+{
+	/* our copy of the address, on the program's own socket: nothing to race */
+	if (bind(c->dup, (const struct sockaddr *)ss, len))
+		answer(c, -1, errno);
+	else
+		answer(c, 0, 0);
+}
+
+/* The program's umask (a file made without mode= gets the mode it would have given it),
+ * or ours when it cannot be read. */
+static mode_t umask_of(pid_t tid)
+{
+	char path[64], text[1024], *p;
+	mode_t ours = umask(0);
+	ssize_t n;
+	int f;
+
+	umask(ours);
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0)
+		return ours;
+	n = read(f, text, sizeof(text) - 1);
+	close(f);
+	if (n <= 0)
+		return ours;
+	text[n] = 0;
+	p = strstr(text, "\nUmask:");
+	return p ? (mode_t)strtoul(p + 7, NULL, 8) & 0777 : ours;
+}
+
+static void convert_bind_to(struct call *c, const struct ipaddr *ip, const struct rule *r,
+			    const char *target, int then_listen)
+{
+	struct conv k = { .bound = 1, .sockfile = -1, .stash = -1 };
+	struct sockaddr_un sun;
+	int sock = unix_socket_like(c), n, saved;
+	mode_t ours;
+
+	if (sock < 0) {
+		answer(c, -1, errno);
+		return;
+	}
+	ours = umask(umask_of((pid_t)c->n->pid));
+	if (r->action == ACT_BLACKHOLE) {
+		n = sockfile_blackhole(sock);
+	} else if (r->action == ACT_PATH) {
+		k.sockfile = sockfile_bind(sock, target, r);
+		n = k.sockfile == -2 ? -1 : 0;
+	} else {
+		n = unix_addr_fill(&sun, r, target);
+		n = n < 0 ? -1 : bind(sock, (struct sockaddr *)&sun, (socklen_t)n);
+	}
+	saved = errno;
+	umask(ours);
+	errno = saved;
+	if (n == 0 && then_listen)
+		n = listen(sock, (int)c->n->data.args[1]);
+	if (n) {
+		int err = errno;
+
+		ulog(LOG_WARN_, "pid %d fd %d: cannot bind %s: %s", (int)c->n->pid, c->fd,
+		     r->action == ACT_BLACKHOLE ? "a blackhole" : target_text(r, target),
+		     strerror(err));
+		close(sock);
+		answer(c, -1, err);
+		return;
+	}
+	k.local = *ip;
+	settle_port(&k.local);
+	k.sunlen = sizeof(k.sun);
+	if (getsockname(sock, (struct sockaddr *)&k.sun, &k.sunlen))
+		k.sunlen = 0;
+	n_bound++;
+	ulog(LOG_INFO_, "pid %d fd %d: bound to %s", (int)c->n->pid, c->fd,
+	     r->action == ACT_BLACKHOLE ? "a blackhole" : target_text(r, target));
+	swap_in(c, sock, &k);
+}
+
+/* Rules for a call on an IP socket: 1 no rule converts it, 0 convert (r, target set),
+ * -1 answered with the error. */
+static int decide(struct call *c, int dir, const struct ipaddr *ip, const struct rule **r,
+		  char *target, size_t size)
+{
+	struct sock_query q = { .dir = dir, .type = c->type, .addr = ip };
+	int d = rule_decide(c->fd, &q, r, target, size);
+
+	if (d < 0) {
+		answer(c, -1, errno);
+		return -1;
+	}
+	if (d == 0 && (*r)->action != ACT_PATH && (*r)->action != ACT_ABSTRACT &&
+	    !((*r)->action == ACT_BLACKHOLE && dir == DIR_IN)) {
+		ulog(LOG_ERR_, "pid %d fd %d: rule %d's action is not supported by the seccomp "
+		     "back end; refused", (int)c->n->pid, c->fd, (int)(*r - rule_at(0)) + 1);
+		answer(c, -1, EACCES);
+		return -1;
+	}
+	return d;
+}
+
+static int is_ip(const struct call *c)
+{
+	return c->family == AF_INET || c->family == AF_INET6;
+}
+
+static void on_bind(struct call *c)
+{
+	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct sockaddr_storage ss;
+	const struct rule *r;
+	struct ipaddr ip;
+	socklen_t len;
+
+	if (!is_ip(c)) {
+		if (conv_find(c->ino)) /* ours: the retry of an interrupted bind */
+			answer(c, 0, 0);
+		else
+			pass(c);
+		return;
+	}
+	if (read_address(c, 1, &ss, &len)) {
+		answer(c, -1, errno);
+		return;
+	}
+	if (!id_valid(c))
+		return;
+	if (ipaddr_for_socket(&ip, (struct sockaddr *)&ss, len, c->family, c->type, CALL_BIND)) {
+		do_bind_ip(c, &ss, len); /* the kernel says what is wrong with it */
+		return;
+	}
+	switch (decide(c, DIR_IN, &ip, &r, target, sizeof(target))) {
+	case 1:
+		do_bind_ip(c, &ss, len);
+		return;
+	case 0:
+		convert_bind_to(c, &ip, r, target, 0);
+		return;
+	}
+}
+
+/* An unbound IP socket's listen binds it to a port: the rules decide as for a bind to
+ * the unspecified address and port 0. */
+static void on_listen(struct call *c)
+{
+	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	const struct rule *r;
+	struct ipaddr ip;
+
+	if (!is_ip(c)) {
+		pass(c);
+		return;
+	}
+	if (getsockname(c->dup, (struct sockaddr *)&ss, &len) ||
+	    ipaddr_from_sockaddr(&ip, (struct sockaddr *)&ss, len)) {
+		answer(c, -1, errno);
+		return;
+	}
+	if (ipaddr_port(&ip) == 0 && ipaddr_is_any(&ip) &&
+	    decide(c, DIR_IN, &ip, &r, target, sizeof(target)) == 0) {
+		convert_bind_to(c, &ip, r, target, 1);
+		return;
+	}
+	if (c->resp->id)
+		return; /* refused by decide() */
+	if (listen(c->dup, (int)c->n->data.args[1]))
+		answer(c, -1, errno);
+	else
+		answer(c, 0, 0);
+}
+
+static void on_connect(struct call *c)
+{
+	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct sockaddr_storage ss;
+	struct conv k = { .sockfile = -1, .stash = -1 };
+	struct sockaddr_un sun;
+	const struct rule *r;
+	struct ipaddr ip;
+	socklen_t len;
+	int sock, n;
+
+	if (!is_ip(c)) {
+		struct conv *mine = conv_find(c->ino);
+
+		if (mine && mine->peer.sa.sa_family) /* the retry of an interrupted connect */
+			answer(c, 0, 0);
+		else
+			pass(c);
+		return;
+	}
+	if (read_address(c, 1, &ss, &len)) {
+		answer(c, -1, errno);
+		return;
+	}
+	if (!id_valid(c))
+		return;
+	if (ipaddr_for_socket(&ip, (struct sockaddr *)&ss, len, c->family, c->type,
+			      CALL_CONNECT) ||
+	    decide(c, DIR_OUT, &ip, &r, target, sizeof(target)) == 1) {
+		pass(c);
+		return;
+	}
+	if (c->resp->id)
+		return; /* refused */
+	k.peer = ip;
+	ipaddr_loopback_like(&k.local, ip.sa.sa_family, &ip);
+	ipaddr_set_port(&k.local, fake_port());
+	sock = kept_connection(c, &ip);
+	if (sock >= 0) {
+		swap_in(c, sock, &k);
+		return;
+	}
+	n = unix_addr_fill(&sun, r, target);
+	sock = n < 0 ? -1 : unix_socket_like(c);
+	if (sock < 0) {
+		answer(c, -1, errno);
+		return;
+	}
+	if (connect(sock, (struct sockaddr *)&sun, (socklen_t)n)) {
+		int err = errno == ENOENT || errno == ECONNREFUSED ? ECONNREFUSED : errno;
+
+		ulog(LOG_INFO_, "pid %d fd %d: cannot connect to %s: %s", (int)c->n->pid, c->fd,
+		     target_text(r, target), strerror(errno));
+		close(sock);
+		answer(c, -1, err);
+		return;
+	}
+	swap_in(c, sock, &k);
+}
+
+/* What a connection accepted on listener l stands for: l's address (loopback for the
+ * unspecified one) and a loopback peer with a port made up. */
+static void accepted_from(const struct conv *l, struct conv *k)
+{
+	k->local = l->local;
+	if (ipaddr_is_any(&k->local))
+		ipaddr_loopback_like(&k->local, k->local.sa.sa_family, &k->local);
+	ipaddr_loopback_like(&k->peer, k->local.sa.sa_family, &k->local);
+	ipaddr_set_port(&k->peer, fake_port());
+}
+
+/* The record of the socket at the program's fd: ours by inode, or a connection the
+ * kernel accepted on a converted listener (a blocking accept is left to it), known by
+ * the listener's address and recorded now.  NULL when the socket is not ours. */
+static struct conv *conv_of(struct call *c)
+{
+	struct conv k = { .sockfile = -1, .stash = -1 }, *found;
+	struct sockaddr_un sun;
+	socklen_t len = sizeof(sun);
+
+	found = conv_find(c->dup >= 0 ? c->ino : program_socket((pid_t)c->n->pid, c->fd));
+	if (found || !n_bound)
+		return found;
+	if ((c->dup < 0 && inspect(c)) || c->family != AF_UNIX ||
+	    getsockname(c->dup, (struct sockaddr *)&sun, &len))
+		return NULL;
+	for (size_t i = 0; i < n_convs() && !found; i++) {
+		const struct conv *l = conv_at(i);
+
+		if (l->bound && l->sunlen == len && len > sizeof(sa_family_t) &&
+		    !memcmp(&l->sun, &sun, len)) {
+			accepted_from(l, &k);
+			found = &k;
+		}
+	}
+	if (!found)
+		return NULL;
+	k.ino = c->ino;
+	found = conv_add(k.ino);
+	if (found)
+		*found = k;
+	return found;
+}
+
+/* getsockname/getpeername of a converted socket: the IP address it stands for. */
+static void on_name(struct call *c, int peer)
+{
+	struct conv *k = conv_of(c);
+	const struct ipaddr *a;
+	socklen_t have, len;
+
+	if (!id_valid(c))
+		return;
+	if (!k || (peer && !k->peer.sa.sa_family)) {
+		pass(c); /* not ours, or the kernel's ENOTCONN */
+		return;
+	}
+	a = peer ? &k->peer : &k->local;
+	len = ipaddr_len(a);
+	if (mem_read((pid_t)c->n->pid, c->n->data.args[2], &have, sizeof(have)) ||
+	    (int)have < 0 ||
+	    mem_write((pid_t)c->n->pid, c->n->data.args[1], a, have < len ? have : len) ||
+	    mem_write((pid_t)c->n->pid, c->n->data.args[2], &len, sizeof(len))) {
+		answer(c, -1, errno == EINVAL ? EINVAL : EFAULT);
+		return;
+	}
+	answer(c, 0, 0);
+}
+
+/* accept/accept4 on a converted non-blocking listener: done here, so that the peer's
+ * address can be the IP one the program expects.  A blocking one is left to the
+ * kernel (we must never block): its peer address reads as a Unix one. */
+static void on_accept(struct call *c, int flags)
+{
+	struct conv *l = conv_find(c->ino), k = { .sockfile = -1, .stash = -1 };
+	socklen_t have, len;
+	int sock, fd;
+
+	if (!l || !(c->status & O_NONBLOCK) || (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))) {
+		pass(c);
+		return;
+	}
+	sock = l->stash;
+	l->stash = -1;
+	if (sock < 0)
+		sock = accept4(c->dup, NULL, NULL, SOCK_CLOEXEC | (flags & SOCK_NONBLOCK));
+	if (sock < 0) {
+		answer(c, -1, errno);
+		return;
+	}
+	accepted_from(l, &k);
+	len = ipaddr_len(&k.peer);
+	if (mem_read((pid_t)c->n->pid, c->n->data.args[2], &have, sizeof(have)) ||
+	    (int)have < 0 || !id_valid(c) ||
+	    mem_write((pid_t)c->n->pid, c->n->data.args[1], &k.peer, have < len ? have : len) ||
+	    mem_write((pid_t)c->n->pid, c->n->data.args[2], &len, sizeof(len))) {
+		l = conv_find(c->ino);
+		if (l)
+			l->stash = sock; /* for the next accept */
+		else
+			close(sock);
+		answer(c, -1, (int)have < 0 ? EINVAL : EFAULT);
+		return;
+	}
+	k.ino = inode_of(sock);
+	fd = install(c, sock, -1, flags & SOCK_CLOEXEC, 1);
+	l = conv_find(c->ino);
+	if (fd < 0) {
+		if (l && l->stash < 0)
+			l->stash = sock; /* interrupted: not lost, the next accept takes it */
+		else
+			close(sock);
+		c->resp->id = 0;
+		return;
+	}
+	close(sock);
+	if (conv_add(k.ino))
+		*conv_at(n_convs() - 1) = k;
+	if (features.addfd_send)
+		c->resp->id = 0; /* answered by the ioctl */
+	else
+		answer(c, fd, 0);
+}
+
+/* IP- and TCP-level options on a converted socket succeed and do nothing. */
+static void on_setsockopt(struct call *c)
+{
+	if (!is_ip(c) && conv_of(c) && id_valid(c))
+		answer(c, 0, 0);
+	else
+		pass(c);
+}
+
+static void refuse(struct call *c, int error, const char *why)
+{
+	ulog(LOG_WARN_, "pid %d: refused %s (%s)", (int)c->n->pid,
+	     filter_call_name(&c->n->data), why);
+	answer(c, -1, error);
+}
+
+static void dispatch(struct call *c)
+{
+	const struct seccomp_data *d = &c->n->data;
+
+	if (!filter_native(d)) {
+		refuse(c, EPERM, "a 32-bit socket or io_uring call would bypass the filter");
+		return;
+	}
+	switch (d->nr) {
+	case __NR_io_uring_setup:
+		refuse(c, EPERM, "io_uring connects and binds without system calls we see");
+		return;
+	case __NR_sendto:
+	case __NR_sendmsg:
+	case __NR_sendmmsg:
+		refuse(c, EOPNOTSUPP, "MSG_FASTOPEN would connect implicitly");
+		return;
+	case __NR_socket:
+		refuse(c, EAFNOSUPPORT, "a rule converts UDP, which the seccomp back end "
+		       "does not translate; use --backend=preload");
+		return;
+	case __NR_getsockname:
+	case __NR_getpeername:
+		c->fd = (int)d->args[0];
+		on_name(c, d->nr == __NR_getpeername);
+		return;
+	}
+	c->fd = (int)d->args[0];
+	if (inspect(c)) {
+		pass(c); /* not a socket: the kernel says so (ENOTSOCK, EBADF) */
+		return;
+	}
+	switch (d->nr) {
+	case __NR_bind: on_bind(c); return;
+	case __NR_connect: on_connect(c); return;
+	case __NR_listen: on_listen(c); return;
+	case __NR_accept: on_accept(c, 0); return;
+	case __NR_accept4: on_accept(c, (int)d->args[3]); return;
+	case __NR_setsockopt: on_setsockopt(c); return;
+	}
+	pass(c);
+}
+
+int rules_convert_udp(void)
+{
+	/* Conservative: any rule that can match a datagram socket and does something. */
+	for (int i = 0; i < rules_count(); i++) {
+		const struct rule *r = rule_at(i);
+
+		if (r->type != SOCK_STREAM && r->action != ACT_IGNORE && !r->from_unix &&
+		    !r->from_abstract)
+			return 1;
+	}
+	return 0;
+}
+
+static void handle(int listener, struct seccomp_notif *n, struct seccomp_notif_resp *resp,
+		   const struct seccomp_notif_sizes *sizes)
+{
+	struct call c = { .n = n, .resp = resp, .fd = -1, .dup = -1 };
+
+	memset(n, 0, sizes->seccomp_notif);
+	memset(resp, 0, sizes->seccomp_notif_resp);
+	if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, n))
+		return; /* ENOENT: the caller went away meanwhile */
+	dispatch(&c);
+	if (c.dup >= 0)
+		close(c.dup);
+	if (resp->id && ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, resp) && errno != ENOENT)
+		ulog(LOG_DEBUG_, "cannot answer pid %d: %s", (int)n->pid, strerror(errno));
+}
+
+/* The tree is gone: remove the socket files.  The last task's sockets may still be on
+ * their way out when the listener reports it (their release is deferred), so a live
+ * one gets a moment (bounded) before it is judged held elsewhere and kept. */
+static void remove_files(void)
+{
+	struct timespec tick = { 0, 10 * 1000 * 1000 };
+	int waits = 100;
+
+	for (size_t i = 0; i < n_convs(); i++) {
+		struct conv *k = conv_at(i);
+
+		if (k->stash >= 0)
+			close(k->stash);
+		if (k->sockfile < 0)
+			continue;
+		while (waits > 0 && unix_socket_alive(k->ino) == 1) {
+			nanosleep(&tick, NULL);
+			waits--;
+		}
+		sockfile_release(k->sockfile);
+	}
+}
+
+void serve(int listener)
+{
+	struct seccomp_notif_sizes sizes;
+	struct seccomp_notif *n;
+	struct seccomp_notif_resp *resp;
+	struct pollfd p = { .fd = listener, .events = POLLIN };
+
+	listener_fd = listener;
+	if (syscall(__NR_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes)) {
+		ulog(LOG_ERR_, "seccomp notification sizes: %s", strerror(errno));
+		return;
+	}
+	n = calloc(1, sizes.seccomp_notif > sizeof(*n) ? sizes.seccomp_notif : sizeof(*n));
+	resp = calloc(1, sizes.seccomp_notif_resp > sizeof(*resp) ? sizes.seccomp_notif_resp
+								   : sizeof(*resp));
+	if (!n || !resp)
+		return;
+	if (sizes.seccomp_notif < sizeof(*n))
+		sizes.seccomp_notif = sizeof(*n);
+	if (sizes.seccomp_notif_resp < sizeof(*resp))
+		sizes.seccomp_notif_resp = sizeof(*resp);
+	for (;;) {
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p.revents & POLLIN)
+			handle(listener, n, resp, &sizes);
+		else if (p.revents & (POLLHUP | POLLERR | POLLNVAL))
+			break; /* no task uses the filter any more */
+	}
+	remove_files();
+	free(n);
+	free(resp);
+}
