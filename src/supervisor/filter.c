@@ -235,8 +235,11 @@ int filter_install(int udp)
 		ulog(LOG_ERR_, "cannot set no_new_privs: %s", strerror(errno));
 		return -1;
 	}
+	/* SPEC_ALLOW: the filter is no sandbox, so the speculation mitigations the kernel
+	 * may force on filtered tasks (SSBD, STIBP) would only cost the program time. */
 	fd = (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER,
-			  SECCOMP_FILTER_FLAG_NEW_LISTENER, &fprog);
+			  SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+			  &fprog);
 	if (fd < 0)
 		ulog(LOG_ERR_, "cannot install the seccomp filter (%s); the kernel needs "
 		     "CONFIG_SECCOMP_FILTER and user notification (Linux 5.9 or later)",

@@ -47,7 +47,7 @@ struct conv {
 };
 
 static struct growbuf convs;
-static size_t live_at_sweep = 64;
+static size_t live_at_sweep = 1024;
 static int n_bound;
 static int listener_fd;
 
@@ -73,21 +73,68 @@ static struct conv *conv_at(size_t i)
 	return (struct conv *)convs.data + i;
 }
 
+/* An open-addressing index of the records by inode: slot values are index + 1. */
+static uint32_t *slots;
+static size_t n_slots;
+
+static size_t slot_of(ino_t ino)
+{
+	return (size_t)(((uint64_t)ino * 0x9E3779B97F4A7C15ull) >> 32) & (n_slots - 1);
+}
+
+static void index_insert(size_t i)
+{
+	size_t s = slot_of(conv_at(i)->ino);
+
+	while (slots[s])
+		s = (s + 1) & (n_slots - 1);
+	slots[s] = (uint32_t)(i + 1);
+}
+
+/* After records went away, or when the index is half full.  -1 without memory. */
+static int index_rebuild(void)
+{
+	size_t want = 64;
+	uint32_t *fresh;
+
+	while (want < 2 * (n_convs() + 1))
+		want *= 2;
+	fresh = calloc(want, sizeof(*fresh));
+	if (!fresh)
+		return -1;
+	free(slots);
+	slots = fresh;
+	n_slots = want;
+	for (size_t i = 0; i < n_convs(); i++)
+		index_insert(i);
+	return 0;
+}
+
 static struct conv *conv_find(ino_t ino)
 {
-	for (size_t i = n_convs(); i-- > 0;) {
-		if (conv_at(i)->ino == ino)
-			return conv_at(i);
+	if (!n_slots || !ino)
+		return NULL;
+	for (size_t s = slot_of(ino); slots[s]; s = (s + 1) & (n_slots - 1)) {
+		if (conv_at(slots[s] - 1)->ino == ino)
+			return conv_at(slots[s] - 1);
 	}
 	return NULL;
 }
 
-/* Forget sockets that no longer exist, once the table has doubled since last time. */
+/* Drop the last record (just added, then not used). */
+static void conv_pop(void)
+{
+	convs.len -= sizeof(struct conv);
+	index_rebuild();
+}
+
+/* Forget sockets that no longer exist, once the table has grown fourfold since last
+ * time (one sock_diag request per record: a third of one per record added). */
 static void conv_sweep(void)
 {
 	size_t kept = 0;
 
-	if (n_convs() < 2 * live_at_sweep)
+	if (n_convs() < 4 * live_at_sweep)
 		return;
 	for (size_t i = 0; i < n_convs(); i++) {
 		struct conv *c = conv_at(i);
@@ -99,7 +146,8 @@ static void conv_sweep(void)
 		*conv_at(kept++) = *c;
 	}
 	convs.len = kept * sizeof(struct conv);
-	live_at_sweep = kept > 64 ? kept : 64;
+	live_at_sweep = kept > 1024 ? kept : 1024;
+	index_rebuild();
 }
 
 static struct conv *conv_add(ino_t ino)
@@ -109,6 +157,12 @@ static struct conv *conv_add(ino_t ino)
 	conv_sweep();
 	if (growbuf_add(&convs, &c, sizeof(c)))
 		return NULL;
+	if (2 * n_convs() < n_slots) {
+		index_insert(n_convs() - 1);
+	} else if (index_rebuild()) {
+		convs.len -= sizeof(struct conv); /* the old index still holds the rest */
+		return NULL;
+	}
 	return conv_at(n_convs() - 1);
 }
 
@@ -262,23 +316,58 @@ static int install(struct call *c, int sock, int newfd, int cloexec, int send)
 	return r;
 }
 
-/* SOL_SOCKET options worth carrying from the program's socket to ours. */
+/* SOL_SOCKET options that mean something on a Unix socket, carried from the program's
+ * socket to ours when the program changed them: a value that differs from a fresh IP
+ * socket's (a TCP default buffer size must not shrink a Unix socket's). */
 static const int carried[] = {
-	SO_REUSEADDR, SO_KEEPALIVE, SO_RCVBUF, SO_SNDBUF, SO_RCVTIMEO, SO_SNDTIMEO,
-	SO_LINGER, SO_PRIORITY, SO_MARK, SO_RCVLOWAT,
+	SO_RCVBUF, SO_SNDBUF, SO_RCVTIMEO, SO_SNDTIMEO, SO_PASSCRED, SO_RCVLOWAT,
 };
+#define N_CARRIED (sizeof(carried) / sizeof(carried[0]))
+struct optval {
+	socklen_t len;
+	char value[16];
+};
+static struct optval defaults[2][N_CARRIED]; /* [SOCK_DGRAM?] */
+static int have_defaults[2];
 
-static void carry_options(int from, int to)
+static void read_options(int sock, struct optval *out)
 {
-	for (size_t i = 0; i < sizeof(carried) / sizeof(carried[0]); i++) {
-		char value[64];
-		socklen_t len = sizeof(value);
+	for (size_t i = 0; i < N_CARRIED; i++) {
+		out[i].len = sizeof(out[i].value);
+		if (getsockopt(sock, SOL_SOCKET, carried[i], out[i].value, &out[i].len))
+			out[i].len = 0;
+	}
+}
 
-		if (getsockopt(from, SOL_SOCKET, carried[i], value, &len))
+static const struct optval *default_options(int type)
+{
+	int dgram = type == SOCK_DGRAM, sock;
+
+	if (!have_defaults[dgram]) {
+		sock = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+		if (sock < 0)
+			return NULL;
+		read_options(sock, defaults[dgram]);
+		close(sock);
+		have_defaults[dgram] = 1;
+	}
+	return defaults[dgram];
+}
+
+static void carry_options(int from, int to, int type)
+{
+	const struct optval *base = default_options(type);
+	struct optval now[N_CARRIED];
+
+	read_options(from, now);
+	for (size_t i = 0; i < N_CARRIED; i++) {
+		if (!now[i].len || (base && base[i].len == now[i].len &&
+				    !memcmp(base[i].value, now[i].value, now[i].len)))
 			continue;
-		if ((carried[i] == SO_RCVBUF || carried[i] == SO_SNDBUF) && len == sizeof(int))
-			*(int *)value /= 2; /* reported doubled; setting doubles again */
-		setsockopt(to, SOL_SOCKET, carried[i], value, len);
+		if ((carried[i] == SO_RCVBUF || carried[i] == SO_SNDBUF) &&
+		    now[i].len == sizeof(int))
+			*(int *)now[i].value /= 2; /* reported doubled; setting doubles again */
+		setsockopt(to, SOL_SOCKET, carried[i], now[i].value, now[i].len);
 	}
 }
 
@@ -287,7 +376,7 @@ static int unix_socket_like(const struct call *c)
 	int sock = socket(AF_UNIX, c->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 
 	if (sock >= 0)
-		carry_options(c->dup, sock);
+		carry_options(c->dup, sock, c->type);
 	return sock;
 }
 
@@ -381,7 +470,7 @@ static void swap_in(struct call *c, int sock, const struct conv *tmpl)
 		/* interrupted: the program's socket is as it was */
 		int err = errno;
 
-		convs.len -= sizeof(struct conv); /* k, the last */
+		conv_pop(); /* k, the last */
 		if (err == ENOENT && tmpl->peer.sa.sa_family) {
 			keep_connection(c, sock, &tmpl->peer);
 		} else {
