@@ -129,6 +129,17 @@ def test_static_c_server_and_client(static_net: str, sockdir: Path,
     wait_for(lambda: not sock.exists(), 5, "the socket file to go")
 
 
+def test_converted_socket_reports_ip_family(static_net: str, sockdir: Path,
+                                            procs: list[subprocess.Popen[str]]) -> None:
+    """SO_DOMAIN and SO_PROTOCOL of a converted socket read as the IP socket's."""
+    sock = sockdir / "s"
+    server = wrapped([f"in,path={sock}"], [static_net, "serve", "::1", "1", "1"])
+    procs.append(server)
+    first_line(server)
+    result = run_wrapped([f"out,path={sock}"], [static_net, "domain", "::1", "1"])
+    assert result.stdout == f"ok domain {socket.AF_INET6} protocol 6\n", result
+
+
 def test_non_blocking_accept_reports_ip_peer(static_net: str, sockdir: Path,
                                              procs: list[subprocess.Popen[str]]) -> None:
     """accept4 on a non-blocking converted listener gives an IP peer address, and
@@ -370,6 +381,31 @@ def test_backend_choice_and_errors(static_net: str, sockdir: Path) -> None:
     assert result.returncode == 1
     assert result.stderr == ("unixify: --backend 'fast': expected one of auto, preload, "
                              "seccomp\n"), result
+
+
+def test_stale_live_and_noremove(static_net: str, sockdir: Path) -> None:
+    """A stale socket file is replaced, a live one never taken; noremove keeps the file
+    after the program exits."""
+    sock = sockdir / "s"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))
+    stale.close()
+    serve = [static_net, "serve", "127.0.0.1", "1", "1"]
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(sockdir / "live"))
+        live.listen(1)
+        taken = run_wrapped([f"in,path={sockdir}/live"], serve)
+        assert taken.stdout == "error bind EADDRINUSE\n", taken
+    server = wrapped([f"in,path={sock},noremove"], serve)
+    try:
+        assert first_line(server).startswith("listening")
+        assert unix_talk(sock) == b"hello family1\n"
+        assert server.wait(timeout=10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=10)  # until the supervisor, holding stderr, is done
+    assert sock.is_socket()
 
 
 def test_socket_file_modes(static_net: str, sockdir: Path) -> None:

@@ -4,7 +4,8 @@
  * Notified: bind, connect and listen (they may open an IP port); getsockname,
  * getpeername (a converted socket answers in the family the program made it), accept
  * and accept4 when the program asks for the peer's address, setsockopt at the IP and
- * TCP levels (a converted socket takes them without an error); refused with a log line:
+ * TCP levels (a converted socket takes them without an error), getsockopt of SO_DOMAIN
+ * and SO_PROTOCOL (it answers as an IP socket); refused with a log line:
  * io_uring_setup (its CONNECT/BIND/LISTEN never pass seccomp), send calls with
  * MSG_FASTOPEN (an implicit TCP connect), every socket call of the i386 and x32 ABIs
  * (int 0x80 from a 64-bit program), and, when a rule would convert UDP, socket() of an
@@ -109,6 +110,20 @@ static void setsockopt_levels(struct prog *p)
 	ret(p, NOTIFY);
 }
 
+/* getsockopt(SOL_SOCKET, SO_DOMAIN or SO_PROTOCOL) notifies: a converted socket answers
+ * as the IP socket it stands for. */
+static void getsockopt_family(struct prog *p)
+{
+	emit(p, BPF_JMP | BPF_JEQ | BPF_K, __NR_getsockopt, 0, 7);
+	load(p, ARG_LO(1));
+	emit(p, BPF_JMP | BPF_JEQ | BPF_K, SOL_SOCKET, 0, 4);
+	load(p, ARG_LO(2));
+	emit(p, BPF_JMP | BPF_JEQ | BPF_K, SO_DOMAIN, 2, 0);
+	emit(p, BPF_JMP | BPF_JEQ | BPF_K, SO_PROTOCOL, 1, 0);
+	ret(p, ALLOW);
+	ret(p, NOTIFY);
+}
+
 /* socket(AF_INET or AF_INET6, SOCK_DGRAM...) notifies. */
 static void ip_datagram_socket(struct prog *p)
 {
@@ -142,6 +157,7 @@ static void native_calls(struct prog *p, int udp)
 	if_flags(p, __NR_sendmsg, 2, MSG_FASTOPEN);
 	if_flags(p, __NR_sendmmsg, 3, MSG_FASTOPEN);
 	setsockopt_levels(p);
+	getsockopt_family(p);
 	if (udp)
 		ip_datagram_socket(p);
 	ret(p, ALLOW);
@@ -192,6 +208,7 @@ const char *filter_call_name(const struct seccomp_data *d)
 	case __NR_sendmsg: return "sendmsg";
 	case __NR_sendmmsg: return "sendmmsg";
 	case __NR_setsockopt: return "setsockopt";
+	case __NR_getsockopt: return "getsockopt";
 	case __NR_socket: return "socket";
 	case __NR_io_uring_setup: return "io_uring_setup";
 	default: return "a system call";

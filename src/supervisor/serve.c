@@ -598,6 +598,28 @@ static int is_ip(const struct call *c)
 	return c->family == AF_INET || c->family == AF_INET6;
 }
 
+/* The start of a bind (connect: 0, 1): a Unix socket is the kernel's, or ours after a
+ * call that was interrupted once the fd was swapped (answered 0); an IP one has its
+ * address read and the call checked as still live.  0 to go on; else answered. */
+static int read_call(struct call *c, int connect, struct sockaddr_storage *ss,
+		     socklen_t *len)
+{
+	if (!is_ip(c)) {
+		struct conv *mine = conv_find(c->ino);
+
+		if (mine && (connect ? mine->peer.sa.sa_family != 0 : mine->bound))
+			answer(c, 0, 0);
+		else
+			pass(c);
+		return -1;
+	}
+	if (read_address(c, 1, ss, len)) {
+		answer(c, -1, errno);
+		return -1;
+	}
+	return id_valid(c) ? 0 : -1;
+}
+
 static void on_bind(struct call *c)
 {
 	char target[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -606,18 +628,7 @@ static void on_bind(struct call *c)
 	struct ipaddr ip;
 	socklen_t len;
 
-	if (!is_ip(c)) {
-		if (conv_find(c->ino)) /* ours: the retry of an interrupted bind */
-			answer(c, 0, 0);
-		else
-			pass(c);
-		return;
-	}
-	if (read_address(c, 1, &ss, &len)) {
-		answer(c, -1, errno);
-		return;
-	}
-	if (!id_valid(c))
+	if (read_call(c, 0, &ss, &len))
 		return;
 	if (ipaddr_for_socket(&ip, (struct sockaddr *)&ss, len, c->family, c->type, CALL_BIND)) {
 		do_bind_ip(c, &ss, len); /* the kernel says what is wrong with it */
@@ -676,20 +687,7 @@ static void on_connect(struct call *c)
 	socklen_t len;
 	int sock, n;
 
-	if (!is_ip(c)) {
-		struct conv *mine = conv_find(c->ino);
-
-		if (mine && mine->peer.sa.sa_family) /* the retry of an interrupted connect */
-			answer(c, 0, 0);
-		else
-			pass(c);
-		return;
-	}
-	if (read_address(c, 1, &ss, &len)) {
-		answer(c, -1, errno);
-		return;
-	}
-	if (!id_valid(c))
+	if (read_call(c, 1, &ss, &len))
 		return;
 	if (ipaddr_for_socket(&ip, (struct sockaddr *)&ss, len, c->family, c->type,
 			      CALL_CONNECT) ||
@@ -858,6 +856,29 @@ static void on_setsockopt(struct call *c)
 		pass(c);
 }
 
+/* SO_DOMAIN and SO_PROTOCOL of a converted socket: the IP socket's. */
+static void on_getsockopt(struct call *c)
+{
+	struct conv *k = is_ip(c) ? NULL : conv_of(c);
+	int value, name = (int)c->n->data.args[2];
+	socklen_t have, len = sizeof(int);
+	pid_t pid = (pid_t)c->n->pid;
+
+	if (!k || !id_valid(c)) {
+		pass(c);
+		return;
+	}
+	value = name == SO_DOMAIN ? k->local.sa.sa_family
+		: c->type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
+	if (mem_read(pid, c->n->data.args[4], &have, sizeof(have)) || (int)have < 0 ||
+	    mem_write(pid, c->n->data.args[3], &value, have < len ? have : len) ||
+	    mem_write(pid, c->n->data.args[4], &len, sizeof(len))) {
+		answer(c, -1, EFAULT);
+		return;
+	}
+	answer(c, 0, 0);
+}
+
 static void refuse(struct call *c, int error, const char *why)
 {
 	ulog(LOG_WARN_, "pid %d: refused %s (%s)", (int)c->n->pid,
@@ -904,6 +925,7 @@ static void dispatch(struct call *c)
 	case __NR_accept: on_accept(c, 0); return;
 	case __NR_accept4: on_accept(c, (int)d->args[3]); return;
 	case __NR_setsockopt: on_setsockopt(c); return;
+	case __NR_getsockopt: on_getsockopt(c); return;
 	}
 	pass(c);
 }

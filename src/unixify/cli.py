@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getopt
 import os
+import stat
 import sys
 from typing import NoReturn
 
@@ -310,6 +311,16 @@ def choose_backend(program: str, wanted: str) -> tuple[str, str]:
                        "socket calls" if wanted == "auto" else "--backend=preload")
 
 
+def log_line(message: str) -> None:
+    """An informational line as the library writes them: with the pid (the program's,
+    after exec) and, when stderr is a socket (the journal), a syslog priority."""
+    try:
+        journal = stat.S_ISSOCK(os.fstat(2).st_mode)
+    except OSError:
+        journal = False
+    sys.stderr.write(f"{'<6>' if journal else ''}unixify[{os.getpid()}]: {message}\n")
+
+
 def seccomp_environment(encoded: bytes, rules: list[Rule], verbosity: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k != "UNIXIFY_INHERIT" and not k.startswith("UNIXIFY_INHERIT_")}
@@ -372,7 +383,7 @@ def run(argv: list[str]) -> int:
         fail(f"{rest[0]}: command not found", 127)
     chosen, reason = choose_backend(program, backend)
     if verbosity:
-        sys.stderr.write(f"unixify: back end {chosen}: {reason}\n")
+        log_line(f"back end {chosen}: {reason}")
     if chosen == "seccomp":
         target = supervisor_path()
         args = [target, program, *rest]

@@ -4,6 +4,7 @@
  *   connect ADDR PORT     connect, print what the server says
  *   connect-alarm ADDR PORT  the same with SIGALRM firing every 1 ms meanwhile
  *   connect2 ADDR PORT    connect, then again after a line on stdin
+ *   domain ADDR PORT      connect, print SO_DOMAIN and SO_PROTOCOL
  *   uring                 io_uring_setup, print the result
  *   int80 ADDR PORT       connect through the i386 ABI (int 0x80), print the result
  * Lines: "ok ...", or "error CALL ERRNO-NAME". */
@@ -144,6 +145,21 @@ static int client(const char *addr, const char *port, int alarm)
 	return 0;
 }
 
+static int domain(const char *addr, const char *port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = (socklen_t)fill(addr, port, &ss), l1 = sizeof(int), l2 = sizeof(int);
+	int s = socket(ss.ss_family, SOCK_STREAM, 0), family = -1, proto = -1;
+
+	if (s < 0 || connect(s, (struct sockaddr *)&ss, len))
+		return fail("connect");
+	if (getsockopt(s, SOL_SOCKET, SO_DOMAIN, &family, &l1) ||
+	    getsockopt(s, SOL_SOCKET, SO_PROTOCOL, &proto, &l2))
+		return fail("getsockopt");
+	printf("ok domain %d protocol %d\n", family, proto);
+	return 0;
+}
+
 static int uring(void)
 {
 	char params[120] = { 0 };
@@ -196,6 +212,8 @@ int main(int argc, char **argv)
 	}
 	if (argc == 4 && !strcmp(argv[1], "connect-alarm"))
 		return client(argv[2], argv[3], 1);
+	if (argc == 4 && !strcmp(argv[1], "domain"))
+		return domain(argv[2], argv[3]);
 	if (argc == 2 && !strcmp(argv[1], "uring"))
 		return uring();
 	if (argc == 4 && !strcmp(argv[1], "int80"))
