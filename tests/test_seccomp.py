@@ -182,6 +182,22 @@ def test_go_http_server_and_client(go_http: dict[str, str], kind: str, sockdir: 
     wait_for(lambda: not sock.exists(), 5, "the socket file to go")
 
 
+def test_go_wildcard_listener(go_http: dict[str, str], sockdir: Path,
+                              procs: list[subprocess.Popen[str]]) -> None:
+    """A rule without a port also converts Go's start-up probe binds ([::1]:0); the
+    listener on the unspecified address reports loopback with its own port (it
+    reported port 0)."""
+    curl = require_tool("curl")
+    port, sock = free_port(), sockdir / "s"
+    server = wrapped([f"in,path={sock}"], [go_http["static"], "serve", f":{port}"])
+    procs.append(server)
+    assert first_line(server).startswith("listening ")
+    got = subprocess.run([curl, "-sS", "--max-time", "10", "--unix-socket", str(sock),
+                          "http://x/"], capture_output=True, text=True, timeout=30)
+    assert re.fullmatch(rf"hello 127\.0\.0\.1:\d+ via 127\.0\.0\.1:{port}\n", got.stdout), got
+    assert port not in listening_ports()
+
+
 def test_io_uring_is_refused(static_net: str, sockdir: Path) -> None:
     result = run_wrapped([f"in,path={sockdir}/s"], [static_net, "uring"])
     assert result.stdout == "error io_uring_setup EPERM\n", result

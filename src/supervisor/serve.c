@@ -727,10 +727,15 @@ static void on_connect(struct call *c)
  * unspecified one) and a loopback peer with a port made up. */
 static void accepted_from(const struct conv *l, struct conv *k)
 {
-	k->local = l->local;
-	if (ipaddr_is_any(&k->local))
-		ipaddr_loopback_like(&k->local, k->local.sa.sa_family, &k->local);
-	ipaddr_loopback_like(&k->peer, k->local.sa.sa_family, &k->local);
+	struct ipaddr model = l->local;
+	int family = model.sa.sa_family;
+
+	k->local = model;
+	if (ipaddr_is_any(&model)) {
+		ipaddr_loopback_like(&k->local, family, &model);
+		ipaddr_set_port(&k->local, ipaddr_port(&model));
+	}
+	ipaddr_loopback_like(&k->peer, family, &model);
 	ipaddr_set_port(&k->peer, fake_port());
 }
 
@@ -749,7 +754,8 @@ static struct conv *conv_of(struct call *c)
 	if ((c->dup < 0 && inspect(c)) || c->family != AF_UNIX ||
 	    getsockname(c->dup, (struct sockaddr *)&sun, &len))
 		return NULL;
-	for (size_t i = 0; i < n_convs() && !found; i++) {
+	for (size_t i = n_convs(); i-- > 0 && !found;) { /* the newest: an older one at
+							    the same path is dead */
 		const struct conv *l = conv_at(i);
 
 		if (l->bound && l->sunlen == len && len > sizeof(sa_family_t) &&
