@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -523,6 +524,23 @@ static mode_t umask_of(pid_t tid)
 	return p ? (mode_t)strtoul(p + 7, NULL, 8) & 0777 : ours;
 }
 
+/* Does the program hold a live socket of ours bound to path?  (A server binding 0.0.0.0
+ * and [::] for one port: the second bind is blackholed, as in the shim.) */
+static int bound_here(const char *path)
+{
+	size_t len = strlen(path);
+
+	for (size_t i = n_convs(); i-- > 0;) {
+		const struct conv *k = conv_at(i);
+
+		if (k->bound && k->sockfile >= 0 &&
+		    k->sunlen == offsetof(struct sockaddr_un, sun_path) + len + 1 &&
+		    !memcmp(k->sun.sun_path, path, len) && unix_socket_alive(k->ino) == 1)
+			return 1;
+	}
+	return 0;
+}
+
 static void convert_bind_to(struct call *c, const struct ipaddr *ip, const struct rule *r,
 			    const char *target, int then_listen)
 {
@@ -536,7 +554,12 @@ static void convert_bind_to(struct call *c, const struct ipaddr *ip, const struc
 		return;
 	}
 	ours = umask(umask_of((pid_t)c->n->pid));
-	if (r->action == ACT_BLACKHOLE) {
+	if (r->action == ACT_PATH && bound_here(target)) {
+		ulog(LOG_INFO_, "pid %d fd %d: %s is already bound by this program; blackholing",
+		     (int)c->n->pid, c->fd, target);
+		n = sockfile_blackhole(sock);
+		target = NULL;
+	} else if (r->action == ACT_BLACKHOLE) {
 		n = sockfile_blackhole(sock);
 	} else if (r->action == ACT_PATH) {
 		k.sockfile = sockfile_bind(sock, target, r);
@@ -554,8 +577,8 @@ static void convert_bind_to(struct call *c, const struct ipaddr *ip, const struc
 		int err = errno;
 
 		ulog(LOG_WARN_, "pid %d fd %d: cannot bind %s: %s", (int)c->n->pid, c->fd,
-		     r->action == ACT_BLACKHOLE ? "a blackhole" : target_text(r, target),
-		     strerror(err));
+		     r->action == ACT_BLACKHOLE || !target ? "a blackhole"
+		     : target_text(r, target), strerror(err));
 		close(sock);
 		answer(c, -1, err);
 		return;
@@ -567,7 +590,7 @@ static void convert_bind_to(struct call *c, const struct ipaddr *ip, const struc
 		k.sunlen = 0;
 	n_bound++;
 	ulog(LOG_INFO_, "pid %d fd %d: bound to %s", (int)c->n->pid, c->fd,
-	     r->action == ACT_BLACKHOLE ? "a blackhole" : target_text(r, target));
+	     r->action == ACT_BLACKHOLE || !target ? "a blackhole" : target_text(r, target));
 	swap_in(c, sock, &k);
 }
 
