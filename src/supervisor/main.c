@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -78,12 +79,10 @@ static void drop_descriptors(int keep)
 		dup2(null, 0);
 		dup2(null, 1);
 	}
-	for (int fd = 3; fd < 1024; fd++) {
-		if (fd != keep)
-			close(fd);
-	}
-	if (null >= 0 && null < 3)
-		return;
+	/* Linux 5.9, as the rest of this back end */
+	if (keep > 3)
+		syscall(SYS_close_range, 3, keep - 1, 0);
+	syscall(SYS_close_range, keep + 1, ~0U, 0);
 }
 
 static void supervise(int sock)
