@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -821,59 +822,236 @@ static void on_name(struct call *c, int peer)
 	answer(c, 0, 0);
 }
 
-/* accept/accept4 on a converted non-blocking listener: done here, so that the peer's
- * address can be the IP one the program expects.  A blocking one is left to the
- * kernel (we must never block): its peer address reads as a Unix one. */
+/*
+ * accept/accept4 on a converted listener when the program wants the peer's address:
+ * done here, so that the address can be the IP one the program expects, and the socket
+ * delivered with ADDFD_FLAG_SEND.  A non-blocking listener is served at once.  A
+ * blocking one is served by a thread of its own (the loop must never block), which
+ * waits on a duplicate of the listener while the program's call is live; a connection
+ * its caller was no longer there to take (a signal) waits on the listener's record for
+ * the next accept.  The table is shared with those threads under table_lock, which the
+ * main loop holds while it answers a call.
+ */
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct accept_job {
+	struct seccomp_notif_resp resp;
+	uint64_t id;
+	pid_t tid;
+	uint64_t addr, addrlen;  /* the program's pointers */
+	int flags;
+	int dup;                 /* the listener */
+	ino_t ino;
+	int done;                /* its thread has finished */
+};
+
+/* Put a connection back on its listener's record for the next accept (lock held). */
+static void stash(ino_t listener, int sock)
+{
+	struct conv *l = conv_find(listener);
+
+	if (l && l->stash < 0)
+		l->stash = sock;
+	else
+		close(sock);
+}
+
+/* Hand sock to the accept j describes (lock held).  0 answered by the kernel or
+ * answered in j->resp (resp.id set); -1 when the call is gone (sock stashed). */
+static int deliver(struct accept_job *j, int sock)
+{
+	struct conv *l = conv_find(j->ino), k = { .sockfile = -1, .stash = -1 };
+	struct call c = { .n = &(struct seccomp_notif){ .id = j->id, .pid = (uint32_t)j->tid },
+			  .resp = &j->resp };
+	socklen_t have, len;
+	int fd;
+
+	if (!l) {
+		close(sock);
+		answer(&c, -1, ECONNABORTED);
+		return 0;
+	}
+	accepted_from(l, &k);
+	len = ipaddr_len(&k.peer);
+	if (mem_read(j->tid, j->addrlen, &have, sizeof(have)) || (int)have < 0 ||
+	    !id_valid(&c) ||
+	    mem_write(j->tid, j->addr, &k.peer, have < len ? have : len) ||
+	    mem_write(j->tid, j->addrlen, &len, sizeof(len))) {
+		stash(j->ino, sock);
+		answer(&c, -1, (int)have < 0 ? EINVAL : EFAULT);
+		return 0;
+	}
+	k.ino = inode_of(sock);
+	fd = install(&c, sock, -1, j->flags & SOCK_CLOEXEC, 1);
+	if (fd < 0) {
+		stash(j->ino, sock); /* interrupted: not lost, the next accept takes it */
+		j->resp.id = 0;
+		return -1;
+	}
+	close(sock);
+	if (conv_add(k.ino))
+		*conv_at(n_convs() - 1) = k;
+	if (features.addfd_send)
+		j->resp.id = 0; /* answered by the ioctl */
+	else
+		answer(&c, fd, 0);
+	return 0;
+}
+
+static void send_answer(struct seccomp_notif_resp *resp)
+{
+	if (resp->id && ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_SEND, resp) && errno != ENOENT)
+		ulog(LOG_DEBUG_, "cannot answer an accept: %s", strerror(errno));
+}
+
+/* The threads serving blocking accepts (the main loop's list), for the exit to stop. */
+struct waiter {
+	pthread_t thread;
+	struct accept_job *job;
+};
+static struct growbuf waiters;
+static int stopping;
+
+/* Threads take connections one at a time, and only for a live call: a thread whose
+ * call was interrupted never takes one (it would have nobody to give it to). */
+static pthread_mutex_t accept_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int take_connection(struct accept_job *j, struct call *c)
+{
+	struct pollfd p = { .fd = j->dup, .events = POLLIN };
+	int sock = -1;
+
+	pthread_mutex_lock(&accept_lock);
+	if (!id_valid(c))
+		errno = ENOENT;
+	else if (poll(&p, 1, 0) != 1)
+		errno = EAGAIN;
+	else /* only one of the program's own accepts without an address can be faster */
+		sock = accept4(j->dup, NULL, NULL, SOCK_CLOEXEC | (j->flags & SOCK_NONBLOCK));
+	pthread_mutex_unlock(&accept_lock);
+	return sock;
+}
+
+static void *wait_accept(void *arg)
+{
+	struct accept_job *j = arg;
+	struct pollfd p = { .fd = j->dup, .events = POLLIN };
+	struct call c = { .n = &(struct seccomp_notif){ .id = j->id } };
+	int sock = -1;
+
+	while (!__atomic_load_n(&stopping, __ATOMIC_ACQUIRE)) {
+		if (poll(&p, 1, 50) != 1) {
+			if (!id_valid(&c))
+				break;
+			continue;
+		}
+		sock = take_connection(j, &c);
+		if (sock >= 0 || (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED))
+			break;
+	}
+	pthread_mutex_lock(&table_lock);
+	if (sock >= 0) {
+		deliver(j, sock);
+	} else if (!stopping && id_valid(&c)) {
+		struct call e = { .n = c.n, .resp = &j->resp };
+
+		answer(&e, -1, errno);
+	}
+	pthread_mutex_unlock(&table_lock);
+	send_answer(&j->resp);
+	return NULL;
+}
+
+static void *run_waiter(void *arg)
+{
+	struct accept_job *j = arg;
+
+	wait_accept(j);
+	__atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* Join the threads that are done, or all. */
+static void reap_waiters(int all)
+{
+	struct waiter *w = (struct waiter *)waiters.data;
+	size_t n = waiters.len / sizeof(*w), left = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!all && !__atomic_load_n(&w[i].job->done, __ATOMIC_ACQUIRE)) {
+			w[left++] = w[i];
+			continue;
+		}
+		pthread_join(w[i].thread, NULL);
+		close(w[i].job->dup);
+		free(w[i].job);
+	}
+	waiters.len = left * sizeof(*w);
+}
+
+/* At exit (the lock not held): a blocked accept returns, every thread ends. */
+static void stop_waiters(void)
+{
+	struct waiter *w = (struct waiter *)waiters.data;
+
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
+	for (size_t i = 0; i < waiters.len / sizeof(*w); i++)
+		shutdown(w[i].job->dup, SHUT_RDWR);
+	reap_waiters(1);
+}
+
+/* A thread for a blocking accept; -1 when none can start (the caller passes). */
+static int start_waiter(struct call *c, int flags)
+{
+	struct accept_job *j = calloc(1, sizeof(*j));
+	struct waiter w = { .job = j };
+
+	reap_waiters(0);
+	if (!j || growbuf_add(&waiters, &w, sizeof(w))) {
+		free(j);
+		return -1;
+	}
+	*j = (struct accept_job){ .id = c->n->id, .tid = (pid_t)c->n->pid, .flags = flags,
+				  .addr = c->n->data.args[1], .addrlen = c->n->data.args[2],
+				  .dup = c->dup, .ino = c->ino };
+	if (pthread_create(&((struct waiter *)waiters.data)[waiters.len / sizeof(w) - 1].thread,
+			   NULL, run_waiter, j)) {
+		waiters.len -= sizeof(w);
+		free(j);
+		return -1;
+	}
+	c->dup = -1; /* the thread's now */
+	return 0;
+}
+
 static void on_accept(struct call *c, int flags)
 {
-	struct conv *l = conv_find(c->ino), k = { .sockfile = -1, .stash = -1 };
-	socklen_t have, len;
-	int sock, fd;
+	struct conv *l = conv_find(c->ino);
+	struct accept_job j;
+	int sock;
 
-	if (!l || !(c->status & O_NONBLOCK) || (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))) {
+	if (!l || (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))) {
 		pass(c);
 		return;
 	}
 	sock = l->stash;
 	l->stash = -1;
+	if (sock < 0 && !(c->status & O_NONBLOCK)) {
+		if (start_waiter(c, flags))
+			pass(c); /* no thread: the kernel's accept, with a Unix address */
+		return;
+	}
 	if (sock < 0)
 		sock = accept4(c->dup, NULL, NULL, SOCK_CLOEXEC | (flags & SOCK_NONBLOCK));
 	if (sock < 0) {
 		answer(c, -1, errno);
 		return;
 	}
-	accepted_from(l, &k);
-	len = ipaddr_len(&k.peer);
-	if (mem_read((pid_t)c->n->pid, c->n->data.args[2], &have, sizeof(have)) ||
-	    (int)have < 0 || !id_valid(c) ||
-	    mem_write((pid_t)c->n->pid, c->n->data.args[1], &k.peer, have < len ? have : len) ||
-	    mem_write((pid_t)c->n->pid, c->n->data.args[2], &len, sizeof(len))) {
-		l = conv_find(c->ino);
-		if (l)
-			l->stash = sock; /* for the next accept */
-		else
-			close(sock);
-		answer(c, -1, (int)have < 0 ? EINVAL : EFAULT);
-		return;
-	}
-	k.ino = inode_of(sock);
-	fd = install(c, sock, -1, flags & SOCK_CLOEXEC, 1);
-	l = conv_find(c->ino);
-	if (fd < 0) {
-		if (l && l->stash < 0)
-			l->stash = sock; /* interrupted: not lost, the next accept takes it */
-		else
-			close(sock);
-		c->resp->id = 0;
-		return;
-	}
-	close(sock);
-	if (conv_add(k.ino))
-		*conv_at(n_convs() - 1) = k;
-	if (features.addfd_send)
-		c->resp->id = 0; /* answered by the ioctl */
-	else
-		answer(c, fd, 0);
+	j = (struct accept_job){ .id = c->n->id, .tid = (pid_t)c->n->pid, .flags = flags,
+				 .addr = c->n->data.args[1], .addrlen = c->n->data.args[2],
+				 .ino = c->ino };
+	deliver(&j, sock);
+	*c->resp = j.resp;
 }
 
 /* IP- and TCP-level options on a converted socket succeed and do nothing. */
@@ -981,7 +1159,9 @@ static void handle(int listener, struct seccomp_notif *n, struct seccomp_notif_r
 	memset(resp, 0, sizes->seccomp_notif_resp);
 	if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, n))
 		return; /* ENOENT: the caller went away meanwhile */
+	pthread_mutex_lock(&table_lock);
 	dispatch(&c);
+	pthread_mutex_unlock(&table_lock);
 	if (c.dup >= 0)
 		close(c.dup);
 	if (resp->id && ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, resp) && errno != ENOENT)
@@ -1043,6 +1223,7 @@ void serve(int listener)
 		else if (p.revents & (POLLHUP | POLLERR | POLLNVAL))
 			break; /* no task uses the filter any more */
 	}
+	stop_waiters();
 	remove_files();
 	free(n);
 	free(resp);

@@ -1,6 +1,7 @@
 /* static_net: a socket program for the seccomp back end's tests, linked statically.
  *   serve ADDR PORT N     accept N connections (accept4 non-blocking when NB is set in
- *                         the environment), answer each "hello PEER" and report
+ *                         the environment; SIGALRM every 1 ms when ALARM is), answer
+ *                         each "hello PEER" and report
  *   connect ADDR PORT     connect, print what the server says
  *   connect-alarm ADDR PORT  the same with SIGALRM firing every 1 ms meanwhile
  *   connect2 ADDR PORT    connect, then again after a line on stdin
@@ -62,6 +63,8 @@ static void describe(const struct sockaddr_storage *ss, char *buf, size_t size)
 	}
 }
 
+static void tick(int sig);
+
 static int serve(const char *addr, const char *port, int n)
 {
 	struct sockaddr_storage ss, peer, local;
@@ -83,6 +86,13 @@ static int serve(const char *addr, const char *port, int n)
 	describe(&local, ltext, sizeof(ltext));
 	printf("listening %s\n", ltext);
 	fflush(stdout);
+	if (getenv("ALARM")) {
+		struct sigaction sa = { .sa_handler = tick, .sa_flags = SA_RESTART };
+		struct itimerval it = { { 0, 1000 }, { 0, 1000 } };
+
+		sigaction(SIGALRM, &sa, NULL);
+		setitimer(ITIMER_REAL, &it, NULL);
+	}
 	for (int i = 0; i < n; i++) {
 		struct pollfd p = { .fd = s, .events = POLLIN };
 		int c;
