@@ -416,6 +416,11 @@ def test_backend_choice_and_errors(static_net: str, sockdir: Path) -> None:
     assert result.returncode == 1
     assert result.stderr == ("unixify: --backend 'fast': expected one of auto, preload, "
                              "seccomp\n"), result
+    missing = run_wrapped([f"in,path={sockdir}/s"], [static_net, "uring"],
+                          env=dict(os.environ, UNIXIFY_SUPERVISOR="/nonexistent/sv"))
+    assert (missing.returncode, missing.stderr) == (
+        126, "unixify: cannot run the seccomp supervisor /nonexistent/sv: No such file or "
+        "directory\n"), missing
 
 
 def test_stale_live_and_noremove(static_net: str, sockdir: Path) -> None:

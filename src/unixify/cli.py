@@ -396,7 +396,8 @@ def run(argv: list[str]) -> int:
     try:
         os.execve(target, args, env)
     except OSError as exc:
-        fail(f"cannot run {rest[0]}: {exc.strerror}", 126)
+        what = rest[0] if target == program else f"the seccomp supervisor {target}"
+        fail(f"cannot run {what}: {exc.strerror}", 126)
 
 
 def main(argv: list[str] | None = None) -> int:
