@@ -320,9 +320,10 @@ static int install(struct call *c, int sock, int newfd, int cloexec, int send)
 
 /* SOL_SOCKET options that mean something on a Unix socket, carried from the program's
  * socket to ours when the program changed them: a value that differs from a fresh IP
- * socket's (a TCP default buffer size must not shrink a Unix socket's). */
+ * socket's (a TCP default buffer size must not shrink a Unix socket's).  SO_PASSCRED
+ * cannot be set on an IP socket. */
 static const int carried[] = {
-	SO_RCVBUF, SO_SNDBUF, SO_RCVTIMEO, SO_SNDTIMEO, SO_PASSCRED, SO_RCVLOWAT,
+	SO_RCVBUF, SO_SNDBUF, SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVLOWAT,
 };
 #define N_CARRIED (sizeof(carried) / sizeof(carried[0]))
 struct optval {
@@ -456,9 +457,11 @@ static int kept_connection(const struct call *c, const struct ipaddr *peer)
 static void swap_in(struct call *c, int sock, const struct conv *tmpl)
 {
 	struct conv *k;
+	ino_t ino;
 
 	set_blocking_like(c, sock);
-	k = conv_add(inode_of(sock));
+	ino = inode_of(sock);
+	k = conv_add(ino);
 	if (!k) {
 		ulog(LOG_ERR_, "out of memory for the table of converted sockets");
 		sockfile_release(tmpl->sockfile);
@@ -467,7 +470,7 @@ static void swap_in(struct call *c, int sock, const struct conv *tmpl)
 		return;
 	}
 	*k = *tmpl;
-	k->ino = inode_of(sock);
+	k->ino = ino;
 	if (install(c, sock, c->fd, c->cloexec, 0) < 0) {
 		/* interrupted: the program's socket is as it was */
 		int err = errno;
