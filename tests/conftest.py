@@ -250,6 +250,21 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 20.0) 
     raise AssertionError(f"no {marker!r} from {proc.args!r}; got {data!r} {stderr}")
 
 
+def go_build(source: Path, out: Path, variants: dict[str, str]) -> dict[str, str]:
+    """source built with Debian's Go into out, once per name in variants (its value is
+    CGO_ENABLED: "0" gives a static binary): name -> path."""
+    go = require_tool("go")
+    env = dict(os.environ, GOCACHE=str(out / "cache"), GOPATH=str(out / "gopath"),
+               GO111MODULE="off", GOFLAGS="", HOME=str(out))
+    built = {}
+    for name, cgo in variants.items():
+        binary = out / name
+        subprocess.run([go, "build", "-o", str(binary), str(source)],
+                       env=dict(env, CGO_ENABLED=cgo), check=True, timeout=600, cwd=str(out))
+        built[name] = str(binary)
+    return built
+
+
 def compile_c(source: Path, output: Path, static: bool = False,
               extra: list[str] | None = None) -> Path:
     cc = os.environ.get("CC", "cc")

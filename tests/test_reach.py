@@ -17,6 +17,7 @@ from conftest import (
     HELPERS,
     compile_c,
     free_port,
+    go_build,
     preloaded_env,
     require_tool,
     run_wrapped,
@@ -34,17 +35,8 @@ NOBODY = 65534
 def go_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """tests/helpers/tcp_server.go built with cgo (dynamically linked: the default for a
     net program when a C compiler is present) and without (static)."""
-    go = require_tool("go")
-    out = tmp_path_factory.mktemp("go")
-    env = dict(os.environ, GOCACHE=str(out / "cache"), GOPATH=str(out / "gopath"),
-               GO111MODULE="off", GOFLAGS="", HOME=str(out))
-    built = {}
-    for name, cgo in (("dynamic", "1"), ("static", "0")):
-        binary = out / name
-        subprocess.run([go, "build", "-o", str(binary), str(HELPERS / "tcp_server.go")],
-                       env=dict(env, CGO_ENABLED=cgo), check=True, timeout=300,
-                       cwd=str(out))
-        built[name] = str(binary)
+    built = go_build(HELPERS / "tcp_server.go", tmp_path_factory.mktemp("go"),
+                     {"dynamic": "1", "static": "0"})
     facts = elf_facts(built["dynamic"]), elf_facts(built["static"])
     assert facts[0] is not None and facts[0].dynamic and facts[0].go, facts
     assert facts[1] is not None and not facts[1].dynamic, facts

@@ -19,6 +19,7 @@ from conftest import (
     HELPERS,
     compile_c,
     free_port,
+    go_build,
     require_tool,
     run_wrapped,
     tcp_port_open,
@@ -43,18 +44,8 @@ def static_net(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def go_http(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """tests/helpers/go_http.go without cgo (static) and with it (dynamic)."""
-    go = require_tool("go")
-    out = tmp_path_factory.mktemp("gohttp")
-    env = dict(os.environ, GOCACHE=str(out / "cache"), GOPATH=str(out / "gopath"),
-               GO111MODULE="off", GOFLAGS="", HOME=str(out))
-    built = {}
-    for name, cgo in (("static", "0"), ("cgo", "1")):
-        binary = out / name
-        subprocess.run([go, "build", "-o", str(binary), str(HELPERS / "go_http.go")],
-                       env=dict(env, CGO_ENABLED=cgo), check=True, timeout=600,
-                       cwd=str(out))
-        built[name] = str(binary)
-    return built
+    return go_build(HELPERS / "go_http.go", tmp_path_factory.mktemp("gohttp"),
+                    {"static": "0", "cgo": "1"})
 
 
 def wrapped(rules: list[str], program: list[str], verbose: int = 0,

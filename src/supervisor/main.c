@@ -28,42 +28,50 @@ void shim_start(void)
 {
 }
 
-static int send_fd(int sock, int fd)
-{
-	char data = 'L';
-	struct iovec iov = { &data, 1 };
+/* One byte and room for one fd: the message that carries the listener. */
+struct fd_message {
+	char data;
+	struct iovec iov;
 	union {
 		struct cmsghdr h;
 		char buf[CMSG_SPACE(sizeof(int))];
 	} u;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-			      .msg_controllen = sizeof(u.buf) };
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	struct msghdr msg;
+};
 
-	memset(&u, 0, sizeof(u));
+static void fd_message_init(struct fd_message *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->data = 'L';
+	m->iov = (struct iovec){ &m->data, 1 };
+	m->msg = (struct msghdr){ .msg_iov = &m->iov, .msg_iovlen = 1,
+				  .msg_control = m->u.buf, .msg_controllen = sizeof(m->u.buf) };
+}
+
+static int send_fd(int sock, int fd)
+{
+	struct fd_message m;
+	struct cmsghdr *cm;
+
+	fd_message_init(&m);
+	cm = CMSG_FIRSTHDR(&m.msg);
 	cm->cmsg_level = SOL_SOCKET;
 	cm->cmsg_type = SCM_RIGHTS;
 	cm->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-	return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+	return sendmsg(sock, &m.msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
 static int recv_fd(int sock)
 {
-	char data;
-	struct iovec iov = { &data, 1 };
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} u;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-			      .msg_controllen = sizeof(u.buf) };
+	struct fd_message m;
 	struct cmsghdr *cm;
 	int fd;
 
-	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1)
+	fd_message_init(&m);
+	if (recvmsg(sock, &m.msg, MSG_CMSG_CLOEXEC) != 1)
 		return -1;
-	cm = CMSG_FIRSTHDR(&msg);
+	cm = CMSG_FIRSTHDR(&m.msg);
 	if (!cm || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int)))
 		return -1;
 	memcpy(&fd, CMSG_DATA(cm), sizeof(int));
