@@ -439,6 +439,30 @@ def test_stale_live_and_noremove(static_net: str, sockdir: Path) -> None:
     assert sock.is_socket()
 
 
+def test_owner_group_and_udp_refusal(static_net: str, sockdir: Path) -> None:
+    """owner=/group= with mode= (the supervisor runs as root here): the file is the
+    rule's from the start.  A rule that could convert UDP makes IP datagram sockets
+    fail (this back end does not translate datagram addresses), with a log line."""
+    sock = sockdir / "s"
+    server = subprocess.Popen([*unixify_command(), "-r",
+                               f"in,tcp,path={sock},mode=0640,owner={NOBODY},group={NOBODY}",
+                               static_net, "serve", "127.0.0.1", "1", "1"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith("listening")
+        st = sock.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY, NOBODY, 0o640)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    udp = run_wrapped([f"out,path={sockdir}/u"], [static_net, "udp"])
+    assert udp.stdout == "error socket EAFNOSUPPORT\n", udp
+    assert "refused socket (a rule without 'tcp' could convert UDP" in udp.stderr, udp
+    tcp_only = run_wrapped([f"out,tcp,path={sockdir}/u"], [static_net, "udp"])
+    assert tcp_only.stdout == "ok udp socket\n", tcp_only
+
+
 def test_socket_file_modes(static_net: str, sockdir: Path) -> None:
     """mode= gives the file its mode from the start; without it the program's own umask
     (set after the launcher's) decides, not the supervisor's."""

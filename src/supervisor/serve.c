@@ -1114,8 +1114,8 @@ static void dispatch(struct call *c)
 		refuse(c, EOPNOTSUPP, "MSG_FASTOPEN would connect implicitly");
 		return;
 	case __NR_socket:
-		refuse(c, EAFNOSUPPORT, "a rule converts UDP, which the seccomp back end "
-		       "does not translate; use --backend=preload");
+		refuse(c, EAFNOSUPPORT, "a rule without 'tcp' could convert UDP, which the "
+		       "seccomp back end does not translate");
 		return;
 	case __NR_getsockname:
 	case __NR_getpeername:

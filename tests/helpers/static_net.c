@@ -7,6 +7,7 @@
  *   connect2 ADDR PORT    connect, then again after a line on stdin
  *   domain ADDR PORT      connect, print SO_DOMAIN and SO_PROTOCOL
  *   uring                 io_uring_setup, print the result
+ *   udp                   make a UDP socket, print the result
  *   int80 ADDR PORT       connect through the i386 ABI (int 0x80), print the result
  * Lines: "ok ...", or "error CALL ERRNO-NAME". */
 #define _GNU_SOURCE
@@ -224,6 +225,12 @@ int main(int argc, char **argv)
 		return client(argv[2], argv[3], 1);
 	if (argc == 4 && !strcmp(argv[1], "domain"))
 		return domain(argv[2], argv[3]);
+	if (argc == 2 && !strcmp(argv[1], "udp")) {
+		if (socket(AF_INET, SOCK_DGRAM, 0) < 0)
+			return fail("socket");
+		printf("ok udp socket\n");
+		return 0;
+	}
 	if (argc == 2 && !strcmp(argv[1], "uring"))
 		return uring();
 	if (argc == 4 && !strcmp(argv[1], "int80"))
