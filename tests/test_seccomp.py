@@ -363,27 +363,42 @@ def test_fork_exec_and_daemon(static_net: str, sockdir: Path) -> None:
     wait_for(lambda: not sock.exists(), 10, "the daemon's socket file to go")
 
 
-def test_unprivileged_user(static_net: str, sockdir: Path) -> None:
-    """uid 65534 runs a program under the supervisor: no_new_privs lets it install the
-    filter, and its socket file is its own."""
+@pytest.fixture
+def as_nobody(static_net: str, sockdir: Path) -> tuple[Path, str, str]:
+    """A directory uid 65534 may write, with readable copies of the supervisor and of
+    static_net (the installed ones may sit under a 0700 /root)."""
     shared = sockdir / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     sockdir.chmod(0o755)
     program = shutil.copy(static_net, shared / "static_net")
     supervisor = shutil.copy(supervisor_path(), shared / SUPERVISOR_NAME)
-    sock = shared / "s"
-    rules = [parse_rule(f"in,path={sock}", "/")]
-    env = dict(os.environ, UNIXIFY_RULES=os.fsdecode(encode_checked(rules)))
+    return shared, str(supervisor), str(program)
 
-    def drop() -> None:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
 
-    server = subprocess.Popen([supervisor, program, "static_net", "serve", "127.0.0.1",
-                               str(free_port()), "1"], stdout=subprocess.PIPE, text=True,
-                              env=env, preexec_fn=drop)
+def drop_to_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def supervised_by_nobody(as_nobody: tuple[Path, str, str], rule: str, args: list[str],
+                         env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    _, supervisor, program = as_nobody
+    rules = [parse_rule(rule, "/")]
+    env = dict(os.environ, **(env or {}), UNIXIFY_RULES=os.fsdecode(encode_checked(rules)))
+    proc: subprocess.Popen[str] = subprocess.Popen(
+        [supervisor, program, "static_net", *args], stdout=subprocess.PIPE, text=True,
+        env=env, preexec_fn=drop_to_nobody)
+    return proc
+
+
+def test_unprivileged_user(as_nobody: tuple[Path, str, str]) -> None:
+    """uid 65534 runs a program under the supervisor: no_new_privs lets it install the
+    filter, and its socket file is its own."""
+    sock = as_nobody[0] / "s"
+    server = supervised_by_nobody(as_nobody, f"in,path={sock}",
+                                  ["serve", "127.0.0.1", str(free_port()), "1"])
     try:
         assert server.stdout is not None
         assert server.stdout.readline().startswith("listening inet:127.0.0.1")
@@ -395,6 +410,22 @@ def test_unprivileged_user(static_net: str, sockdir: Path) -> None:
             server.kill()
             server.wait(timeout=10)
     wait_for(lambda: not sock.exists(), 5, "the socket file to go")
+
+
+def test_non_dumpable_program_fails_closed(as_nobody: tuple[Path, str, str]) -> None:
+    """A program that makes itself non-dumpable cannot be inspected by a supervisor that
+    is not root: its bind is refused (it was let through to the kernel: a TCP port)."""
+    port = free_port()
+    server = supervised_by_nobody(as_nobody, f"in,path={as_nobody[0]}/s",
+                                  ["serve", "127.0.0.1", str(port), "1"], {"NODUMP": "1"})
+    try:
+        out, _ = server.communicate(timeout=10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
+    assert out == "error bind EACCES\n"
+    assert port not in listening_ports()
 
 
 def test_backend_choice_and_errors(static_net: str, sockdir: Path) -> None:

@@ -1125,7 +1125,14 @@ static void dispatch(struct call *c)
 	}
 	c->fd = (int)d->args[0];
 	if (inspect(c)) {
-		pass(c); /* not a socket: the kernel says so (ENOTSOCK, EBADF) */
+		/* Not a socket, or no fd there: the kernel says so.  Anything else (a
+		 * program that made itself non-dumpable, which a supervisor that is not root
+		 * cannot inspect) must not reach the kernel unjudged. */
+		if (errno == ENOTSOCK || errno == EBADF)
+			pass(c);
+		else
+			refuse(c, EACCES, errno == EPERM ? "the program cannot be inspected "
+			       "(non-dumpable?)" : strerror(errno));
 		return;
 	}
 	switch (d->nr) {

@@ -1,7 +1,8 @@
 /* static_net: a socket program for the seccomp back end's tests, linked statically.
  *   serve ADDR PORT N     accept N connections (accept4 non-blocking when NB is set in
- *                         the environment; SIGALRM every 1 ms when ALARM is), answer
- *                         each "hello PEER" and report
+ *                         the environment; SIGALRM every 1 ms when ALARM is; made
+ *                         non-dumpable first when NODUMP is), answer each "hello PEER"
+ *                         and report
  *   connect ADDR PORT     connect, print what the server says
  *   connect-alarm ADDR PORT  the same with SIGALRM firing every 1 ms meanwhile
  *   connect2 ADDR PORT    connect, then again after a line on stdin
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -76,6 +78,8 @@ static int serve(const char *addr, const char *port, int n)
 
 	if (s < 0)
 		return fail("socket");
+	if (getenv("NODUMP"))
+		prctl(PR_SET_DUMPABLE, 0);
 	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (bind(s, (struct sockaddr *)&ss, len))
 		return fail("bind");
