@@ -1,6 +1,6 @@
 /*
- * Which rule a socket call meets, and the Unix address it names: shared by the shim's
- * conversions (convert.c) and the seccomp supervisor (src/supervisor).
+ * Which rule a socket call meets: shared by the shim's conversions (convert.c) and the
+ * seccomp supervisor (src/supervisor).
  */
 #include <errno.h>
 #include <stddef.h>
@@ -10,27 +10,12 @@
 
 #include "shim.h"
 
-int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
-{
-	size_t len = strlen(name);
-	size_t off = r->action == ACT_ABSTRACT ? 1 : 0;
-
-	memset(sun, 0, sizeof(*sun));
-	sun->sun_family = AF_UNIX;
-	if (len + off >= sizeof(sun->sun_path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(sun->sun_path + off, name, len);
-	/* abstract names are the exact bytes given, with no terminating NUL */
-	return (int)(offsetof(struct sockaddr_un, sun_path) + off + len + (off ? 0 : 1));
-}
-
 static const char *action_name(int action)
 {
 	static const char *const names[] = { "?", "path", "abstract", "reject", "blackhole",
-					     "ignore", "systemd" };
-	return action >= ACT_PATH && action <= ACT_SYSTEMD ? names[action] : "?";
+					     "ignore", "systemd", "vsock", "tipc", "fc",
+					     "receive" };
+	return action >= ACT_PATH && action <= ACT_RECEIVE ? names[action] : "?";
 }
 
 /* What a log line says the socket call is about. */
@@ -84,6 +69,7 @@ int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
 		return -1;
 	case ACT_PATH:
 	case ACT_ABSTRACT:
+	case ACT_RECEIVE:
 		if (rule_expand(*r, q, target, size)) {
 			query_text(q, text, sizeof(text));
 			ulog(LOG_ERR_, "rule %d: %s for %s is too long", idx + 1,

@@ -22,8 +22,10 @@
 
 #include "supervisor.h"
 
-/* The shim's start-up, which rule_decide() asks for: here rules_init() in main(). */
+/* The shim's start-up, which rule_decide() asks for: here rules_init() in main().  The
+ * supervisor is never inside a sandbox of the program's (sandbox.c). */
 int shim_started = SHIM_STARTED;
+int shim_sandboxed;
 void shim_start(void)
 {
 }

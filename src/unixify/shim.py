@@ -6,6 +6,7 @@ import os
 
 LIBRARY_NAME = "libunixify.so"
 SUPERVISOR_NAME = "unixify-supervise"
+MATCHER_NAME = "libunixify-match.so"
 
 
 ENV_OVERRIDE = "UNIXIFY_SHIM"
@@ -20,15 +21,21 @@ def library_path() -> str:
     """What to preload: the shim shipped inside this package, or the value of
     ``UNIXIFY_SHIM`` (for testing another build, e.g. one with sanitizers, whose runtime
     must come first: ``UNIXIFY_SHIM="libasan.so.8 /path/libunixify.so"``)."""
-    return os.environ.get(ENV_OVERRIDE) or _installed(LIBRARY_NAME, "shim")
+    return os.environ.get(ENV_OVERRIDE) or _package_file(LIBRARY_NAME)
 
 
 def supervisor_path() -> str:
     """The seccomp back end's supervisor program, or ``UNIXIFY_SUPERVISOR``'s value."""
-    return os.environ.get(ENV_SUPERVISOR) or _installed(SUPERVISOR_NAME, "supervisor")
+    return os.environ.get(ENV_SUPERVISOR) or _package_file(SUPERVISOR_NAME, "supervisor")
 
 
-def _installed(name: str, what: str) -> str:
+def matcher_path() -> str:
+    """The shim's matcher alone, for ``unixify explain`` to load (never UNIXIFY_SHIM's:
+    a preload list, maybe with a sanitizer runtime)."""
+    return _package_file(MATCHER_NAME)
+
+
+def _package_file(name: str, what: str = "shim") -> str:
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if _readable(here):
         return here
