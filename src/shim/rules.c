@@ -770,6 +770,11 @@ const struct rule *rule_at(int index)
 	return &current()->rules[index];
 }
 
+int rules_count(void)
+{
+	return current()->n;
+}
+
 static int addr_matches(const struct rule *r, const struct ipaddr *a)
 {
 	int v4;

@@ -225,6 +225,7 @@ int ruleset_count(const struct ruleset *s);
 const struct rule *ruleset_rule(const struct ruleset *s, int index);
 void ruleset_free(struct ruleset *s);
 const struct rule *rule_at(int index);
+int rules_count(void);
 /* Does r's path= or abstract= name the port (%p)? */
 int rule_names_port(const struct rule *r);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
