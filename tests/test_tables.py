@@ -58,7 +58,11 @@ def test_handlers_and_threads_mix_fast_and_masked_sections(sigmix: str, sockdir:
             assert int(counts[f"{where}_{kind}_rounds"]) > 10, counts
             assert counts[f"{where}_{kind}_failures"] == "0", counts
     assert int(counts["forks"]) > 10, counts
-    assert int(counts["listen_busy"]) < int(counts["handler_listen_rounds"]) // 2, counts
+    # a bind while a child forked meanwhile still holds the last listener fails, as on
+    # TCP; how often depends on timing (how many rounds the loops fit in), so only
+    # "mostly busy" would be wrong: a file left live after its socket is gone
+    listen_rounds = int(counts["handler_listen_rounds"]) + int(counts["loop_listen_rounds"])
+    assert int(counts["listen_busy"]) < listen_rounds // 2, counts
     assert sorted(p.name for p in sockdir.iterdir()) == ["s", "u"]
 
 
