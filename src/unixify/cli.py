@@ -31,6 +31,7 @@ usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS.
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp
                        unix PATH|abstract NAME
+       unixify dispatch (--check FILE | --from-socketbox FILE)
        unixify --lib | --version | --help
 
 Run PROGRAM with its IP sockets turned into Unix domain sockets by RULEs.
@@ -292,6 +293,10 @@ def run(argv: list[str]) -> int:
         return run_control_file(argv[1:])
     if argv[:1] == ["env"]:
         return run_env(argv[1:])
+    if argv[:1] == ["dispatch"]:
+        from unixify.dispatch import main as dispatch_main
+
+        return dispatch_main(argv[1:])
     try:
         options, rest = getopt.getopt(
             argv, "r:f:cpvh",
