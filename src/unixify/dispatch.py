@@ -9,13 +9,20 @@ import sys
 from unixify.dispatchconf import Config, ConfigErrors, format_config, parse_config
 
 USAGE = """\
-usage: unixify dispatch --check FILE
+usage: unixify dispatch [-v] FILE
+       unixify dispatch --check FILE
+       unixify dispatch --status FILE
        unixify dispatch --from-socketbox FILE
 
 Accept TCP connections on listeners and pass each accepted socket to the receiver
 that owns its local address and port (routes in FILE, first match wins).
 
+  (no option)            run: in the foreground, SIGHUP reloads FILE, SIGTERM/SIGINT
+                         stop accepting, pass on what waits and exit 0
+  -v, --verbose          log more (registrations, reloads)
   --check FILE           validate FILE and print its table
+  --status FILE          print the live counters of the dispatcher running FILE
+                         (through its control socket)
   --from-socketbox FILE  print the configuration equivalent to a socketbox daemon's
                          FILE; what has no equivalent is named in a '#' line and on
                          stderr
@@ -50,9 +57,37 @@ def load(path: str) -> Config:
     return parse_config(read_file(path, "configuration"), path, os.getcwd())
 
 
+def status(path: str) -> int:
+    import socket
+
+    try:
+        config = load(path)
+    except ConfigErrors as err:
+        for error in err.errors:
+            sys.stderr.write(f"unixify dispatch: {error}\n")
+        return 1
+    if config.control is None:
+        raise DispatchUsage(f"{path} has no control line; --status asks the running "
+                            "dispatcher through its control socket")
+    chunks = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(30)
+        try:
+            sock.connect(config.control.path)
+            sock.send(b"status")
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except OSError as err:
+            raise DispatchUsage(f"cannot ask the dispatcher at {config.control.path}: "
+                                f"{err.strerror or err}") from None
+    sys.stdout.write(b"".join(chunks).decode(errors="replace"))
+    return 0
+
+
 def run_dispatch(argv: list[str]) -> int:
     try:
-        options, rest = getopt.gnu_getopt(argv, "h", ["check", "from-socketbox", "help"])
+        options, rest = getopt.gnu_getopt(argv, "hv", ["check", "from-socketbox", "help",
+                                                      "status", "verbose"])
     except getopt.GetoptError as err:
         raise DispatchUsage(f"{err.msg} (see 'unixify dispatch --help')") from None
     names = {option for option, _ in options}
@@ -61,8 +96,9 @@ def run_dispatch(argv: list[str]) -> int:
         return 0
     if len(rest) != 1:
         raise DispatchUsage("expected one FILE (see 'unixify dispatch --help')")
-    if {"--check", "--from-socketbox"} <= names:
-        raise DispatchUsage("--check and --from-socketbox exclude each other")
+    modes = names & {"--check", "--from-socketbox", "--status"}
+    if len(modes) > 1:
+        raise DispatchUsage(" and ".join(sorted(modes)) + " exclude each other")
     if "--from-socketbox" in names:
         from unixify.socketbox import SocketboxError, convert
 
@@ -82,8 +118,12 @@ def run_dispatch(argv: list[str]) -> int:
                 sys.stderr.write(f"unixify dispatch: {error}\n")
             return 1
         return 0
-    raise DispatchUsage("running the dispatcher is not built yet; --check and "
-                        "--from-socketbox work")
+    if "--status" in names:
+        return status(rest[0])
+    from unixify.dispatchd import serve
+
+    verbose = sum(1 for option, _ in options if option in ("-v", "--verbose"))
+    serve(rest[0], verbose, load)
 
 
 def main(argv: list[str]) -> int:

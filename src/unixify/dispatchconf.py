@@ -17,6 +17,7 @@ import os
 import pwd
 from typing import Callable, NamedTuple, TypeVar, Union
 
+from unixify.encoding import _field
 from unixify.rules import (
     MAX_PATH,
     IPNetwork,
@@ -489,6 +490,41 @@ def find_route(routes: list[Route], local: IPAddress, port: int, remote: IPAddre
             continue
         return route
     return None
+
+
+ROUTE_LETTERS = {"send": "S", "slot": "B", "reject": "R"}
+
+
+def _prefix_field(network: IPNetwork) -> str:
+    return f"{network.network_address.packed.hex()}/{network.prefixlen}"
+
+
+def encode_routes(routes: list[Route]) -> bytes:
+    """The routes as the dispatcher's loop reads them (src/dispatcher/table.c): the rule
+    encoding's syntax (encoding.py) under its own magic, ``UFD1``.  Keys: ``A`` action
+    (``S`` send, ``B`` slot, ``R`` reject), ``a``/``f`` local/remote prefix, ``p``/``q``
+    local/remote ports, ``T`` receiver path, ``o`` its owner, ``s`` slot, ``Q`` queue."""
+    out = ["UFD1"]
+    for route in routes:
+        fields = [_field("A", ROUTE_LETTERS[route.action])]
+        if route.address is not None:
+            fields.append(_field("a", _prefix_field(route.address)))
+        if route.ports is not None:
+            fields.append(_field("p", f"{route.ports[0]}-{route.ports[1]}"))
+        if route.from_address is not None:
+            fields.append(_field("f", _prefix_field(route.from_address)))
+        if route.from_ports is not None:
+            fields.append(_field("q", f"{route.from_ports[0]}-{route.from_ports[1]}"))
+        if route.target is not None:
+            fields.append(_field("T", route.target))
+        if route.owner is not None:
+            fields.append(_field("o", str(route.owner)))
+        if route.slot is not None:
+            fields.append(_field("s", str(route.slot)))
+        if route.action != "reject":
+            fields.append(_field("Q", str(route.queue)))
+        out.append("{" + "".join(fields) + "}")
+    return os.fsencode("".join(out))
 
 
 def format_config(config: Config) -> str:

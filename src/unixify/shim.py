@@ -21,19 +21,29 @@ def library_path() -> str:
     override = os.environ.get(ENV_OVERRIDE)
     if override:
         return override
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    found = packaged_file(LIBRARY_NAME)
+    if found is None:
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+        raise ShimError(f"the unixify shim ({LIBRARY_NAME}) is not installed, or this user "
+                        f"(uid {os.getuid()}) cannot read it at {here}")
+    return found
+
+
+def packaged_file(name: str) -> str | None:
+    """The path of a file installed inside this package (the shim, the dispatcher's
+    loop), or None when it is missing or unreadable."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if _readable(here):
         return here
-    # Editable installs keep the built library in the build tree; ask the package's
-    # resource loader where it is.
+    # Editable installs keep built files in the build tree; ask the package's resource
+    # loader where they are.
     from importlib import resources
 
-    resource = resources.files("unixify") / LIBRARY_NAME
+    resource = resources.files("unixify") / name
     with resources.as_file(resource) as path:
         if _readable(str(path)):
             return str(path)
-    raise ShimError(f"the unixify shim ({LIBRARY_NAME}) is not installed, or this user "
-                    f"(uid {os.getuid()}) cannot read it at {here}")
+    return None
 
 
 def _readable(path: str) -> bool:
