@@ -241,10 +241,10 @@ def test_reload_under_looping_clients(procs: Processes, sockdir: Path) -> None:
             except (OSError, KeyError) as err:
                 errors.append(repr(err))
 
-    threads = [threading.Thread(target=client) for _ in range(16)]
+    threads = [threading.Thread(target=client) for _ in range(64)]
     for thread in threads:
         thread.start()
-    for n in range(20):
+    for n in range(30):  # SIGHUP every 100 ms
         conf.write_text(conf_text(port, sockdir, f"send={sockdir}/{('one', 'two')[n % 2]}.sock"))
         out.proc.send_signal(signal.SIGHUP)
         time.sleep(0.1)
@@ -385,3 +385,63 @@ def test_bad_config_does_not_start(sockdir: Path) -> None:
     assert result.returncode == 1
     assert ":2, column 1: 'send' needs a value" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_socketbox_configuration_converted_and_used(procs: Processes, sockdir: Path) -> None:
+    port = free_port()
+    receiver(procs, "a", f"{sockdir}/sb.sock", "--tag", "sb")
+    (sockdir / "socketbox.conf").write_text(
+        "max-maps:1\nmax-rules:1\nrule-set:0 size:2\n"
+        f"ip:::ffff:127.0.0.0/104 port:{port} jump-map:0\n"
+        "map-set:0 size:1 match-lport\n"
+        f"port:{port} jump-unix:{sockdir}/sb.sock\n")
+    result = subprocess.run([*unixify_command(), "dispatch", "--from-socketbox",
+                             str(sockdir / "socketbox.conf")], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    dispatcher(procs, sockdir / "d.conf", f"listen,addr=::,port={port}\n"
+               f"control,path={sockdir}/ctl\n" + result.stdout)
+    assert ask("127.0.0.1", port).startswith("sb ")
+    with pytest.raises(ConnectionError):
+        ask("::1", port)
+
+
+@pytest.mark.soak
+def test_load_with_a_slow_receiver(procs: Processes, sockdir: Path) -> None:
+    """Many short connections from 256 concurrent clients through a receiver slower than
+    they are: none lost, and the loop's fds bounded by its budget.  The long form:
+    UNIXIFY_DISPATCH_CONNECTIONS=100000."""
+    total = int(os.environ.get("UNIXIFY_DISPATCH_CONNECTIONS", "5000"))
+    port = free_port()
+    receiver(procs, "a", f"{sockdir}/slow.sock", "--slow", "0.0002")
+    out = dispatcher(procs, sockdir / "d.conf",
+                     conf_text(port, sockdir, f"send={sockdir}/slow.sock"),
+                     env=dict(os.environ, UNIXIFY_FD_BUDGET="64"))
+    loop = loop_pid(out.proc.pid)
+    clients = 256
+    errors: list[str] = []
+    done = [0]
+    most = [0]
+
+    def client(n: int) -> None:
+        for _ in range(total // clients + (n < total % clients)):
+            try:
+                if not ask("127.0.0.1", port, timeout=60).startswith("hello "):
+                    errors.append("wrong answer")
+                done[0] += 1
+            except OSError as err:
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        most[0] = max(most[0], fd_count(loop))
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join()
+    assert errors == [] and done[0] == total, errors[:5]
+    assert most[0] <= 64 + 12, most[0]
+    counters = status(sockdir / "d.conf")
+    assert counters["delivered"] == str(total)
+    assert all(counters[f"refused {why}"] == "0" for why in ("queue-full", "receiver-gone"))

@@ -150,6 +150,7 @@ static int apply_field(struct table *t, struct route *r, const struct field *f)
 		if (r->target || n == 0 || v[0] != '/' || memchr(v, 0, n))
 			return -1;
 		memcpy(t->strings + t->strings_used, v, n);
+		t->strings[t->strings_used + n] = 0;
 		r->target = t->strings + t->strings_used;
 		t->strings_used += n + 1;
 		r->templated = memchr(v, '%', n) != NULL;
