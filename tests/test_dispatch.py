@@ -445,3 +445,33 @@ def test_load_with_a_slow_receiver(procs: Processes, sockdir: Path) -> None:
     counters = status(sockdir / "d.conf")
     assert counters["delivered"] == str(total)
     assert all(counters[f"refused {why}"] == "0" for why in ("queue-full", "receiver-gone"))
+
+
+def test_thousands_of_exact_routes_keep_first_match(procs: Processes, sockdir: Path) -> None:
+    """Exact-address routes are indexed; a wider route between them still wins for the
+    addresses it covers, as the first match.  127.0.0.0/8 is all local: the client
+    picks the local address by dialling it."""
+    from unixify.dispatchconf import find_route, parse_config
+
+    port = free_port()
+    for name in ("r0", "r1", "r2", "wide", "last"):
+        receiver(procs, "a", f"{sockdir}/{name}.sock", "--tag", name)
+    routes = [f"addr=127.1.{n // 200}.{n % 200},port={port},send={sockdir}/r{n % 3}.sock"
+              for n in range(1000)]
+    routes.insert(500, f"addr=127.1.2.0/24,send={sockdir}/wide.sock")
+    routes += [f"addr=127.1.{n // 200}.{n % 200},port={port},send={sockdir}/r{(n + 1) % 3}"
+               ".sock" for n in range(1000, 2000)]
+    routes.append(f"addr=127.0.0.0/8,send={sockdir}/last.sock")
+    text = f"listen,addr=0.0.0.0,port={port}\ncontrol,path={sockdir}/ctl\n" + \
+        "\n".join(routes) + "\n"
+    dispatcher(procs, sockdir / "d.conf", text)
+    config = parse_config(text, "d.conf")
+    import ipaddress
+
+    for host in ("127.1.0.0", "127.1.1.7", "127.1.2.99", "127.1.2.150", "127.1.3.1",
+                 "127.1.9.199", "127.1.7.50", "127.1.10.0", "127.9.9.9"):
+        found = find_route(config.routes, ipaddress.ip_address(host), port,
+                           ipaddress.ip_address("127.0.0.1"), 40000)
+        assert found is not None and found.target is not None
+        expected = Path(found.target).stem
+        assert ask(host, port).split()[0] == expected, host
