@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,7 +44,7 @@
 #define DRAIN_SECONDS 10
 #define IDLE_RECEIVERS 1024   /* connected receivers kept without traffic waiting */
 
-enum watch_kind { W_CHANNEL, W_SIGNAL, W_LISTENER, W_RECEIVER, W_REG };
+enum watch_kind { W_CHANNEL, W_SIGNAL, W_LISTENER, W_RECEIVER, W_REG, W_TIMER };
 struct watch {
 	int kind;
 	void *obj;
@@ -72,7 +73,10 @@ struct receiver {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	uid_t owner;
 	int sock;               /* connected datagram socket, or -1 */
-	int armed;              /* sock is in epoll for EPOLLOUT */
+	int in_epoll;           /* sock is in epoll (for one EPOLLOUT at a time) */
+	int armed;              /* ... and that EPOLLOUT is pending */
+	int ready;              /* on the list flushed at the next tick */
+	struct receiver *next_ready;
 	struct queue q;
 	uint64_t delivered, refused;
 	struct receiver *next;  /* hash chain */
@@ -101,7 +105,9 @@ struct listener {
 	ino_t ino;
 };
 
-static int epfd, channel, sigfd;
+static int epfd, channel, sigfd, timerfd;
+static struct receiver *ready_list;
+static int tick_set;
 static struct table *table;
 static struct listener **listeners;
 static int n_listeners;
@@ -296,7 +302,7 @@ static void receiver_disconnect(struct receiver *r)
 	if (r->sock >= 0)
 		close(r->sock); /* leaves epoll with it */
 	r->sock = -1;
-	r->armed = 0;
+	r->in_epoll = r->armed = 0;
 }
 
 /* Connect to the socket file at r->path: every component opened without following a
@@ -357,12 +363,36 @@ static int receiver_send(struct receiver *r, int fd)
 	return R_GONE;
 }
 
+/*
+ * A full receiver (the kernel queues about 10 datagrams for it) takes one more as soon
+ * as it has taken one: answering every such wakeup would cost a wakeup per connection.
+ * So one EPOLLOUT at a time is asked for (EPOLLONESHOT), and the receiver is flushed a
+ * moment after it, when it has made room for several.
+ */
+#define TICK_NS 400000
+
 static void receiver_arm(struct receiver *r)
 {
-	struct epoll_event ev = { .events = EPOLLOUT, .data.ptr = &r->w };
+	struct epoll_event ev = { .events = EPOLLOUT | EPOLLONESHOT, .data.ptr = &r->w };
 
-	if (!r->armed && r->sock >= 0 && epoll_ctl(epfd, EPOLL_CTL_ADD, r->sock, &ev) == 0)
-		r->armed = 1;
+	if (r->armed || r->sock < 0)
+		return;
+	if (epoll_ctl(epfd, r->in_epoll ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, r->sock, &ev) == 0)
+		r->in_epoll = r->armed = 1;
+}
+
+static void receiver_writable(struct receiver *r)
+{
+	struct itimerspec its = { .it_value.tv_nsec = TICK_NS };
+
+	r->armed = 0;
+	if (r->ready)
+		return;
+	r->ready = 1;
+	r->next_ready = ready_list;
+	ready_list = r;
+	if (!tick_set && timerfd_settime(timerfd, 0, &its, NULL) == 0)
+		tick_set = 1;
 }
 
 static void receiver_flush(struct receiver *r)
@@ -385,9 +415,24 @@ static void receiver_flush(struct receiver *r)
 		}
 		queue_refuse_all(&r->q, (enum reason)why, r->path, &r->refused);
 	}
-	if (r->armed) {
-		epoll_ctl(epfd, EPOLL_CTL_DEL, r->sock, NULL);
-		r->armed = 0;
+}
+
+static void tick(void)
+{
+	uint64_t expirations;
+	struct receiver *r = ready_list;
+
+	if (read(timerfd, &expirations, sizeof(expirations)) < 0) {
+		/* nothing to read: a tick already handled */
+	}
+	tick_set = 0;
+	ready_list = NULL;
+	while (r) {
+		struct receiver *next = r->next_ready;
+
+		r->ready = 0;
+		receiver_flush(r);
+		r = next;
 	}
 }
 
@@ -1010,7 +1055,10 @@ static void event(struct watch *w, uint32_t events)
 		accept_from(w->obj);
 		break;
 	case W_RECEIVER:
-		receiver_flush(w->obj);
+		receiver_writable(w->obj);
+		break;
+	case W_TIMER:
+		tick();
 		break;
 	case W_REG:
 		reg_event(w->obj, events);
@@ -1052,7 +1100,8 @@ static void budget_init(void)
 
 static int setup(int argc, char **argv)
 {
-	static struct watch chan_w = { W_CHANNEL, NULL }, sig_w = { W_SIGNAL, NULL };
+	static struct watch chan_w = { W_CHANNEL, NULL }, sig_w = { W_SIGNAL, NULL },
+			    timer_w = { W_TIMER, NULL };
 	struct epoll_event ev = { .events = EPOLLIN };
 	sigset_t set;
 
@@ -1069,11 +1118,15 @@ static int setup(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (sigfd < 0 || epfd < 0)
+	timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (sigfd < 0 || epfd < 0 || timerfd < 0)
 		return -1;
 	budget_init();
 	ev.data.ptr = &chan_w;
 	if (epoll_ctl(epfd, EPOLL_CTL_ADD, channel, &ev) < 0)
+		return -1;
+	ev.data.ptr = &timer_w;
+	if (epoll_ctl(epfd, EPOLL_CTL_ADD, timerfd, &ev) < 0)
 		return -1;
 	ev.data.ptr = &sig_w;
 	return epoll_ctl(epfd, EPOLL_CTL_ADD, sigfd, &ev);
