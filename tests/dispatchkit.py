@@ -119,3 +119,32 @@ def stop(out: Output, timeout: float = 30.0) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def hammer(port: int, clients: int, total: int, watch_pid: int,
+           timeout: float = 60) -> tuple[list[str], int, int]:
+    """total short connections to 127.0.0.1:port from clients threads at once, each
+    answer checked: (the errors, the connections answered, the most fds watch_pid held
+    meanwhile)."""
+    errors: list[str] = []
+    done = [0]
+    most = 0
+
+    def client(n: int) -> None:
+        for _ in range(total // clients + (n < total % clients)):
+            try:
+                if not ask("127.0.0.1", port, timeout).startswith("hello "):
+                    errors.append("wrong answer")
+                done[0] += 1
+            except OSError as err:
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        most = max(most, fd_count(watch_pid))
+        time.sleep(0.005)
+    for thread in threads:
+        thread.join()
+    return errors, done[0], most

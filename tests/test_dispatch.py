@@ -19,7 +19,7 @@ from dispatchkit import (
     RECEIVER,
     ask,
     dispatcher,
-    fd_count,
+    hammer,
     loop_pid,
     receiver,
     start,
@@ -150,31 +150,11 @@ def test_slow_receiver_loses_nothing(procs: Processes, sockdir: Path) -> None:
     out = dispatcher(procs, sockdir / "d.conf",
                      conf_text(port, sockdir, f"send={sockdir}/slow.sock"),
                      env=dict(os.environ, UNIXIFY_FD_BUDGET="16"))
-    loop = loop_pid(out.proc.pid)
-    errors: list[str] = []
-    done = [0]
-    most = [0]
-
-    def client() -> None:
-        for _ in range(25):
-            try:
-                assert ask("127.0.0.1", port, timeout=30).startswith("hello ")
-                done[0] += 1
-            except (OSError, AssertionError) as err:
-                errors.append(repr(err))
-
-    threads = [threading.Thread(target=client) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    while any(thread.is_alive() for thread in threads):
-        most[0] = max(most[0], fd_count(loop))
-        time.sleep(0.005)
-    for thread in threads:
-        thread.join()
-    assert errors == [] and done[0] == 800
+    errors, done, most = hammer(port, 32, 800, loop_pid(out.proc.pid), timeout=30)
+    assert errors == [] and done == 800
     # 32 clients, 11 in the kernel's datagram queue: more than the budget of 16 would
-    # wait; plus the listener, receiver, channel, epoll, signalfd and stdio
-    assert most[0] <= 16 + 12, most[0]
+    # wait; plus the listener, receiver, channel, epoll, signalfd, timerfd and stdio
+    assert most <= 16 + 12, most
     counters = status(sockdir / "d.conf")
     assert counters["delivered"] == "800" and counters["refused queue-full"] == "0"
     out.wait_for("not accepting until")
@@ -417,31 +397,9 @@ def test_load_with_a_slow_receiver(procs: Processes, sockdir: Path) -> None:
     out = dispatcher(procs, sockdir / "d.conf",
                      conf_text(port, sockdir, f"send={sockdir}/slow.sock"),
                      env=dict(os.environ, UNIXIFY_FD_BUDGET="64"))
-    loop = loop_pid(out.proc.pid)
-    clients = 256
-    errors: list[str] = []
-    done = [0]
-    most = [0]
-
-    def client(n: int) -> None:
-        for _ in range(total // clients + (n < total % clients)):
-            try:
-                if not ask("127.0.0.1", port, timeout=60).startswith("hello "):
-                    errors.append("wrong answer")
-                done[0] += 1
-            except OSError as err:
-                errors.append(repr(err))
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    while any(thread.is_alive() for thread in threads):
-        most[0] = max(most[0], fd_count(loop))
-        time.sleep(0.01)
-    for thread in threads:
-        thread.join()
-    assert errors == [] and done[0] == total, errors[:5]
-    assert most[0] <= 64 + 12, most[0]
+    errors, done, most = hammer(port, 256, total, loop_pid(out.proc.pid))
+    assert errors == [] and done == total, errors[:5]
+    assert most <= 64 + 12, most
     counters = status(sockdir / "d.conf")
     assert counters["delivered"] == str(total)
     assert all(counters[f"refused {why}"] == "0" for why in ("queue-full", "receiver-gone"))

@@ -218,6 +218,73 @@ static void queue_refuse_all(struct queue *q, enum reason why, const char *where
 	}
 }
 
+static void enqueue(struct queue *q, struct conn *c, uint32_t bound, uint64_t *refused,
+		    const char *where)
+{
+	if (q->len >= bound || queue_push(q, c) < 0) {
+		(*refused)++;
+		refuse(c, R_QUEUE_FULL, where);
+	}
+}
+
+/* Where connections go, a receiver or a slot, as the queueing code sees it. */
+struct outbox {
+	struct queue *q;
+	uint64_t *delivered, *refused;
+	int (*send)(void *to, int fd); /* 0 sent; -1 full (EAGAIN); else the reason */
+	void *to;
+	const char *where;
+};
+
+static void passed_on(const struct outbox *o, int fd)
+{
+	close(fd);
+	(*o->delivered)++;
+	delivered++;
+}
+
+/* Send what waits, in order: 1 when the destination is full again. */
+static int outbox_flush(const struct outbox *o)
+{
+	struct conn *c;
+
+	while ((c = queue_head(o->q))) {
+		int why = o->send(o->to, c->fd);
+
+		if (why < 0)
+			return 1;
+		if (why) {
+			queue_refuse_all(o->q, (enum reason)why, o->where, o->refused);
+			return 0;
+		}
+		passed_on(o, c->fd);
+		queue_pop(o->q);
+	}
+	return 0;
+}
+
+/* c to the destination, or behind those waiting for it: 1 when it is full. */
+static int outbox_deliver(const struct outbox *o, struct conn *c, uint32_t bound)
+{
+	int why;
+
+	if (o->q->len) {
+		enqueue(o->q, c, bound, o->refused, o->where);
+		return 0;
+	}
+	why = o->send(o->to, c->fd);
+	if (why == 0) {
+		passed_on(o, c->fd);
+	} else if (why < 0) {
+		enqueue(o->q, c, bound, o->refused, o->where);
+		return 1;
+	} else {
+		(*o->refused)++;
+		refuse(c, (enum reason)why, o->where);
+	}
+	return 0;
+}
+
 /* ---- passing an fd ---- */
 
 static int send_fd(int sock, const void *data, size_t len, int fd)
@@ -395,26 +462,23 @@ static void receiver_writable(struct receiver *r)
 		tick_set = 1;
 }
 
+static int receiver_send_to(void *to, int fd)
+{
+	return receiver_send(to, fd);
+}
+
+static struct outbox receiver_outbox(struct receiver *r)
+{
+	return (struct outbox){ &r->q, &r->delivered, &r->refused, receiver_send_to, r,
+				r->path };
+}
+
 static void receiver_flush(struct receiver *r)
 {
-	struct conn *c;
+	struct outbox o = receiver_outbox(r);
 
-	while ((c = queue_head(&r->q))) {
-		int why = receiver_send(r, c->fd);
-
-		if (why < 0) {
-			receiver_arm(r);
-			return;
-		}
-		if (why == 0) {
-			close(c->fd);
-			r->delivered++;
-			delivered++;
-			queue_pop(&r->q);
-			continue;
-		}
-		queue_refuse_all(&r->q, (enum reason)why, r->path, &r->refused);
-	}
+	if (outbox_flush(&o))
+		receiver_arm(r);
 }
 
 static void tick(void)
@@ -528,29 +592,23 @@ static int slot_send(struct slot *s, int fd)
 	return -1;
 }
 
+static int slot_send_to(void *to, int fd)
+{
+	return slot_send(to, fd);
+}
+
+static struct outbox slot_outbox(struct slot *s, char *where, size_t size)
+{
+	snprintf(where, size, "slot %u", s->id);
+	return (struct outbox){ &s->q, &s->delivered, &s->refused, slot_send_to, s, where };
+}
+
 static void slot_flush(struct slot *s)
 {
 	char where[32];
-	struct conn *c;
+	struct outbox o = slot_outbox(s, where, sizeof(where));
 
-	snprintf(where, sizeof(where), "slot %u", s->id);
-	while ((c = queue_head(&s->q))) {
-		int why = slot_send(s, c->fd);
-
-		if (why < 0) {
-			slot_arm(s, 1);
-			return;
-		}
-		if (why == 0) {
-			close(c->fd);
-			s->delivered++;
-			delivered++;
-			queue_pop(&s->q);
-			continue;
-		}
-		queue_refuse_all(&s->q, (enum reason)why, where, &s->refused);
-	}
-	slot_arm(s, 0);
+	slot_arm(s, outbox_flush(&o));
 }
 
 static void reg_add(uint32_t id, int fd)
@@ -630,20 +688,11 @@ static void check_budget(void)
 	set_accepting(!paused_until_drain && !resume_at.tv_sec);
 }
 
-static void enqueue(struct queue *q, struct conn *c, uint32_t bound, uint64_t *refused,
-		    const char *where)
-{
-	if (q->len >= bound || queue_push(q, c) < 0) {
-		(*refused)++;
-		refuse(c, R_QUEUE_FULL, where);
-	}
-}
-
 static void deliver_send(const struct route *rt, struct conn *c)
 {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct receiver *r;
-	int why;
+	struct outbox o;
 
 	if (rt->templated) {
 		struct ipaddr plain = c->local;
@@ -671,51 +720,24 @@ static void deliver_send(const struct route *rt, struct conn *c)
 		refuse(c, R_GONE, "(out of memory)");
 		return;
 	}
-	if (r->q.len) {
-		enqueue(&r->q, c, rt->queue, &r->refused, r->path);
-		return;
-	}
-	why = receiver_send(r, c->fd);
-	if (why == 0) {
-		close(c->fd);
-		r->delivered++;
-		delivered++;
-	} else if (why < 0) {
-		enqueue(&r->q, c, rt->queue, &r->refused, r->path);
+	o = receiver_outbox(r);
+	if (outbox_deliver(&o, c, rt->queue))
 		receiver_arm(r);
-	} else {
-		r->refused++;
-		refuse(c, (enum reason)why, r->path);
-	}
 }
 
 static void deliver_slot(const struct route *rt, struct conn *c)
 {
 	struct slot *s = slot_get(rt->slot, 1);
 	char where[32];
-	int why;
+	struct outbox o;
 
-	snprintf(where, sizeof(where), "slot %u", rt->slot);
 	if (!s) {
-		refuse(c, R_NO_SLOT, where);
+		refuse(c, R_NO_SLOT, "(out of memory)");
 		return;
 	}
-	if (s->q.len) {
-		enqueue(&s->q, c, rt->queue, &s->refused, where);
-		return;
-	}
-	why = slot_send(s, c->fd);
-	if (why == 0) {
-		close(c->fd);
-		s->delivered++;
-		delivered++;
-	} else if (why < 0) {
-		enqueue(&s->q, c, rt->queue, &s->refused, where);
+	o = slot_outbox(s, where, sizeof(where));
+	if (outbox_deliver(&o, c, rt->queue))
 		slot_arm(s, 1);
-	} else {
-		s->refused++;
-		refuse(c, (enum reason)why, where);
-	}
 }
 
 static void route_conn(struct conn *c)
