@@ -433,3 +433,34 @@ def test_thousands_of_exact_routes_keep_first_match(procs: Processes, sockdir: P
         assert found is not None and found.target is not None
         expected = Path(found.target).stem
         assert ask(host, port).split()[0] == expected, host
+
+
+def test_reload_ends_registrations_no_longer_allowed(procs: Processes, sockdir: Path) -> None:
+    port = free_port()
+    conf = sockdir / "d.conf"
+    out = dispatcher(procs, conf, conf_text(port, sockdir, f"port={port},slot=7",
+                                            extra="allow,slot=7,uid=0"))
+    b = receiver(procs, "b", f"{sockdir}/ctl", "7", "--tag", "b")
+    assert ask("::1", port).startswith("b ")
+    conf.write_text(conf_text(port, sockdir, f"port={port},slot=7",
+                              extra="allow,slot=7,uid=65534"))
+    out.proc.send_signal(signal.SIGHUP)
+    b.wait_for("lost")
+    out.wait_for("slot 7 is no longer allowed to uid 0")
+    with pytest.raises(ConnectionError):
+        ask("::1", port)
+    assert status(conf)["refused no-registration"] == "1"
+
+
+def test_status_without_a_running_dispatcher(sockdir: Path) -> None:
+    conf = sockdir / "d.conf"
+    conf.write_text(f"listen,addr=::,port=1\ncontrol,path={sockdir}/ctl\nreject\n")
+    result = subprocess.run([*unixify_command(), "dispatch", "--status", str(conf)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == (f"unixify dispatch: cannot ask the dispatcher at {sockdir}/ctl: "
+                             "No such file or directory\n")
+    conf.write_text("listen,addr=::,port=1\nreject\n")
+    result = subprocess.run([*unixify_command(), "dispatch", "--status", str(conf)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "has no control line" in result.stderr

@@ -39,6 +39,8 @@ STATUS = b"status"
 REPLY_SECONDS = 30
 RESTARTS = 5  # loop restarts allowed in RESTART_WINDOW seconds
 RESTART_WINDOW = 60
+MAX_CLIENTS = 1024  # control connections waiting for their first message
+CLIENT_SECONDS = 10  # ... for at most this long
 
 
 class StartError(Exception):
@@ -326,7 +328,7 @@ class Daemon:
         self.passed = passed_sockets()
         self.control: socket.socket | None = None
         self.control_path = ""
-        self.clients: dict[int, socket.socket] = {}
+        self.clients: dict[int, tuple[socket.socket, float]] = {}  # fd: sock, deadline
         self.regs: dict[int, tuple[int, int, socket.socket]] = {}  # fd: slot, uid, sock
         self.loop: Loop | None = None
         self.restarts: list[float] = []
@@ -452,6 +454,7 @@ class Daemon:
             log(f"reload: {err}", 3)
             log("reload failed; the running configuration stays", 3)
         else:
+            self.revoke()
             log(f"reloaded: {sum(len(s) for s in self.listeners.values())} listeners, "
                 f"{len(config.routes)} routes")
         notify("READY=1")
@@ -509,6 +512,27 @@ class Daemon:
         if self.registrations(slot, uid) >= allows[0].max:
             return f"this uid has {allows[0].max} registrations already (max={allows[0].max})"
         return ""
+
+    def expire_clients(self) -> None:
+        """Connections to the control socket that sent nothing in time are closed."""
+        now = time.monotonic()
+        for fd, (sock, deadline) in list(self.clients.items()):
+            if now > deadline:
+                self.poll.unregister(fd)
+                del self.clients[fd]
+                sock.close()
+
+    def revoke(self) -> None:
+        """Registrations the allow lines no longer allow end (shutdown reaches the
+        loop's copy of the socket too, and the receiver)."""
+        for fd, (slot, uid, sock) in list(self.regs.items()):
+            assert self.config is not None
+            if not any(a.slot == slot and a.uid == uid for a in self.config.allows):
+                log(f"control: slot {slot} is no longer allowed to uid {uid}; "
+                    "registration ended", 4)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                self.reg_gone(fd)
 
     def reg_gone(self, fd: int) -> None:
         self.poll.unregister(fd)
@@ -583,6 +607,7 @@ class Daemon:
                     return self.stop()
             if self.loop and self.loop.proc.poll() is not None:
                 self.loop_died()
+            self.expire_clients()
 
     def event(self, fd: int, events: int) -> None:
         if fd == self.wakeup_r:
@@ -591,10 +616,15 @@ class Daemon:
         elif self.control is not None and fd == self.control.fileno():
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 sock, _ = self.control.accept()
-                self.clients[sock.fileno()] = sock
+                if len(self.clients) >= MAX_CLIENTS:
+                    log(f"control: {MAX_CLIENTS} connections wait for their first message; "
+                        "refusing more", 4)
+                    sock.close()
+                    return
+                self.clients[sock.fileno()] = (sock, time.monotonic() + CLIENT_SECONDS)
                 self.poll.register(sock.fileno(), select.POLLIN)
         elif fd in self.clients:
-            self.client_message(self.clients[fd])
+            self.client_message(self.clients[fd][0])
         elif fd in self.regs:
             self.reg_gone(fd)
         elif self.loop is not None and fd == self.loop.channel.fileno():
