@@ -464,3 +464,40 @@ def test_status_without_a_running_dispatcher(sockdir: Path) -> None:
     result = subprocess.run([*unixify_command(), "dispatch", "--status", str(conf)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "has no control line" in result.stderr
+
+
+def test_drop_privileges_after_the_listeners_exist(procs: Processes, sockdir: Path) -> None:
+    low = next(p for p in range(600, 1000) if _free_low_port(p))
+    os.chmod(sockdir, 0o755)
+    receiver(procs, "a", f"{sockdir}/r.sock", "--tag", "low")
+    os.chmod(sockdir / "r.sock", 0o666)
+    conf = sockdir / "d.conf"
+    out = dispatcher(procs, conf, f"listen,addr=127.0.0.1,port={low}\n"
+                     f"control,path={sockdir}/ctl\ndrop,user=nobody\n"
+                     f"send={sockdir}/r.sock\n")
+    loop = loop_pid(out.proc.pid)
+    for pid in (out.proc.pid, loop):
+        uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
+        assert uids == ["65534"] * 4, uids
+    assert ask("127.0.0.1", low).startswith("low ")
+    # a reload that needs root now fails, and says so; the running one stays
+    conf.write_text(f"listen,addr=127.0.0.1,port={low}\nlisten,addr=127.0.0.1,port={low + 1}"
+                    f"\ncontrol,path={sockdir}/ctl\ndrop,user=nobody\nsend={sockdir}/r.sock\n")
+    out.proc.send_signal(signal.SIGHUP)
+    out.wait_for("Permission denied")
+    out.wait_for("reload failed")
+    assert ask("127.0.0.1", low).startswith("low ")
+
+
+def _free_low_port(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            probe2 = socket.socket()
+            try:
+                probe2.bind(("127.0.0.1", port + 1))
+            finally:
+                probe2.close()
+        except OSError:
+            return False
+    return True
