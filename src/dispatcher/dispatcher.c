@@ -14,7 +14,8 @@
  *
  * Channel messages (SOCK_SEQPACKET, first byte says which):
  *   front -> us: 'L' + listener fds (staged), 'T' + memfd of a table (commit: the staged
- *                listeners become the listener set), 'R' slot(u32 BE) + fd, 'S' status,
+ *                listeners become the listener set), 'R' slot(u32 BE) + fd (a checked
+ *                registration: we send its "80 00 00 00"), 'S' status,
  *                'Q' quit (stop accepting, deliver what is queued, exit 0)
  *   us -> front: 't' "ok" or why the table was refused; 's' + memfd of the status text
  */
@@ -114,7 +115,7 @@ static int n_listeners;
 static int staged[4096];
 static int n_staged;
 static struct receiver **rbuckets;
-static size_t n_rbuckets, n_receivers;
+static size_t n_rbuckets, n_receivers, n_connected;
 static struct slot **slots;
 static int n_slots;
 static uint64_t queued_total, queue_budget;
@@ -366,10 +367,24 @@ static struct receiver *receiver_get(const char *path, uid_t owner)
 
 static void receiver_disconnect(struct receiver *r)
 {
-	if (r->sock >= 0)
+	if (r->sock >= 0) {
 		close(r->sock); /* leaves epoll with it */
+		n_connected--;
+	}
 	r->sock = -1;
 	r->in_epoll = r->armed = 0;
+}
+
+/* Fewer connected sockets kept for receivers with nothing waiting (at a reload, and
+ * when twice as many are connected: thousands of %a receivers must not eat the fds). */
+static void receivers_trim(void)
+{
+	if (n_connected <= IDLE_RECEIVERS)
+		return;
+	for (size_t i = 0; i < n_rbuckets; i++)
+		for (struct receiver *r = rbuckets[i]; r; r = r->next)
+			if (!r->q.len)
+				receiver_disconnect(r);
 }
 
 /* Connect to the socket file at r->path: every component opened without following a
@@ -384,6 +399,8 @@ static int receiver_connect(struct receiver *r)
 	struct stat st;
 	int pin, sock, why = 0;
 
+	if (n_connected >= 2 * IDLE_RECEIVERS)
+		receivers_trim();
 	pin = (int)syscall(SYS_openat2, AT_FDCWD, r->path, &how, sizeof(how));
 	if (pin < 0)
 		return errno == ELOOP ? R_SYMLINK : R_GONE;
@@ -407,6 +424,7 @@ static int receiver_connect(struct receiver *r)
 	}
 	close(pin);
 	r->sock = sock;
+	n_connected++;
 	return 0;
 }
 
@@ -434,9 +452,13 @@ static int receiver_send(struct receiver *r, int fd)
  * A full receiver (the kernel queues about 10 datagrams for it) takes one more as soon
  * as it has taken one: answering every such wakeup would cost a wakeup per connection.
  * So one EPOLLOUT at a time is asked for (EPOLLONESHOT), and the receiver is flushed a
- * moment after it, when it has made room for several.
+ * moment after it, when it has made room for several.  The moment adapts: a flush that
+ * finds the queue nearly empty came late (the receiver waited), one that finds room
+ * for one or two came early.
  */
-#define TICK_NS 400000
+#define TICK_MIN_NS 20000
+#define TICK_MAX_NS 1000000
+static long tick_ns = 200000;
 
 static void receiver_arm(struct receiver *r)
 {
@@ -450,7 +472,7 @@ static void receiver_arm(struct receiver *r)
 
 static void receiver_writable(struct receiver *r)
 {
-	struct itimerspec its = { .it_value.tv_nsec = TICK_NS };
+	struct itimerspec its = { .it_value.tv_nsec = tick_ns };
 
 	r->armed = 0;
 	if (r->ready)
@@ -483,7 +505,7 @@ static void receiver_flush(struct receiver *r)
 
 static void tick(void)
 {
-	uint64_t expirations;
+	uint64_t expirations, most = 0;
 	struct receiver *r = ready_list;
 
 	if (read(timerfd, &expirations, sizeof(expirations)) < 0) {
@@ -493,27 +515,18 @@ static void tick(void)
 	ready_list = NULL;
 	while (r) {
 		struct receiver *next = r->next_ready;
+		uint64_t before = r->delivered;
 
 		r->ready = 0;
 		receiver_flush(r);
+		if (r->delivered - before > most)
+			most = r->delivered - before;
 		r = next;
 	}
-}
-
-/* Fewer connected sockets kept for receivers with nothing waiting. */
-static void receivers_trim(void)
-{
-	size_t connected = 0;
-
-	for (size_t i = 0; i < n_rbuckets; i++)
-		for (struct receiver *r = rbuckets[i]; r; r = r->next)
-			connected += r->sock >= 0;
-	if (connected <= IDLE_RECEIVERS)
-		return;
-	for (size_t i = 0; i < n_rbuckets; i++)
-		for (struct receiver *r = rbuckets[i]; r; r = r->next)
-			if (!r->q.len)
-				receiver_disconnect(r);
+	if (most >= 8 && tick_ns > TICK_MIN_NS)
+		tick_ns = tick_ns * 3 / 4 < TICK_MIN_NS ? TICK_MIN_NS : tick_ns * 3 / 4;
+	else if (most <= 3 && tick_ns < TICK_MAX_NS)
+		tick_ns = tick_ns * 5 / 4 > TICK_MAX_NS ? TICK_MAX_NS : tick_ns * 5 / 4;
 }
 
 /* ---- protocol B slots ---- */
@@ -611,6 +624,8 @@ static void slot_flush(struct slot *s)
 	slot_arm(s, outbox_flush(&o));
 }
 
+static const uint8_t accepted_msg[4] = { 0x80, 0, 0, 0 };
+
 static void reg_add(uint32_t id, int fd)
 {
 	struct slot *s = slot_get(id, 1);
@@ -632,6 +647,12 @@ static void reg_add(uint32_t id, int fd)
 	if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		free(g);
 		close(fd);
+		return;
+	}
+	/* the acceptance comes from here, so it precedes every connection on the socket */
+	if (send(fd, accepted_msg, sizeof(accepted_msg), MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		close(fd); /* leaves epoll with it */
+		free(g);
 		return;
 	}
 	s->regs[s->n_regs++] = g;

@@ -34,7 +34,6 @@ IP_FREEBIND = 15
 CLONE_NEWNET = 0x40000000
 FDS_PER_MESSAGE = 250
 REGISTER = b"\x01\x00\x00\x00"
-ACCEPTED = b"\x80\x00\x00\x00"
 STATUS = b"status"
 REPLY_SECONDS = 30
 RESTARTS = 5  # loop restarts allowed in RESTART_WINDOW seconds
@@ -489,8 +488,7 @@ class Daemon:
             log(f"control: refused pid {pid} uid {uid} registering slot {slot}: {why}", 4)
             sock.close()
             return
-        try:
-            sock.send(ACCEPTED)
+        try:  # the loop answers "80 00 00 00": it must come before any connection
             assert self.loop is not None
             self.loop.send(b"R" + slot.to_bytes(4, "big"), [sock.fileno()])
         except OSError as err:
