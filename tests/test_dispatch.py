@@ -501,3 +501,18 @@ def _free_low_port(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_reload_sets_the_control_socket_permissions(procs: Processes, sockdir: Path) -> None:
+    port = free_port()
+    conf = sockdir / "d.conf"
+    out = dispatcher(procs, conf, conf_text(port, sockdir, "reject").replace(
+        "/ctl\n", "/ctl,mode=0600\n"))
+    assert (sockdir / "ctl").stat().st_mode & 0o777 == 0o600
+    conf.write_text(conf_text(port, sockdir, "reject").replace("/ctl\n",
+                                                               "/ctl,mode=0660,group=65534\n"))
+    out.proc.send_signal(signal.SIGHUP)
+    out.wait_for("reloaded")
+    info = (sockdir / "ctl").stat()
+    assert info.st_mode & 0o777 == 0o660 and info.st_gid == 65534
+    assert status(conf)["listeners"] == "1"

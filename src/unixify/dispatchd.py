@@ -208,9 +208,7 @@ def open_control(control: Control, default_mode: int) -> socket.socket:
     old = os.umask(0o177)
     try:
         sock.bind(path)
-        os.chown(path, -1 if control.owner is None else control.owner,
-                 -1 if control.group is None else control.group)
-        os.chmod(path, default_mode if control.mode is None else control.mode)
+        _permissions(control, default_mode)
         sock.listen(128)
     except OSError as err:
         sock.close()
@@ -222,16 +220,26 @@ def open_control(control: Control, default_mode: int) -> socket.socket:
     return sock
 
 
+def _permissions(control: Control, default_mode: int) -> None:
+    """The control socket file's owner, group and mode as the line says."""
+    os.chown(control.path, -1 if control.owner is None else control.owner,
+             -1 if control.group is None else control.group)
+    os.chmod(control.path, default_mode if control.mode is None else control.mode)
+
+
+def set_permissions(control: Control, default_mode: int) -> None:
+    try:
+        _permissions(control, default_mode)
+    except OSError as err:
+        log(f"line {control.line}: cannot set the permissions of {control.path}: "
+            f"{err.strerror}", 3)
+
+
 def close_control(sock: socket.socket, path: str) -> None:
     """Close the control socket and remove its file while it is still ours."""
-    try:
-        mine = os.fstat(sock.fileno()).st_ino
-        name = sock.getsockname()
-        info = os.lstat(path)
-        if name == path and stat.S_ISSOCK(info.st_mode) and mine:
+    with contextlib.suppress(OSError):
+        if sock.getsockname() == path and stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -385,6 +393,10 @@ class Daemon:
                 for sock in socks:
                     sock.close()
         self.listeners = opened
+        running = self.config.control if self.config else None
+        if new_control is None and config.control and running and \
+                config.control._replace(line=0) != running._replace(line=0):
+            set_permissions(config.control, 0o666)  # same socket, other permissions
         if new_control is not None or (control is not None and config.control is None):
             if control is not None:
                 self.poll.unregister(control.fileno())
