@@ -516,3 +516,27 @@ def test_reload_sets_the_control_socket_permissions(procs: Processes, sockdir: P
     info = (sockdir / "ctl").stat()
     assert info.st_mode & 0o777 == 0o660 and info.st_gid == 65534
     assert status(conf)["listeners"] == "1"
+
+
+def test_freebind_and_a_journal_stderr(procs: Processes, sockdir: Path) -> None:
+    """freebind listens on an address this host does not have (yet); with stderr a
+    socket, as under journald, lines carry a syslog priority."""
+    port = free_port()
+    journal, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conf = sockdir / "d.conf"
+    conf.write_text(f"listen,addr=203.0.113.77,port={port},freebind\nreject\n")
+    proc = procs.start([*unixify_command(), "dispatch", str(conf)], stderr=theirs)
+    theirs.close()
+    journal.settimeout(20)
+    text = b""
+    while b"ready:" not in text:
+        chunk = journal.recv(4096)
+        assert chunk, text
+        text += chunk
+    assert text.startswith(b"<6>unixify[") and b"ready: 1 listeners" in text
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    conf.write_text(f"listen,addr=203.0.113.77,port={port}\nreject\n")
+    result = subprocess.run([*unixify_command(), "dispatch", str(conf)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1 and "Cannot assign requested address" in result.stderr
