@@ -90,6 +90,7 @@ def test_symlink_to_another_receiver_is_refused(procs: Processes, sockdir: Path)
     time.sleep(1.1)  # the next log line for the reason
     with pytest.raises(ConnectionError):
         ask("::1", port)
+    victim.wait_for("conn ")  # its lines arrive a moment after its answers
     assert victim.count("conn ") == 1
     assert status(sockdir / "d.conf")["refused symlink"] == "2"
     out.wait_for("symlink", count=2)
@@ -106,6 +107,7 @@ def test_owner_refuses_a_socket_of_another_user(procs: Processes, sockdir: Path)
     assert ask("127.0.0.1", port).startswith("root ")
     with pytest.raises(ConnectionError):
         ask("::1", port)
+    mine.wait_for("conn ")  # its lines arrive a moment after its answers
     assert theirs.count("conn ") == 0 and mine.count("conn ") == 1
     assert status(sockdir / "d.conf")["refused wrong-owner"] == "1"
 
@@ -249,6 +251,7 @@ def test_sigterm_delivers_what_waits_and_exits_0(procs: Processes, sockdir: Path
         client.settimeout(10)
         assert client.makefile().readline().startswith("hello ")
         client.close()
+    slow.wait_for("conn ", count=30)
     assert slow.count("conn ") == 30
     assert any("stopped" in line for line in out.lines)
     with pytest.raises(ConnectionRefusedError):

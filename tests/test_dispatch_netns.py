@@ -127,6 +127,7 @@ def test_tproxy_dual_stack_one_listener(procs: Processes, sockdir: Path,
     assert words[:2] == ["ssh", "::ffff:10.99.0.2"] and words[3:] == ["::ffff:198.51.100.9",
                                                                        "22"]
     assert spaces.ask("198.51.100.8", 80) == "refused"  # no route: reset
+    ssh.wait_for("conn ")
     assert ssh.count("conn ") == 1
 
 
