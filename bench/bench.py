@@ -2,11 +2,14 @@
 """unixify benchmarks: ratios measured side by side in one run.
 
     python3 bench/bench.py [datapath|setup|datagram|launcher|all] [--rounds N] [--quick]
+                          [--old-shim LIB]
 
 datapath  redis-benchmark against one redis-server build reached four ways: its own
           Unix socket (native), converted by unixify, plain TCP, and socat in front.
-setup     connect+close loops against a C accept loop: native Unix client vs an IPv4
-          client converted by unixify (plus plain TCP for scale).
+setup     connect+close loops against C accept loops: a native Unix client and plain TCP
+          vs IPv4 clients under unixify: converted by a rule without conditions, by
+          one with conditions they meet, and left TCP by one whose conditions they do
+          not meet.  --old-shim LIB runs the unixify variants with another build too.
 datagram  sendto+recvfrom round trips with addresses on both sides: native Unix
           datagram sockets vs a UDP pair converted by unixify (plus plain UDP).
 launcher  `unixify -r ... true` vs `python3 -c pass`.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -160,7 +164,7 @@ def bench_datapath(rounds: int, quick: bool, targets: Targets) -> None:
 def run_number(args: list[str], env: dict[str, str] | None = None) -> float:
     """A helper program's one-number answer."""
     out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
-    return float(out.strip())
+    return float(out.split()[0])
 
 
 def build(tmp: Path, name: str, *extra: str) -> str:
@@ -170,33 +174,96 @@ def build(tmp: Path, name: str, *extra: str) -> str:
     return str(binary)
 
 
-def bench_setup(rounds: int, quick: bool, targets: Targets) -> None:
+def run_pair(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """connloop's answer: wall time and CPU time per connection."""
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
+    wall, cpu = out.split()
+    return float(wall), float(cpu)
+
+
+def interleave_cpu(variants: dict[str, Callable[[], tuple[float, float]]], rounds: int
+                   ) -> dict[str, tuple[float, float, float]]:
+    """Medians of wall and CPU time, and the spread of the wall times (interquartile
+    range over the median), round after round as interleave() but in a new order each
+    round, so that no variant always follows the same one."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    order = list(variants)
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            samples[name].append(variants[name]())
+    results = {}
+    for name, values in samples.items():
+        walls = [w for w, _ in values]
+        quart = statistics.quantiles(walls, n=4) if len(walls) > 1 else [walls[0]] * 3
+        median = statistics.median(walls)
+        results[name] = (median, statistics.median(c for _, c in values),
+                         (quart[2] - quart[0]) / median)
+    return results
+
+
+def bench_setup(rounds: int, quick: bool, targets: Targets, old_shim: str | None = None
+                ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
     loop = build(tmp, "connloop")
     sock = tmp / "accept.sock"
     count = "5000" if quick else "20000"
-    port = free_port()
+    port, elsewhere = free_port(), free_port()
+    # fewer TCP connections: each leaves a port in TIME_WAIT for a minute, and once
+    # they run short every connect searches longer for one
+    tcp = [loop, "tcp", "127.0.0.1", str(port), str(int(count) // 4)]
+    converted = [loop, "tcp", "127.0.0.1", "9", count]
+    wrapped = {
+        # every connection converts: sockets start as Unix sockets
+        "every connect": ([f"out,path={sock}"], converted),
+        # a rule with conditions that every connection meets
+        "addr= rule, met": ([f"out,addr=127.0.0.0/8,path={sock}"], converted),
+        # a rule with conditions that no connection meets: all stay TCP
+        "port= rule, unmet": ([f"out,port={elsewhere},path={sock}"], tcp),
+    }
+    shims = {"": None} if not old_shim else {"": None, "old: ": old_shim}
 
-    with background([loop, "server", str(sock)]), \
-         background([sys.executable, "-c", ACCEPT_LOOP, str(port)]):
+    def run(rules: list[str], args: list[str], shim: str | None
+            ) -> Callable[[], tuple[float, float]]:
+        env = {**os.environ, "UNIXIFY_SHIM": shim} if shim else None
+        command = [*unixify(), *(a for rule in rules for a in ("-r", rule)), *args]
+        return lambda: run_pair(command, env)
+
+    variants = {"native unix": lambda: run_pair([loop, "unix", str(sock), count]),
+                "plain tcp": lambda: run_pair(tcp)}
+    for prefix, shim in shims.items():
+        for name, (rules, args) in wrapped.items():
+            variants[prefix + name] = run(rules, args, shim)
+    with background([loop, "server", str(sock)]), background([loop, "tcpserver", str(port)]):
         wait_until(sock.is_socket, "accept loop")
         wait_until(lambda: tcp_ready(port), "tcp accept loop")
-        results = interleave({
-            "native unix": lambda: run_number([loop, "unix", str(sock), count]),
-            # every connection converts: sockets start as Unix sockets
-            "unixify (ipv4->unix)": lambda: run_number([*unixify(), "-r", f"out,path={sock}",
-                                                        loop, "tcp", "127.0.0.1", "9", count]),
-            # a rule with conditions: the IP socket is made, then replaced at connect
-            "unixify, addr= rule": lambda: run_number([*unixify(), "-r",
-                                                       f"out,addr=127.0.0.0/8,path={sock}",
-                                                       loop, "tcp", "127.0.0.1", "9", count]),
-            "plain tcp": lambda: run_number([loop, "tcp", "127.0.0.1", str(port), count]),
-        }, rounds)
+        results = interleave_cpu(variants, rounds)
     shutil.rmtree(tmp, ignore_errors=True)
-    report(f"connection setup: {count} x socket+connect+close", "ns per connection",
-           results, "native unix")
-    targets.check("unixify / native unix (time)",
-                  results["unixify (ipv4->unix)"] / results["native unix"], "<=", 1.15)
+    print(f"\nconnection setup: {count} x socket+connect+close ({tcp[-1]} on TCP), medians "
+          f"of {rounds} rounds")
+    print(f"  {'':<26} {'wall ns':>9} {'/unix':>7} {'/tcp':>7} {'CPU ns':>9} {'/unix':>7} "
+          f"{'/tcp':>7} {'spread':>7}")
+    unix, plain = results["native unix"][0], results["plain tcp"][0]
+    unix_cpu, plain_cpu = results["native unix"][1], results["plain tcp"][1]
+    for name, (wall, cpu, spread) in results.items():
+        print(f"  {name:<26} {wall:>9.1f} {wall / unix:6.3f}x {wall / plain:6.3f}x "
+              f"{cpu:>9.1f} {cpu / unix_cpu:6.3f}x {cpu / plain_cpu:6.3f}x {spread:7.1%}")
+    for prefix in shims:
+        def ratio(name: str, base: float, prefix: str = prefix) -> float:
+            return results[prefix + name][0] / base
+
+        if prefix:
+            print(f"  {prefix}every connect / native unix {ratio('every connect', unix):.3f}, "
+                  f"addr= rule met / native unix {ratio('addr= rule, met', unix):.3f}, "
+                  f"port= rule unmet / plain tcp {ratio('port= rule, unmet', plain):.3f}")
+            continue
+        targets.check("every connect / native unix (time)", ratio("every connect", unix),
+                      "<=", 1.15)
+        targets.check("addr= rule met / native unix (time)", ratio("addr= rule, met", unix),
+                      "<=", 1.15)
+        targets.check("port= rule unmet / plain tcp (time)",
+                      ratio("port= rule, unmet", plain), "<=", 1.1)
 
 
 def bench_datagram(rounds: int, quick: bool, targets: Targets) -> None:
@@ -397,10 +464,16 @@ def main() -> int:
                                  "dispatch", "all"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller runs (for CI)")
+    parser.add_argument("--old-shim", metavar="LIB",
+                        help="setup: also run the unixify variants with this build of the "
+                        "shim (UNIXIFY_SHIM), for before and after in one run")
     args = parser.parse_args()
     targets = Targets()
-    benches = {"datapath": bench_datapath, "setup": bench_setup, "datagram": bench_datagram,
-               "launcher": bench_launcher, "rules": bench_rules, "dispatch": bench_dispatch}
+    benches: dict[str, Callable[[int, bool, Targets], None]] = {
+        "datapath": bench_datapath,
+        "setup": lambda r, q, t: bench_setup(r, q, t, args.old_shim), "datagram": bench_datagram,
+               "launcher": bench_launcher, "rules": bench_rules,
+        "dispatch": bench_dispatch}
     for name, bench in benches.items():
         if args.which in (name, "all"):
             bench(args.rounds, args.quick, targets)

@@ -1,9 +1,11 @@
 /*
  * connloop: connection setup cost.
  *   connloop server PATH            accept and close connections forever
+ *   connloop tcpserver PORT         the same on TCP, 127.0.0.1 PORT
  *   connloop unix PATH N            N x (socket, connect, close) on a Unix socket
  *   connloop tcp HOST PORT N        N x (socket, connect, close) on TCP (IPv4)
- * Clients print the elapsed nanoseconds per connection.
+ * Clients print the elapsed nanoseconds per connection, then the CPU time (user and
+ * system) per connection.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -14,11 +16,11 @@
 #include <time.h>
 #include <unistd.h>
 
-static long long now_ns(void)
+static long long clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
@@ -29,14 +31,12 @@ static void unix_addr(struct sockaddr_un *sun, const char *path)
 	strncpy(sun->sun_path, path, sizeof(sun->sun_path) - 1);
 }
 
-static int serve(const char *path)
+static int serve(int family, const struct sockaddr *sa, socklen_t len)
 {
-	struct sockaddr_un sun;
-	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	int fd = socket(family, SOCK_STREAM, 0), one = 1;
 
-	unix_addr(&sun, path);
-	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) || listen(fd, 4096)) {
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, sa, len) || listen(fd, 4096)) {
 		perror("server");
 		return 1;
 	}
@@ -50,7 +50,7 @@ static int serve(const char *path)
 
 static int loop(int family, const struct sockaddr *sa, socklen_t len, long n)
 {
-	long long start = now_ns();
+	long long start = clock_ns(CLOCK_MONOTONIC), cpu = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 
 	for (long i = 0; i < n; i++) {
 		int fd = socket(family, SOCK_STREAM, 0);
@@ -61,14 +61,26 @@ static int loop(int family, const struct sockaddr *sa, socklen_t len, long n)
 		}
 		close(fd);
 	}
-	printf("%.1f\n", (double)(now_ns() - start) / n);
+	printf("%.1f %.1f\n", (double)(clock_ns(CLOCK_MONOTONIC) - start) / n,
+	       (double)(clock_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu) / n);
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	if (argc == 3 && !strcmp(argv[1], "server"))
-		return serve(argv[2]);
+	if (argc == 3 && !strcmp(argv[1], "server")) {
+		struct sockaddr_un sun;
+
+		unix_addr(&sun, argv[2]);
+		unlink(argv[2]);
+		return serve(AF_UNIX, (struct sockaddr *)&sun, sizeof(sun));
+	}
+	if (argc == 3 && !strcmp(argv[1], "tcpserver")) {
+		struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])),
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+		return serve(AF_INET, (struct sockaddr *)&in, sizeof(in));
+	}
 	if (argc == 4 && !strcmp(argv[1], "unix")) {
 		struct sockaddr_un sun;
 

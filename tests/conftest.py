@@ -226,6 +226,24 @@ def procs() -> Iterator[Processes]:
     p.stop_all()
 
 
+def activate(procs: Processes, listen: list[str], rules: list[str], program: list[str],
+             extra: list[str] | None = None) -> subprocess.Popen[str]:
+    """The program wrapped with rules, started by the real systemd-socket-activate with
+    sockets for listen; extra: more of its options (--datagram, --fdname=…)."""
+    tool = require_tool("systemd-socket-activate")
+    args = [tool]
+    for address in listen:
+        args += ["-l", address]
+    # it passes on only the environment it is told to: keep the sanitizer build under ASan
+    args += [f"-E{name}={os.environ[name]}" for name in
+             ("UNIXIFY_SHIM", "ASAN_OPTIONS", "UBSAN_OPTIONS") if name in os.environ]
+    args += extra or []
+    command = unixify_command()
+    for rule in rules:
+        command += ["-r", rule]
+    return procs.start([*args, "--", *command, "--", *program])
+
+
 def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 20.0) -> str:
     """Read proc's stdout until a line equal to marker.  Returns all text read so far,
     which may run past the marker; later output comes from proc.communicate()."""

@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import (
     HELPERS,
-    Processes,
     compile_c,
     free_port,
     parse_kv,
     preloaded_env,
-    read_until,
-    require_tool,
     run_wrapped,
 )
 from test_failclosed import ip_peers
@@ -230,45 +227,6 @@ def test_socket_calls_before_our_constructor_follow_the_rules(helper_dir: Path,
                          env={**os.environ, "EARLY_PORT": str(port)})
     assert parse_kv(result.stdout) == {"result": "0", "family": str(socket.AF_UNIX)}, result
     assert lib.exists()
-
-
-TWO_SENDERS = """
-import socket, sys
-for n in (1, 2):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.sendto(b"x", ("127.0.0.1", int(sys.argv[1])))
-    print("sent=%d" % n, flush=True)
-    sys.stdin.readline()
-"""
-
-
-def test_private_directory_not_where_another_user_can_swap_it(procs: Processes,
-                                                              sockdir: Path) -> None:
-    # root keeps a login's XDG_RUNTIME_DIR (su without -): that user owns it, and could
-    # rename our private directory there and leave a symlink in its place, so that our
-    # next socket file is made wherever they like.
-    base, target = sockdir / "user", sockdir / "target"
-    sockdir.chmod(0o755)
-    base.mkdir()
-    target.mkdir()
-    os.chown(base, 65534, 65534)
-    port = free_port()
-    proc = procs.wrapped([f"out,udp,port={port},path={sockdir}/none.sock"],
-                         [sys.executable, "-c", TWO_SENDERS, str(port)],
-                         stdin=subprocess.PIPE, env={**os.environ, "XDG_RUNTIME_DIR": str(base)})
-    read_until(proc, "sent=1")
-    made = [p.name for p in base.iterdir()]
-    for name in made:  # what that user would do
-        subprocess.run([require_tool("setpriv"), "--reuid=65534", "--regid=65534",
-                        "--clear-groups", "sh", "-c", f'mv "$1/{name}" "$1/moved" && '
-                        f'ln -s "$2" "$1/{name}"', "sh", str(base), str(target)], check=True)
-    assert proc.stdin is not None
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    read_until(proc, "sent=2")
-    assert list(target.iterdir()) == []
-    assert made == []
-    proc.communicate("\n", timeout=10)
 
 
 def test_forged_claim_item_for_another_fd_is_ignored(sockdir: Path) -> None:

@@ -5,29 +5,30 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import re
 import select
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import pytest
-from conftest import HELPERS, compile_c, preloaded_env, run_wrapped, unixify_command
+from conftest import (
+    HELPERS,
+    compile_c,
+    preloaded_env,
+    require_tool,
+    run_wrapped,
+    unixify_command,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unixify.explain import (
-    DSTAR,
-    DSTAR_SLASH,
-    STAR,
-    Query,
-    explain,
-    glob_elements,
-    glob_matches,
-    parse_query,
-)
-from unixify.rules import GLOB_MAX, RuleError, parse_rule
+from unixify.explain import Query, explain, match, parse_query
+from unixify.rules import GLOB_MAX, Rule, RuleError, parse_rule
+from unixify.shim import matcher_path
 
 GLOB_CASES = [
     ("/run/app.sock", "/run/app.sock", True),
@@ -64,6 +65,12 @@ GLOB_CASES = [
     ("*a*a*a*a*a*a*a*ab", "a" * 100, False),
     ("*a*a*a*a*a*a*a*ab", "a" * 99 + "b", True),
 ]
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    """explain's answer: does a from-unix rule with pattern match a socket at path?"""
+    return match([Rule("ignore", from_unix=pattern)], Query("out", "stream",
+                                                             unix_path=path)).first == 0
 
 
 @pytest.mark.parametrize(("pattern", "path", "expected"), GLOB_CASES)
@@ -120,16 +127,75 @@ def c_glob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, 
     proc.wait(timeout=10)
 
 
+# The elements of a glob (glob.c's syntax), for the backtracking matcher below.
+LITERAL, STAR, DSTAR, DSTAR_SLASH = range(4)
+ALL_BUT_SLASH = frozenset(range(256)) - {ord("/")}
+
+
+def class_end(pattern: bytes, start: int) -> int:
+    """Index just past the ']' closing the bracket expression at start, or -1."""
+    i = start + 1
+    if pattern[i:i + 1] == b"!":
+        i += 1
+    first = True
+    while i < len(pattern) and (first or pattern[i:i + 1] != b"]"):
+        i += 2 if pattern[i:i + 1] == b"\\" and i + 1 < len(pattern) else 1
+        first = False
+    return i + 1 if i < len(pattern) else -1
+
+
+def class_bytes(body: bytes) -> frozenset[int]:
+    """The bytes the bracket expression [body] matches ('/' never)."""
+    negate = body.startswith(b"!")
+    body = body[1:] if negate else body
+    members: set[int] = set()
+    i = 0
+    while i < len(body):
+        i += body[i] == ord("\\") and i + 1 < len(body)
+        low = high = body[i]
+        i += 1
+        if i + 1 < len(body) and body[i] == ord("-"):
+            i += 1 + (body[i + 1] == ord("\\") and i + 2 < len(body))
+            high = body[i]
+            i += 1
+        members.update(range(low, high + 1))
+    return (ALL_BUT_SLASH - members) if negate else frozenset(members) & ALL_BUT_SLASH
+
+
+def glob_elements(pattern: str) -> list[tuple[int, frozenset[int]]]:
+    """The pattern's elements: a kind, and the bytes a one-byte element accepts."""
+    raw, i = os.fsencode(pattern), 0
+    elements: list[tuple[int, frozenset[int]]] = []
+    while i < len(raw):
+        for prefix, kind in ((b"**/", DSTAR_SLASH), (b"**", DSTAR), (b"*", STAR)):
+            if raw.startswith(prefix, i):
+                elements.append((kind, frozenset()))
+                i += len(prefix)
+                break
+        else:
+            if raw.startswith(b"?", i):
+                elements.append((LITERAL, ALL_BUT_SLASH))
+                i += 1
+            elif raw.startswith(b"[", i) and (end := class_end(raw, i)) > 0:
+                elements.append((LITERAL, class_bytes(raw[i + 1:end - 1])))
+                i = end
+            else:
+                i += raw.startswith(b"\\", i) and i + 1 < len(raw)
+                elements.append((LITERAL, frozenset((raw[i],))))
+                i += 1
+    return elements
+
+
 def backtracking_match(pattern: str, path: str) -> bool:
-    """A plain backtracking matcher over the same elements: exponential, but obviously
-    right, for checking the automaton on small inputs."""
+    """A plain backtracking matcher: exponential, but obviously right, for checking the
+    shim's automaton on small inputs."""
     elements = glob_elements(pattern)
     raw = os.fsencode(path if "/" in pattern else path.rsplit("/", 1)[-1])
 
     def at(k: int, j: int) -> bool:
         if k == len(elements):
             return j == len(raw)
-        kind = elements[k].kind
+        kind, accepts = elements[k]
         if kind == DSTAR:
             return any(at(k + 1, i) for i in range(j, len(raw) + 1))
         if kind == STAR:
@@ -138,7 +204,7 @@ def backtracking_match(pattern: str, path: str) -> bool:
         if kind == DSTAR_SLASH:
             return at(k + 1, j) or any(raw[i - 1] == ord("/") and at(k + 1, i)
                                        for i in range(j + 1, len(raw) + 1))
-        return j < len(raw) and raw[j] in elements[k].accepts and at(k + 1, j + 1)
+        return j < len(raw) and raw[j] in accepts and at(k + 1, j + 1)
 
     return at(0, 0)
 
@@ -153,18 +219,11 @@ PATH_PIECES = st.sampled_from(["a", "b", "/", "\u00e9", "[", "]", "-", "!", "\\"
        st.lists(PATH_PIECES, max_size=10).map("".join))
 def test_glob_matchers_agree(c_glob: Callable[[str, str], bool], pattern: str,
                              path: str) -> None:
-    """The shim's matcher, explain's and a backtracking one decide alike."""
+    """The shim's matcher (through explain, and glob.c alone) and a backtracking one
+    decide alike."""
     expected = backtracking_match(pattern, path)
     assert glob_matches(pattern, path) is expected
     assert c_glob(pattern, path) is expected
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(GLOB_PIECES, min_size=20, max_size=80).map("".join),
-       st.lists(PATH_PIECES, min_size=50, max_size=107).map("".join))
-def test_long_globs_agree(c_glob: Callable[[str, str], bool], pattern: str,
-                          path: str) -> None:
-    assert c_glob(pattern, path) is glob_matches(pattern, path)
 
 
 def test_glob_length_limit(c_glob: Callable[[str, str], bool]) -> None:
@@ -242,3 +301,193 @@ def test_explain_command_line(tmp_path: os.PathLike[str]) -> None:
     bad_rule = subprocess.run([*command, "explain", "-r", "in,port=x,path=/x", "in", "tcp",
                                "::1", "1"], capture_output=True, text=True)
     assert bad_rule.returncode == 1 and "column" in bad_rule.stderr
+
+
+# Binds, connects or sends as `unixify explain`'s query words say (in|out tcp|udp
+# ADDRESS PORT | unix PATH | abstract NAME), under the shim; the shim's log says which
+# rule it matched and where it went.
+CALLER = """\
+import socket, sys
+direction, kind, where, last = sys.argv[1:5]
+stype = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+if where in ("unix", "abstract"):
+    family, address = socket.AF_UNIX, last if where == "unix" else "\\0" + last
+else:
+    family = socket.AF_INET6 if ":" in where else socket.AF_INET
+    address = (where, int(last))
+s = socket.socket(family, stype)
+s.settimeout(5)
+try:
+    if direction == "in":
+        s.bind(address)
+    elif stype == socket.SOCK_DGRAM:
+        s.sendto(b"x", address)
+    else:
+        s.connect(address)
+        if family == socket.AF_UNIX:  # where the shim sent it
+            print("peer", s.getpeername(), file=sys.stderr)
+except OSError as e:
+    print("errno", e.errno)
+"""
+
+SHIM_RULE = re.compile(r"matches (no rule|rule (\d+))")
+SHIM_TARGET = re.compile(r"listening on (\S+)|connecting to (\S+) failed|"
+                         r"nobody listens at (\S+);|bound at (\S+) instead|peer (\S+)")
+EXPLAIN_TARGET = re.compile(r"(?:at|goes to) (?:Unix socket file |abstract )(\S+)")
+
+
+Decision = tuple[int, Union[str, None], Union[int, None]]
+
+
+def shim_decision(rules: list[str], words: list[str]) -> Decision:
+    """The rule the shim matched (0: none), where it sent the call if it says, and the
+    call's errno if it failed."""
+    result = run_wrapped(rules, [sys.executable, "-c", CALLER, *words], verbose=2,
+                         timeout=30)
+    found = SHIM_RULE.findall(result.stderr)
+    assert len(found) == 1, result
+    target = SHIM_TARGET.search(result.stderr)
+    failed = re.search(r"^errno (\d+)$", result.stdout, re.M)
+    return (int(found[0][1] or 0),
+            next(group for group in target.groups() if group) if target else None,
+            int(failed.group(1)) if failed else None)
+
+
+def explain_decision(rules: list[str], words: list[str]) -> Decision:
+    """The same as explain says it; the errno only of a call it says fails."""
+    text = explain([parse_rule(rule) for rule in rules], parse_query(words))
+    matched = re.search(r"rule (\d+) .*: matches$", text, re.M)
+    target = EXPLAIN_TARGET.search(text.splitlines()[-1])
+    failed = re.search(r"fails with \w+ \((\d+)\)", text.splitlines()[-1])
+    return (int(matched.group(1)) if matched else 0, target.group(1) if target else None,
+            int(failed.group(1)) if failed else None)
+
+
+def assert_agree(rules: list[str], words: list[str]) -> None:
+    said, done = explain_decision(rules, words), shim_decision(rules, words)
+    assert said[:2] == done[:2]
+    if said[2] is not None:  # a call explain says goes ahead may fail for other reasons
+        assert said[2] == done[2]
+
+
+# Rules and queries where explain and the shim must agree: glob edge cases, port ranges,
+# CIDR, placeholders, first-match order (also through the index built from 32 rules).
+# "D" stands for a directory of the test's own.  Connections no rule converts go to
+# loopback only.
+AGREEMENT = [
+    (["in,path=D/%a-%p-%t-%%.sock"], "in tcp ::ffff:127.0.0.1 8080"),
+    (["in,path=D/%a.sock"], "in udp ::1.2.3.4 53"),
+    (["in,path=D/%a.sock"], "in tcp 2001:db8:0:0:1:0:0:1 80"),
+    (["in,path=D/%a.sock"], "in tcp 64:ff9b::10.0.0.1 80"),
+    (["out,from-unix=D/x.sock,ipv4,path=D/y.sock"], "out tcp unix D/x.sock"),
+    (["in,from-unix=D/**/a?.sock,path=D/r.sock"], "in tcp unix D/p/q/a1.sock"),
+    (["in,from-unix=D/**/a?.sock,path=D/r.sock"], "in tcp unix D/p/q/a.sock"),
+    (["in,from-unix=a[!0-9].sock,path=D/r.sock"], "in udp unix D/ax.sock"),
+    (["in,from-unix=a[!0-9].sock,path=D/r.sock"], "in udp unix D/a7.sock"),
+    (["out,from-abstract=app-*,path=D/r.sock"], "out tcp abstract app-1"),
+    (["out,from-abstract=app-*,path=D/r.sock"], "out tcp unix D/app-1"),
+    (["out,port=8000-8010,path=D/p%p.sock"], "out tcp 127.0.0.1 8010"),
+    (["out,port=8000-8010,path=D/p%p.sock"], "out tcp 127.0.0.1 8011"),
+    (["out,port=8000-8010,path=D/p%p.sock"], "out udp 127.0.0.1 7999"),
+    (["in,addr=10.1.0.0/16,path=D/c.sock"], "in udp 10.1.255.255 53"),
+    (["in,addr=10.1.0.0/16,path=D/c.sock"], "in udp 10.2.0.1 53"),
+    (["in,addr=10.1.0.0/16,path=D/c.sock"], "in tcp ::ffff:10.1.2.3 53"),
+    (["in,addr=fd00::/8,abstract=v6-%p"], "in tcp fdff::1 9"),
+    (["in,ipv6,path=D/six.sock", "in,path=D/any.sock"], "in tcp 127.0.0.1 80"),
+    (["out,tcp,path=D/t.sock", "out,path=D/u.sock"], "out udp 127.0.0.1 80"),
+    (["out,port=80,path=D/a.sock", "out,path=D/b.sock"], "out tcp 127.0.0.1 80"),
+    (["out,port=80,path=D/a.sock", "out,path=D/b.sock"], "out tcp 127.0.0.1 81"),
+    ([f"out,port={p},path=D/n{p}.sock" for p in range(9000, 9020)]
+     + ["out,addr=127.0.0.2,path=D/wild.sock"]
+     + [f"out,port={p},path=D/m{p}.sock" for p in range(9000, 9020)],
+     "out tcp 127.0.0.2 9030"),
+    ([f"out,port={p},path=D/n{p}.sock" for p in range(9000, 9020)]
+     + ["out,addr=127.0.0.2,path=D/wild.sock"]
+     + [f"out,port={p},path=D/m{p}.sock" for p in range(9000, 9020)],
+     "out tcp 127.0.0.2 9005"),
+    ([f"out,port={p},path=D/n{p}.sock" for p in range(9000, 9020)]
+     + ["out,addr=127.0.0.2,path=D/wild.sock"]
+     + [f"out,port={p},path=D/m{p}.sock" for p in range(9000, 9020)],
+     "out tcp 127.0.0.3 9005"),
+]
+
+
+@pytest.mark.parametrize(("rules", "words"), AGREEMENT)
+def test_explain_and_shim_agree(sockdir: Path, rules: list[str], words: str) -> None:
+    """For each query, the rule explain names and where it says the call goes are what
+    the shim, running the call, logs."""
+    rules = [rule.replace("D/", f"{sockdir}/") for rule in rules]
+    query = words.replace("D/", f"{sockdir}/").split()
+    said = explain_decision(rules, query)
+    with socket.socket(socket.AF_UNIX) as listener:
+        if query[0] == "out" and query[2] in ("unix", "abstract") and said[1]:
+            listener.bind(said[1])  # the shim logs no target for these: let it connect
+            listener.listen()
+        assert_agree(rules, query)
+
+
+@pytest.mark.parametrize("direction", ["in", "out"])
+@pytest.mark.parametrize(("action", "port"), [("path", 80), ("path", 800),
+                                              ("abstract", 80), ("abstract", 800)])
+def test_explain_and_shim_agree_on_the_longest_targets(sockdir: Path, direction: str,
+                                                       action: str, port: int) -> None:
+    """A target that expands to the most a Unix address holds (107 bytes of path, 106 of
+    abstract name) with port 80, and one byte more with port 800: the call fails with
+    ENAMETOOLONG.  (explain said it would bind or connect.)"""
+    prefix, limit = (f"{sockdir}/", 107) if action == "path" else ("ufy-", 106)
+    rules = [f"{direction},{action}={prefix}{'a' * (limit - len(prefix) - 2)}%p"]
+    assert_agree(rules, [direction, "tcp", "127.0.0.1", str(port)])
+
+
+def test_explain_says_what_the_shim_does_where_they_differed(sockdir: Path) -> None:
+    """explain had its own matcher, and said otherwise than the shim did: %a of an
+    IPv4-mapped address (Python's spelling, ::ffff:7f00:1, not inet_ntop's), a from-unix
+    rule limited to a family (the shim never matches it with a Unix socket), and a target
+    that expands past what a Unix address holds (the call fails)."""
+    rules = [f"in,path={sockdir}/%a.sock"]
+    text = explain([parse_rule(r) for r in rules],
+                   parse_query(["in", "tcp", "::ffff:127.0.0.1", "80"]))
+    assert text.endswith(f"at Unix socket file {sockdir}/::ffff:127.0.0.1.sock\n"), text
+    assert shim_decision(rules, ["in", "tcp", "::ffff:127.0.0.1", "80"]) == (
+        1, f"{sockdir}/::ffff:127.0.0.1.sock", None)
+    rules = [f"out,from-unix={sockdir}/x.sock,ipv4,reject=EPROTONOSUPPORT"]
+    text = explain([parse_rule(r) for r in rules],
+                   parse_query(["out", "tcp", "unix", f"{sockdir}/x.sock"]))
+    assert text.splitlines()[-2:] == [
+        f"  rule 1 '{rules[0]}': no, it is for ipv4 sockets only",
+        "=> no rule matches: connect() goes ahead unchanged on the Unix socket"], text
+    assert shim_decision(rules, ["out", "tcp", "unix", f"{sockdir}/x.sock"]) == (
+        0, None, errno.ENOENT)
+    rules = [f"in,path={sockdir}/{'a' * 90}-%a.sock"]
+    text = explain([parse_rule(r) for r in rules], parse_query(["in", "tcp", "::1", "80"]))
+    assert text.endswith(f"=> bind() fails with ENAMETOOLONG (36): {sockdir}/{'a' * 90}"
+                         "-%a.sock expands to more than a Unix socket address holds\n"), text
+    assert shim_decision(rules, ["in", "tcp", "::1", "80"]) == (1, None, errno.ENAMETOOLONG)
+
+
+def test_matcher_reads_no_environment_and_leaves_sockets_alone() -> None:
+    """explain loads the matcher into the launcher's own process: with rules, inherited
+    sockets and passed ones in its environment (a launcher run inside a wrapped program),
+    nothing is read or logged, and its own sockets stay IP sockets."""
+    code = ("import socket\n"
+            "from unixify.explain import explain, parse_query\n"
+            "from unixify.rules import parse_rule\n"
+            "print(explain([parse_rule('in,path=/tmp/x.sock')],\n"
+            "              parse_query(['in', 'tcp', '127.0.0.1', '80'])).splitlines()[-1])\n"
+            "s = socket.socket()\n"
+            "s.bind(('127.0.0.1', 0))\n"
+            "print(s.family.name, s.getsockname()[0])\n")
+    env = preloaded_env(UNIXIFY_RULES="UFY1{garbage", UNIXIFY_VERBOSE="3",
+                        UNIXIFY_INHERIT="c,0,12345,2,1;", LISTEN_FDS="1",
+                        LISTEN_PID=str(os.getpid()))
+    del env["LD_PRELOAD"]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=30)
+    assert result.stdout.splitlines() == [
+        "=> bind() binds a Unix stream socket at Unix socket file /tmp/x.sock",
+        "AF_INET 127.0.0.1"], result
+    assert result.stderr == "", result
+    exported = subprocess.run([require_tool("nm"), "-D", "--defined-only", matcher_path()],
+                              capture_output=True, text=True, check=True).stdout
+    assert [line.split()[-1] for line in exported.splitlines()
+            if line.split()[-2] in "TDB"] == ["unixify_match"], exported

@@ -21,13 +21,24 @@ LISTEN = ("import socket,sys\n"
 
 
 def listen(procs: Processes, rules: list[str], port: int,
-           extra: list[str] | None = None) -> None:
+           extra: list[str] | None = None, umask: int = 0) -> None:
     args = [*unixify_command(), *(extra or [])]
     for rule in rules:
         args += ["-r", rule]
     proc = procs.start([*args, sys.executable, "-c", LISTEN, str(port)],
-                       stdin=subprocess.PIPE, preexec_fn=lambda: os.umask(0))
+                       stdin=subprocess.PIPE, preexec_fn=lambda: os.umask(umask))
     read_until(proc, "ready")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o007])
+def test_default_mode_follows_the_umask(procs: Processes, sockdir: Path, umask: int) -> None:
+    # What README says: without mode= or --mode, the file gets 0777 less the program's
+    # umask, as a native Unix server's would; --mode overrides the umask.
+    listen(procs, [f"in,port=7211,path={sockdir}/u.sock"], 7211, umask=umask)
+    assert stat.S_IMODE((sockdir / "u.sock").stat().st_mode) == 0o777 & ~umask
+    listen(procs, [f"in,port=7212,path={sockdir}/m.sock"], 7212, ["--mode", "0660"],
+           umask=umask)
+    assert stat.S_IMODE((sockdir / "m.sock").stat().st_mode) == 0o660
 
 
 def test_mode_owner_and_group(procs: Processes, sockdir: Path) -> None:

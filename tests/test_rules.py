@@ -172,7 +172,9 @@ def test_parser_on_arbitrary_text(text: str) -> None:
 def test_family_permission_and_other_family_keywords() -> None:
     rule = parse("in,ipv6,port=80,path=run/web.sock,mode=0660,owner=0,group=root")
     assert (rule.family, rule.mode, rule.owner, rule.group) == ("ipv6", 0o660, 0, 0)
-    assert encode_rule(rule) == ("{A1:Pd1:ip5:80-80T17:/srv/run/web.sockf1:6m3:660o1:0g1:0}")
+    assert (rule.owner_name, rule.group_name) == ("root", "root")  # for the shim's messages
+    assert encode_rule(rule) == ("{A1:Pd1:ip5:80-80T17:/srv/run/web.sockf1:6m3:660o1:0g1:0"
+                                 "O4:rootG4:root}")
     assert parse("out,vsock=any:5678").numbers == (0xFFFFFFFF, 5678)
     assert parse("tipc=2:2:128:99:0").numbers == (2, 2, 128, 99, 0)
     fc = parse("out,fc=fc.sock:1024")

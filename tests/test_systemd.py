@@ -12,9 +12,9 @@ from pathlib import Path
 from conftest import (
     HELPERS,
     Processes,
+    activate,
     free_port,
     preloaded_env,
-    require_tool,
     unix_get,
     unixify_command,
     wait_for,
@@ -22,19 +22,6 @@ from conftest import (
 
 from unixify.encoding import encode_rules
 from unixify.rules import parse_rule
-
-
-def activate(procs: Processes, listen: list[str], rules: list[str], program: list[str],
-             extra: list[str] | None = None) -> subprocess.Popen[str]:
-    tool = require_tool("systemd-socket-activate")
-    args = [tool]
-    for address in listen:
-        args += ["-l", address]
-    args += extra or []
-    command = unixify_command()
-    for rule in rules:
-        command += ["-r", rule]
-    return procs.start([*args, "--", *command, "--", *program])
 
 
 def listening(port: int, kind: int = socket.SOCK_STREAM) -> bool:

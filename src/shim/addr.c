@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "shim.h"
@@ -32,8 +33,7 @@ int ipaddr_from_sockaddr(struct ipaddr *out, const struct sockaddr *sa, socklen_
 	return -1;
 }
 
-/* a as the IPv4-mapped IPv6 address of v4, with port (network byte order). */
-static void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port)
+void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port)
 {
 	memset(a, 0, sizeof(*a));
 	a->in6.sin6_family = AF_INET6;
@@ -244,4 +244,29 @@ int ipaddr_expand(const char *tmpl, const struct ipaddr *a, int type, char *out,
 	}
 	out[used] = 0;
 	return 0;
+}
+
+static int unix_name_fill(struct sockaddr_un *sun, const char *name, size_t off)
+{
+	size_t len = strlen(name);
+
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	if (len + off >= sizeof(sun->sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(sun->sun_path + off, name, len);
+	/* abstract names are the exact bytes given, with no terminating NUL */
+	return (int)(offsetof(struct sockaddr_un, sun_path) + off + len + (off ? 0 : 1));
+}
+
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name)
+{
+	return unix_name_fill(sun, name, r->action == ACT_ABSTRACT);
+}
+
+int unix_path_fill(struct sockaddr_un *sun, const char *path)
+{
+	return unix_name_fill(sun, path, 0);
 }

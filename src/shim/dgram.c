@@ -9,251 +9,28 @@
  * the kernel.
  *
  * A converted client needs an address of its own, or the server could not reply: it is
- * bound to a file in a private directory (mode 0700, one per process tree), which is
- * removed with the socket.
+ * bound to an autobound abstract name, which any local server can answer as it could
+ * answer a UDP port.
  */
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include "shim.h"
 
 #define RECV_BATCH 32
 
-static char rundir[80];
-static dev_t rundir_dev;
-static ino_t rundir_ino;
-static atomic_uint private_counter;
-
-static int pid_gone(const char *digits)
-{
-	char *end;
-	long pid = strtol(digits, &end, 10);
-
-	return pid > 0 && *end == '.' && kill((pid_t)pid, 0) && errno == ESRCH;
-}
-
-/* A directory in which nobody but root and us can add, rename or remove entries of ours. */
-static int trusted_dir(const struct stat *st)
-{
-	return S_ISDIR(st->st_mode) && (st->st_uid == 0 || st->st_uid == geteuid()) &&
-	       (!(st->st_mode & 022) || (st->st_mode & S_ISVTX));
-}
-
 /*
- * The directory at path (absolute), opened if every directory on the way is trusted and
- * none is a symlink: then no other user can move what we make there, so a bind by path
- * (which a datagram address must be: it is what peers reply to) lands where we meant.
- * An fd, or -1 with errno EACCES.
+ * An autobound abstract address (man 7 unix): the kernel picks a free name in this
+ * network namespace, as it picks an ephemeral UDP port, and drops it with the socket.
+ * Any process here may send to it, whoever it runs as, and there is no file to clean up.
  */
-static int open_trusted(const char *path)
+int dgram_autobind(int sock)
 {
-	int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-	char name[NAME_MAX + 1];
-	struct stat st;
-	size_t len;
+	sa_family_t family = AF_UNIX;
 
-	while (fd >= 0) {
-		int next;
-
-		if (fstat(fd, &st) || !trusted_dir(&st))
-			break;
-		path += strspn(path, "/");
-		if (!*path)
-			return fd;
-		len = strcspn(path, "/");
-		if (len > NAME_MAX)
-			break;
-		memcpy(name, path, len);
-		name[len] = 0;
-		path += len;
-		next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		REAL(close)(fd);
-		fd = next;
-	}
-	if (fd >= 0)
-		REAL(close)(fd);
-	errno = EACCES;
-	return -1;
-}
-
-/* Call fn for each entry of the directory dir (opened for reading), as getdents64 lists
- * them: readdir would malloc, and a sendto in a signal handler may get here. */
-static void each_entry(int dir, void (*fn)(int dir, const struct dirent64 *d))
-{
-	char buf[2048] __attribute__((aligned(8)));
-	ssize_t n;
-
-	while ((n = getdents64(dir, buf, sizeof(buf))) > 0)
-		for (ssize_t off = 0; off < n; off += ((struct dirent64 *)(buf + off))->d_reclen)
-			fn(dir, (struct dirent64 *)(buf + off));
-}
-
-/* In a directory being swept: remove a socket file nobody is bound to. */
-static void sweep_entry(int dir, const struct dirent64 *d)
-{
-	char path[64 + NAME_MAX];
-	struct stat st;
-
-	if (fstatat(dir, d->d_name, &st, AT_SYMLINK_NOFOLLOW) || !S_ISSOCK(st.st_mode))
-		return;
-	snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dir, d->d_name);
-	if (!socket_file_live(path, &st))
-		unlinkat_if_same(dir, d->d_name, st.st_dev, st.st_ino, 0);
-}
-
-/*
- * Empty a directory that a process killed before its exit handlers ran left behind:
- * remove the socket files nobody is bound to (a forked child of the dead process may
- * still use its own), then the directory once nothing is left.  Only a directory of
- * ours, and only through its fd: what its name leads to may change meanwhile.
- */
-static void sweep_dir(int base, const struct dirent64 *d)
-{
-	struct stat st;
-	int fd;
-
-	if ((d->d_type != DT_DIR && d->d_type != DT_UNKNOWN) ||
-	    strncmp(d->d_name, "unixify.", 8) || !pid_gone(d->d_name + 8) ||
-	    (fd = open_own_dir(base, d->d_name, &st)) < 0)
-		return;
-	each_entry(fd, sweep_entry);
-	REAL(close)(fd);
-	/* fails while anything is left */
-	unlinkat_if_same(base, d->d_name, st.st_dev, st.st_ino, AT_REMOVEDIR);
-}
-
-static void sweep_stale_rundirs(int base_fd)
-{
-	int fd = openat(base_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (fd < 0)
-		return;
-	each_entry(fd, sweep_dir);
-	REAL(close)(fd);
-}
-
-/*
- * $XDG_RUNTIME_DIR, or /tmp when it is unset, unusable or not trusted (another user could
- * move our directory there and put a symlink in its place: root keeps a login's
- * $XDG_RUNTIME_DIR after su without -); opened.  -1 if neither is.
- */
-static int open_base(const char **base)
-{
-	const char *env = getenv("XDG_RUNTIME_DIR");
-	int fd;
-
-	if (env && env[0] == '/' && strlen(env) <= 40 && !access(env, W_OK | X_OK)) {
-		if ((fd = open_trusted(env)) >= 0) {
-			*base = env;
-			return fd;
-		}
-		ulog(LOG_WARN_, "XDG_RUNTIME_DIR %s: another user can change it or a directory "
-		     "on its way; using /tmp for datagram reply addresses", env);
-	}
-	*base = "/tmp";
-	if ((fd = open_trusted(*base)) < 0)
-		ulog(LOG_ERR_, "/tmp: another user can change it or a directory on its way");
-	return fd;
-}
-
-/*
- * A fresh private directory; published under the lock unless another thread won.
- * Making one is rare (once per process tree), so it also sweeps the directories of
- * killed processes, which would otherwise pile up.
- */
-static int make_rundir(void)
-{
-	char dir[sizeof(rundir)];
-	const char *base;
-	struct stat st;
-	int base_fd, fd, saved = errno;
-
-	if ((base_fd = open_base(&base)) < 0)
-		return -1;
-	sweep_stale_rundirs(base_fd);
-	errno = saved;
-	snprintf(dir, sizeof(dir), "%s/unixify.%d.XXXXXX", base, (int)getpid());
-	fd = mkdtemp(dir) ? open_own_dir(base_fd, strrchr(dir, '/') + 1, &st) : -1; /* 0700 */
-	REAL(close)(base_fd);
-	if (fd < 0)
-		return -1;
-	REAL(close)(fd);
-	state_lock_masked();
-	if (!rundir[0]) {
-		memcpy(rundir, dir, sizeof(rundir));
-		rundir_dev = st.st_dev;
-		rundir_ino = st.st_ino;
-		dir[0] = 0;
-	}
-	state_unlock();
-	if (dir[0])
-		unlink_if_same(dir, st.st_dev, st.st_ino, AT_REMOVEDIR);
-	return 0;
-}
-
-/* Does path lead to name in our private directory (not somewhere a rename led it)?  Only
- * we can make entries there, and sockfile_bind checked that the file is our socket. */
-static int in_rundir(const char *path, const char *name)
-{
-	char dir[sizeof(rundir)];
-	struct stat st, at;
-	int fd, r = 0, saved = errno;
-
-	memcpy(dir, rundir, sizeof(dir));
-	fd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd >= 0 && !fstat(fd, &st) && st.st_dev == rundir_dev && st.st_ino == rundir_ino)
-		r = !fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) && !lstat(path, &at) &&
-		    S_ISSOCK(st.st_mode) && st.st_dev == at.st_dev && st.st_ino == at.st_ino;
-	if (fd >= 0)
-		REAL(close)(fd);
-	errno = saved;
-	return r;
-}
-
-int dgram_private_bind(int sock)
-{
-	char path[sizeof(rundir) + 24], *name;
-	int idx;
-
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (!rundir[0] && make_rundir()) {
-			ulog(LOG_ERR_, "cannot create a private directory for datagram replies: %s",
-			     strerror(errno));
-			return -2;
-		}
-		/* the pid keeps names apart in a directory shared with forked children */
-		snprintf(path, sizeof(path), "%s/%d.%x", rundir, (int)getpid(),
-			 atomic_fetch_add(&private_counter, 1));
-		name = strrchr(path, '/') + 1;
-		idx = sockfile_bind(sock, path, NULL);
-		if (idx == -2 && errno == ENOENT) {
-			rundir[0] = 0; /* removed under us (by a child's exit, say): make another */
-			continue;
-		}
-		if (idx == -2 || in_rundir(path, name))
-			return idx;
-		ulog(LOG_ERR_, "%s: the reply address was not made in its private directory; "
-		     "refusing", path);
-		errno = EACCES;
-		return -2;
-	}
-	return -2;
-}
-
-void dgram_exit_cleanup(void)
-{
-	if (rundir[0]) /* only when empty: a child may still use it */
-		unlink_if_same(rundir, rundir_dev, rundir_ino, AT_REMOVEDIR);
+	return REAL(bind)(sock, (struct sockaddr *)&family, sizeof(family));
 }
 
 /*

@@ -12,7 +12,8 @@
  *   UNIXIFY_INHERIT=item;item;...
  *   item := "f," SOCK_INO "," NOREMOVE "," DEV "," INO "," PATH     a socket file
  *         | "s," FD "," SOCK_INO "," TYPE "," ROLE "," FAMILY "," LOCAL "," PEER
- *         | "c," FD "," SOCK_INO "," ERRNO "," DIR    an IP socket a rule claimed
+ *         | "c," FD "," SOCK_INO "," ERRNO "," DIR    an IP socket a rule claimed,
+ *                                                   or (ERRNO and DIR 0) one we watch
  *
  * PATH, LOCAL and PEER are in hex (the addresses as struct ipaddr bytes).  Past 64 KiB
  * the items go on in UNIXIFY_INHERIT_1, _2, ...: the kernel takes no environment string
@@ -20,7 +21,8 @@
  * (see "import" below): the program may close or move fds between fork and exec, and
  * whoever starts a program can set its environment.  A pending
  * socket (made Unix on a guess) becomes the IP socket it stands for before exec: the
- * new image could not finish the guess.
+ * new image could not finish the guess.  IP sockets we watch go along, so that the new
+ * image records their epoll registrations (a conversion at connect would lose them).
  *
  * The exec calls may run in a child of a multithreaded program, so nothing here
  * allocates with malloc: the new environment is built in memory from mmap.
@@ -52,7 +54,7 @@ static void collect(int fd, const struct fd_entry *e, void *arg)
 {
 	int flags;
 
-	if (e->kind != FD_CONVERTED && e->kind != FD_PENDING && !e->claim_errno)
+	if (e->kind != FD_CONVERTED && e->kind != FD_PENDING && e->kind != FD_IP)
 		return;
 	flags = REAL(fcntl)(fd, F_GETFD);
 	if (flags >= 0 && !(flags & FD_CLOEXEC))
@@ -71,8 +73,8 @@ static char *put_hex(char *p, const void *data, size_t len)
 	return p;
 }
 
-/* "s,FD,SOCK_INO,TYPE,ROLE,FAMILY,LOCAL,PEER;" for a converted fd; nothing for a pending
- * one, which becomes its IP socket. */
+/* "s,FD,SOCK_INO,TYPE,ROLE,FAMILY,LOCAL,PEER;" for a converted fd, "c,..." for an IP
+ * one; a pending one becomes its IP socket first. */
 static char *put_socket(char *p, int fd)
 {
 	struct fd_entry e;
@@ -80,11 +82,11 @@ static char *put_socket(char *p, int fd)
 
 	fd_snapshot(fd, &e);
 	if (e.kind == FD_PENDING) {
-		if (materialize(fd) || !e.claim_errno)
+		if (materialize(fd))
 			return p;
 		fd_snapshot(fd, &e);
 	}
-	if ((e.kind != FD_CONVERTED && !e.claim_errno) || fstat(fd, &st))
+	if ((e.kind != FD_CONVERTED && e.kind != FD_IP) || fstat(fd, &st))
 		return p;
 	if (e.kind != FD_CONVERTED) /* its conversion failed: it must not bind implicitly */
 		return p + sprintf(p, "c,%d,%lu,%u,%u;", fd, (unsigned long)st.st_ino,
@@ -430,7 +432,8 @@ static int sockopt_is(int fd, int name, int want)
 }
 
 /* A "c," item: fd, if it is the IP socket announced (and not a passed one), keeps its
- * failed claim.  A forged one can only make a socket fail, never open anything. */
+ * failed claim, or with none is watched as it was.  A forged one can only make a socket
+ * fail, never open anything. */
 static int take_claim(const char **s, struct import *im)
 {
 	unsigned err, dir;
@@ -440,7 +443,7 @@ static int take_claim(const char **s, struct import *im)
 	int fd, used = 0;
 
 	if (sscanf(*s, "c,%d,%lu,%u,%u;%n", &fd, &ino, &err, &dir, &used) != 4 || !used ||
-	    !err || err > 255 || (dir != DIR_IN && dir != DIR_OUT))
+	    err > 255 || (err ? dir != DIR_IN && dir != DIR_OUT : dir != 0))
 		return -1;
 	*s += used;
 	if (im->pass != 1)
@@ -461,6 +464,14 @@ static int take_claim(const char **s, struct import *im)
 	return 0;
 }
 
+/* A receiver (receive.c) stands in for a TCP listener with a datagram socket. */
+static int type_plausible(const struct sock_item *it)
+{
+	if (it->e.role == ROLE_RECEIVER || it->e.role == ROLE_RECEIVING)
+		return it->e.type == SOCK_STREAM && sockopt_is(it->fd, SO_TYPE, SOCK_DGRAM);
+	return sockopt_is(it->fd, SO_TYPE, it->e.type) && it->e.role <= ROLE_ACCEPTED;
+}
+
 /* Pass 1: fd is (still) the Unix socket announced. */
 static int socket_plausible(const struct sock_item *it)
 {
@@ -468,9 +479,7 @@ static int socket_plausible(const struct sock_item *it)
 
 	return it->fd >= 0 && !fstat(it->fd, &st) && S_ISSOCK(st.st_mode) &&
 	       st.st_ino == it->sock_ino && sockopt_is(it->fd, SO_DOMAIN, AF_UNIX) &&
-	       sockopt_is(it->fd, SO_TYPE, it->e.type) &&
-	       (it->e.family == AF_INET || it->e.family == AF_INET6) &&
-	       it->e.role <= ROLE_ACCEPTED;
+	       type_plausible(it) && (it->e.family == AF_INET || it->e.family == AF_INET6);
 }
 
 static const struct sock_item *held(const struct import *im, unsigned long sock_ino)
@@ -563,6 +572,8 @@ static int socket_genuine(const struct import *im, const struct sock_item *it)
 static void take_socket(struct sock_item *it)
 {
 	it->e.sockfile = sockfile_by_socket((ino_t)it->sock_ino);
+	if (it->e.role == ROLE_LISTENER)
+		listener_note(&it->e.local);
 	fd_store(it->fd, &it->e);
 	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", it->fd);
 }

@@ -58,10 +58,11 @@ __attribute__((constructor(102))) static void shim_init(void)
 
 __attribute__((destructor)) static void shim_fini(void)
 {
-	if (rules_state == RULES_NONE)
+	/* In the program's sandbox the kernel closes our sockets; whoever holds them
+	 * outside removes the files (sandbox.c). */
+	if (rules_state == RULES_NONE || sandboxed())
 		return;
 	sockfile_exit_cleanup();
-	dgram_exit_cleanup();
 }
 
 /* What we know of fd, in e: its kind (FD_NONE for anything but an IP socket, including
@@ -134,9 +135,9 @@ API pid_t vfork(void)
 
 static int predicted(int domain, int base, int protocol)
 {
-	return predict_stream_out && rules_state == RULES_OK && base == SOCK_STREAM &&
+	return rules_state == RULES_OK && base == SOCK_STREAM &&
 	       (protocol == 0 || protocol == IPPROTO_TCP) &&
-	       (domain == AF_INET || domain == AF_INET6);
+	       (domain == AF_INET || domain == AF_INET6) && predict_pending(domain);
 }
 
 API int socket(int domain, int type, int protocol)
@@ -236,12 +237,17 @@ API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = EISCONN;
 		return -1;
 	}
+	if (e.kind == FD_CONVERTED && e.role == ROLE_LISTENER && e.type == SOCK_STREAM) {
+		r = convert_bound_connect(fd, &a, &e, &handled); /* bound first: a client */
+		goto done;
+	}
 	if (claim_refuses(&e, DIR_IN)) /* connect would bind it to an IP port */
 		return -1;
 	r = convertible(fd, &e, &a);
 	if (r <= 0)
 		return r < 0 ? -1 : REAL(connect)(fd, sa, len);
 	r = convert_connect(fd, &a, &e, &handled);
+done:
 	if (!handled) {
 		errno = saved;
 		return REAL(connect)(fd, sa, len);
@@ -303,6 +309,8 @@ API int listen(int fd, int backlog)
 			return -1;
 		fd_snapshot(fd, &e);
 	}
+	if (is_receiver(&e)) /* nothing to listen on: connections come from a dispatcher */
+		return receive_role(fd, ROLE_RECEIVING);
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
 	return REAL(listen)(fd, backlog);
@@ -425,6 +433,11 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 		errno = EFAULT;
 		return -1;
 	}
+	if (is_receiver(&listener)) {
+		conn = receive_accept(fd, &listener, addr, len, is4 ? flags : 0);
+		release_after_accept(fd, &listener, before);
+		return conn;
+	}
 	/* The Unix peer's own address says nothing useful; we report a local one. */
 	conn = is4 ? REAL(accept4)(fd, NULL, NULL, flags) : REAL(accept)(fd, NULL, NULL);
 	release_after_accept(fd, &listener, before);
@@ -521,6 +534,23 @@ static int log_option(int fd, struct fd_entry *e, int level, int name, const voi
 	return fd_record_put(fd, e, REC_OPT, &o);
 }
 
+/*
+ * A pending socket stands in for an IP one only as far as what is set on it comes
+ * along if it becomes one: the SOL_SOCKET options conversion carries over, IP-level
+ * ones we can keep.  Another (SO_BINDTODEVICE, SO_OOBINLINE, a long IP_OPTIONS) makes
+ * it the IP socket first, for the kernel to take; 0 when fd is ready for it.
+ */
+static int settle_for_option(int fd, int level, int optname, const void *val, socklen_t len)
+{
+	struct fd_entry e;
+
+	if (level == SOL_SOCKET ? copyable_option(optname)
+	    : !ip_level(level) || (val && len <= sizeof(((struct pending_opt *)0)->value)))
+		return 0;
+	fd_snapshot(fd, &e);
+	return e.kind == FD_PENDING ? materialize(fd) : 0;
+}
+
 API int setsockopt(int fd, int level, int optname, const void *val, socklen_t len)
 {
 	struct fd_entry *e;
@@ -528,11 +558,14 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
+	if (settle_for_option(fd, level, optname, val, len))
+		return -1;
 	state_lock();
 	e = fd_get(fd, 0);
 	if (e) {
 		kind = e->kind;
-		if (kind == FD_IP || kind == FD_PENDING)
+		/* a converted listener may still become an IP client (bound first) */
+		if (kind == FD_IP || kind == FD_PENDING || e->role == ROLE_LISTENER)
 			copyable_option_mark(e, level, optname);
 		/* IP- and TCP-level tuning has nothing to act on in a Unix socket; keep it
 		 * to answer getsockopt after conversion */
@@ -582,8 +615,19 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
 		answer = optname == SO_DOMAIN ? e.family
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
+	} else if (level == SOL_SOCKET && receive_sockopt(&e, optname, &answer)) {
+		/* a receiver answers as the TCP listener it stands for */
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {
 		o = &set;
+	} else if (e.kind == FD_PENDING && level == SOL_SOCKET &&
+		   (optname == SO_SNDBUF || optname == SO_RCVBUF)) {
+		/* a Unix socket's buffers are not an IP one's: ask the IP socket it stands
+		 * for, which it may well stay */
+		int saved = errno;
+
+		if (materialize(fd) == 0)
+			return REAL(getsockopt)(fd, level, optname, val, len);
+		errno = saved;
 	} else if (!ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
@@ -591,16 +635,16 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 		errno = EFAULT;
 		return -1;
 	}
+	if (!o && level != SOL_SOCKET) /* never set: as a real socket answers */
+		return sockopt_answer(&e, level, optname, val, len);
 	if (o) { /* what the program set */
 		if (*len > o->len)
 			*len = o->len;
 		memcpy(val, o->value, *len);
-	} else if (level == SOL_SOCKET) {
+	} else {
 		if (*len > sizeof(answer))
 			*len = sizeof(answer);
 		memcpy(val, &answer, *len);
-	} else { /* an IP-level option never set: zero, as for a fresh socket's flags */
-		memset(val, 0, *len);
 	}
 	return 0;
 }
@@ -666,6 +710,19 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 			return REAL(sendmsg)(fd, &copy, flags & ~MSG_FASTOPEN);
 	}
 	return REAL(sendmsg)(fd, msg, flags);
+}
+
+/* A receiver shut down must fail accept() as a TCP listener would, not read on. */
+API int shutdown(int fd, int how)
+{
+	struct fd_entry e;
+
+	if (fd_tracked(fd)) {
+		fd_snapshot(fd, &e);
+		if (is_receiver(&e))
+			receive_role(fd, ROLE_RECEIVER_SHUT);
+	}
+	return REAL(shutdown)(fd, how);
 }
 
 API int close(int fd)
@@ -743,9 +800,25 @@ static void copy_entry(int from, int to)
 		ulog(LOG_WARN_, "fd %d: out of memory; options of fd %d not all copied", to, from);
 }
 
+/*
+ * A pending socket's copy would stay the Unix socket when the original becomes the IP
+ * one: it becomes the IP socket before it gets another name.  -1 when it cannot.
+ */
+static int settle_for_copy(int fd)
+{
+	struct fd_entry e;
+
+	fd_snapshot(fd, &e);
+	return e.kind == FD_PENDING ? materialize(fd) : 0;
+}
+
 API int dup(int fd)
 {
-	int n = REAL(dup)(fd);
+	int n;
+
+	if (fd_tracked(fd) && settle_for_copy(fd))
+		return -1;
+	n = REAL(dup)(fd);
 
 	if (n >= 0 && fd_tracked(fd))
 		copy_entry(fd, n);
@@ -759,6 +832,8 @@ static int dup_onto(int old, int new, int flags, int is3)
 
 	if (old == new || (!fd_tracked(old) && !fd_tracked(new)))
 		return is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
+	if (fd_tracked(old) && settle_for_copy(old))
+		return -1;
 	systemd_evict(new);
 	fd_take(new, &gone);
 	r = is3 ? REAL(dup3)(old, new, flags) : REAL(dup2)(old, new);
@@ -795,6 +870,8 @@ API int fcntl(int fd, int cmd, ...)
 	va_start(ap, cmd);
 	arg = va_arg(ap, void *);
 	va_end(ap);
+	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd) && settle_for_copy(fd))
+		return -1;
 	r = REAL(fcntl)(fd, cmd, arg);
 	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fd_tracked(fd))
 		copy_entry(fd, r);
@@ -814,7 +891,10 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 
 	state_lock();
 	e = fd_get(fd, 0);
-	if (e && (e->kind == FD_IP || e->kind == FD_PENDING)) {
+	/* a converted listener may still be replaced (a client that bound first), and a
+	 * receiver gets a new socket when its dispatcher restarts */
+	if (e && (e->kind == FD_IP || e->kind == FD_PENDING || is_receiver(e) ||
+		  (e->role == ROLE_LISTENER && e->type == SOCK_STREAM))) {
 		if (op == EPOLL_CTL_DEL) {
 			fd_record_del(fd, e, REC_EPOLL, &reg);
 		} else {

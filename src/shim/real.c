@@ -45,6 +45,9 @@ void real_init(void)
 	r.execveat = next("execveat"); /* glibc >= 2.34; may be NULL */
 	r.posix_spawn = next("posix_spawn");
 	r.posix_spawnp = next("posix_spawnp");
+	r.prctl = next("prctl");
+	r.syscall = next("syscall");
+	r.shutdown = next("shutdown");
 	/* Concurrent first calls compute the same values; publishing a whole struct
 	 * field by field is harmless because every field read is checked by REAL(). */
 	real = r;

@@ -36,7 +36,8 @@ struct ruleset {
 	size_t mapped;
 	int n, cap;
 	enum rules_state state;
-	int predict, use_systemd, use_unix;
+	int predict[2];           /* [AF_INET6?]: PREDICT_* for stream sockets */
+	int use_systemd, use_unix;
 	int refusal[2][2];        /* [AF_INET6?][SOCK_DGRAM?] */
 	struct rule *rules;
 	char *arena;              /* NUL-terminated copies of string values */
@@ -51,7 +52,7 @@ struct ruleset {
 };
 
 enum rules_state rules_state = RULES_NONE;
-int predict_stream_out;
+int predict_stream_out[2];
 int rules_use_systemd, rules_use_unix;
 static struct ruleset *set;       /* published; NULL until then */
 static struct ruleset *building;  /* the constructor's, for rules_append() */
@@ -140,7 +141,7 @@ static int parse_numbers(struct rule *r, const char *v, size_t n)
 
 static int parse_action(struct rule *r, const char *v, size_t n)
 {
-	static const char letters[] = "PARBISVCF";
+	static const char letters[] = "PARBISVCFE";
 	const char *p;
 
 	if (n != 1 || !(p = memchr(letters, v[0], sizeof(letters) - 1)))
@@ -214,6 +215,11 @@ static int apply_field(struct ruleset *s, struct rule *r, char key, const char *
 			       ? -1 : set_string(s, &r->target, v, n);
 	case 'N':
 		return set_string(s, &r->systemd_name, v, n);
+	case 'O':
+	case 'G':
+		if (n == 0 || n > 256)
+			return -1;
+		return set_string(s, key == 'O' ? &r->owner_name : &r->group_name, v, n);
 	case 'u':
 	case 'b':
 		if (n > GLOB_MAX)
@@ -228,18 +234,22 @@ static int check_rule(const struct rule *r)
 {
 	if (!r->action)
 		return -1;
-	if ((r->action == ACT_PATH || r->action == ACT_ABSTRACT || r->action == ACT_FC) !=
-	    (r->target != NULL))
+	if ((r->action == ACT_PATH || r->action == ACT_ABSTRACT || r->action == ACT_FC ||
+	     r->action == ACT_RECEIVE) != (r->target != NULL))
 		return -1;
-	if (r->n_numbers != (r->action == ACT_VSOCK ? 2 : r->action == ACT_TIPC ? 5
-			     : r->action == ACT_FC ? 1 : 0))
+	if (r->action == ACT_RECEIVE ? r->n_numbers > 1 || r->dir == DIR_OUT ||
+				       r->type == SOCK_DGRAM || r->target[0] != '/' ||
+				       (r->n_numbers && (r->noremove || r->mode >= 0 ||
+					r->uid != (uid_t)-1 || r->gid != (gid_t)-1))
+	    : r->n_numbers != (r->action == ACT_VSOCK ? 2 : r->action == ACT_TIPC ? 5
+			       : r->action == ACT_FC ? 1 : 0))
 		return -1;
 	if (r->action == ACT_FC && (r->target[0] != '/' || r->dir == DIR_IN))
 		return -1;
 	if ((r->action == ACT_REJECT) != (r->reject_errno != 0))
 		return -1;
 	if ((r->noremove || r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1) &&
-	    r->action != ACT_PATH)
+	    r->action != ACT_PATH && r->action != ACT_RECEIVE)
 		return -1;
 	if (r->action == ACT_BLACKHOLE && r->dir != DIR_IN)
 		return -1;
@@ -306,22 +316,35 @@ static int parse_encoding(struct cursor *c)
 }
 
 /*
- * When the first rule that can match an outgoing stream connection has no address or
- * port condition and converts, every connect() of a stream socket will convert.  Then
- * socket() can make the Unix socket straight away and spare the program the cost of an
- * IP socket made only to be thrown away.
+ * How socket() guesses whether a stream socket of family will be converted.  When the
+ * first rule that can match its outgoing connections has no address or port condition
+ * and converts, every connect() converts: socket() can make the Unix socket straight
+ * away and spare the program an IP socket made only to be thrown away
+ * (PREDICT_ALWAYS).  When a rule with a condition may convert before any rule that
+ * decides all connections, only the connects themselves tell: socket() guesses from
+ * what this process's recent ones did (PREDICT_LEARN, convert.c).  Else none converts.
  */
-static int predict(const struct ruleset *s)
+static int predict(const struct ruleset *s, int family)
 {
+	int conditional = 0;
+
 	for (int i = 0; i < s->n; i++) {
 		const struct rule *r = &s->rules[i];
+		int converts = r->action == ACT_PATH || r->action == ACT_ABSTRACT;
 
-		if (r->from_unix || r->from_abstract || r->dir == DIR_IN || r->type == SOCK_DGRAM)
+		if (r->from_unix || r->from_abstract || r->dir == DIR_IN ||
+		    r->type == SOCK_DGRAM || (r->family && r->family != family) ||
+		    r->action == ACT_SYSTEMD) /* systemd: not at connect */
 			continue;
-		return !r->has_addr && !r->has_ports &&
-		       (r->action == ACT_PATH || r->action == ACT_ABSTRACT);
+		if (r->has_addr || r->has_ports) {
+			conditional |= converts;
+			continue;
+		}
+		if (conditional)
+			return PREDICT_LEARN;
+		return converts ? PREDICT_ALWAYS : PREDICT_NEVER;
 	}
-	return 0;
+	return conditional ? PREDICT_LEARN : PREDICT_NEVER;
 }
 
 /*
@@ -419,7 +442,8 @@ static void build_index(struct ruleset *s)
 /* What matching needs beyond the rules themselves, worked out once. */
 static void set_finish(struct ruleset *s)
 {
-	s->predict = predict(s);
+	s->predict[0] = predict(s, AF_INET);
+	s->predict[1] = predict(s, AF_INET6);
 	for (int v6 = 0; v6 < 2; v6++) {
 		for (int dgram = 0; dgram < 2; dgram++)
 			s->refusal[v6][dgram] = first_rule_rejects(s, v6 ? AF_INET6 : AF_INET,
@@ -472,7 +496,8 @@ static struct ruleset *publish(struct ruleset *s, int *won)
 		s = expected;
 	}
 	/* every publisher stores the same values, from the one set in force */
-	predict_stream_out = s->predict;
+	predict_stream_out[0] = s->predict[0];
+	predict_stream_out[1] = s->predict[1];
 	rules_use_unix = s->use_unix;
 	rules_use_systemd = s->use_systemd;
 	__atomic_store_n(&rules_state, s->state, __ATOMIC_RELEASE);
@@ -521,8 +546,11 @@ static struct ruleset *decode(const char *text, size_t len, struct cursor *c)
 
 static void log_ready(const struct ruleset *s, const char *source)
 {
+	static const char *const how[] = { "", "; stream sockets start as Unix sockets",
+					   "; stream sockets start as their connects suggest" };
+
 	ulog(LOG_DEBUG_, "%d rule(s) from %s%s", s->n, source,
-	     s->predict ? "; stream sockets start as Unix sockets" : "");
+	     how[s->predict[0] > s->predict[1] ? s->predict[0] : s->predict[1]]);
 }
 
 static void from_unsock(void)
@@ -674,30 +702,40 @@ const struct rule *rule_at(int index)
 	return &current()->rules[index];
 }
 
-static int rule_matches(const struct rule *r, const struct sock_query *q)
+enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q)
 {
 	uint16_t port;
 
 	/* IP rules match IP sockets, from-unix rules paths, from-abstract abstract names */
-	if (q->unix_name ? !(q->abstract ? r->from_abstract : r->from_unix)
-			 : r->from_unix || r->from_abstract)
-		return 0;
+	if (!q->unix_name && is_unix_rule(r))
+		return MISS_UNIX_ONLY;
+	if (q->unix_name && !is_unix_rule(r))
+		return MISS_IP_ONLY;
 	if (r->dir && r->dir != q->dir)
-		return 0;
-	if (r->action == ACT_SYSTEMD && q->dir != DIR_IN)
-		return 0; /* passed sockets stand in for listeners only */
+		return MISS_DIR;
+	if ((r->action == ACT_SYSTEMD || r->action == ACT_RECEIVE) && q->dir != DIR_IN)
+		return MISS_SYSTEMD; /* passed sockets and receivers stand in for listeners only */
 	if (r->type && r->type != q->type)
-		return 0;
+		return MISS_TYPE;
 	if (r->family && (!q->addr || r->family != q->addr->sa.sa_family))
-		return 0;
-	if (q->unix_name)
-		return glob_match(r->from_unix ? r->from_unix : r->from_abstract, q->unix_name);
+		return MISS_FAMILY;
+	if (q->unix_name) {
+		if (!(q->abstract ? r->from_abstract : r->from_unix))
+			return MISS_UNIX_KIND;
+		return glob_match(r->from_unix ? r->from_unix : r->from_abstract, q->unix_name)
+			       ? MISS_NONE : MISS_GLOB;
+	}
 	if (r->has_addr && !ipaddr_in_prefix(q->addr, r->addr, r->addr_v4, r->prefix))
-		return 0;
+		return MISS_ADDR;
 	port = ipaddr_port(q->addr);
 	if (r->has_ports && (port < r->port_lo || port > r->port_hi))
-		return 0;
-	return 1;
+		return MISS_PORT;
+	return MISS_NONE;
+}
+
+static int rule_matches(const struct rule *r, const struct sock_query *q)
+{
+	return rule_mismatch(r, q) == MISS_NONE;
 }
 
 /* The first rule of lists a and b (merged in rule order) that matches q, or -1. */
@@ -715,9 +753,8 @@ static int first_match(const struct ruleset *s, const uint32_t *a, size_t na,
 	return -1;
 }
 
-int rules_match(const struct sock_query *q)
+static int set_match(const struct ruleset *s, const struct sock_query *q)
 {
-	const struct ruleset *s = current();
 	uint32_t from, to;
 
 	if (!s->index) {
@@ -734,7 +771,49 @@ int rules_match(const struct sock_query *q)
 	return first_match(s, s->by_port + from, to - from, s->wild, s->n_wild, q);
 }
 
+int rules_match(const struct sock_query *q)
+{
+	return set_match(current(), q);
+}
+
+/* A rule set of the caller's own, for explain's matcher (match.c). */
+struct ruleset *ruleset_decode(const char *text, size_t len)
+{
+	struct cursor c = { 0 };
+
+	return decode(text, len, &c);
+}
+
+int ruleset_match(const struct ruleset *s, const struct sock_query *q)
+{
+	return set_match(s, q);
+}
+
+int ruleset_count(const struct ruleset *s)
+{
+	return s->n;
+}
+
+const struct rule *ruleset_rule(const struct ruleset *s, int index)
+{
+	return &s->rules[index];
+}
+
+void ruleset_free(struct ruleset *s)
+{
+	set_free(s);
+}
+
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size)
 {
 	return ipaddr_expand(r->target, q->addr, q->type, out, size);
+}
+
+int rule_names_port(const struct rule *r)
+{
+	for (const char *p = r->target; p && (p = strchr(p, '%')) != NULL && p[1]; p += 2) {
+		if (p[1] == 'p')
+			return 1;
+	}
+	return 0;
 }

@@ -57,10 +57,22 @@ struct real_funcs {
 			   const posix_spawnattr_t *, char *const[], char *const[]);
 	int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			    const posix_spawnattr_t *, char *const[], char *const[]);
+	int (*prctl)(int, ...);
+	long (*syscall)(long, ...);
+	int (*shutdown)(int, int);
 };
 extern struct real_funcs real;
 void real_init(void);
 #define REAL(fn) (real.fn ? real.fn : (real_init(), real.fn))
+
+/* ---- the program's own sandbox (sandbox.c) ---- */
+/* Set once the program installed a seccomp filter (inherited by forked children): from
+ * then on no bookkeeping system call beyond what the program's own call needs. */
+extern int shim_sandboxed;
+static inline int sandboxed(void)
+{
+	return __atomic_load_n(&shim_sandboxed, __ATOMIC_ACQUIRE);
+}
 
 /* ---- logging (log.c) ---- */
 enum { LOG_ERR_ = 0, LOG_WARN_ = 1, LOG_INFO_ = 2, LOG_DEBUG_ = 3 };
@@ -105,8 +117,15 @@ void ipaddr_loopback_like(struct ipaddr *a, int family, const struct ipaddr *mod
 int ipaddr_is_any(const struct ipaddr *a);
 const uint8_t *ipaddr_bytes(const struct ipaddr *a, int *v4); /* v4-mapped -> 4 bytes */
 void ipaddr_format(const struct ipaddr *a, char *buf, size_t size);
+/* a as the IPv4-mapped IPv6 address of v4, with port (network byte order). */
+void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port);
 uint16_t fake_port(void);
 int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, socklen_t *dstlen);
+struct rule;
+/* The Unix address for a path= or abstract= rule's expanded target: its length, or -1
+ * with errno ENAMETOOLONG when it does not fit. */
+int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
+int unix_path_fill(struct sockaddr_un *sun, const char *path);
 
 /* Is a (IPv4-mapped counts as IPv4) inside the prefix of len bits at net (4 bytes when
  * v4, else 16)? */
@@ -136,7 +155,7 @@ int field_ports(const char *v, size_t n, uint16_t *lo, uint16_t *hi);
 
 /* ---- rules (rules.c) ---- */
 enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
-		   ACT_SYSTEMD, ACT_VSOCK, ACT_TIPC, ACT_FC };
+		   ACT_SYSTEMD, ACT_VSOCK, ACT_TIPC, ACT_FC, ACT_RECEIVE };
 enum rule_dir { DIR_ANY = 0, DIR_IN, DIR_OUT };
 
 struct rule {
@@ -150,14 +169,16 @@ struct rule {
 	uint8_t has_ports;
 	uint8_t family;    /* 0 (any), AF_INET or AF_INET6 */
 	uint8_t n_numbers;
-	uint32_t numbers[5]; /* vsock cid, port; tipc's five values; fc port */
+	uint32_t numbers[5]; /* vsock cid, port; tipc's five values; fc port; receive slot */
 	uint8_t addr[16];
 	uint16_t port_lo, port_hi;
 	int reject_errno;
 	int mode;                  /* socket file mode, or -1 */
 	uid_t uid;                 /* socket file owner, or (uid_t)-1 */
 	gid_t gid;                 /* socket file group, or (gid_t)-1 */
-	const char *target;        /* path= or abstract=, unexpanded */
+	const char *owner_name;    /* their names as the launcher knew them, or NULL */
+	const char *group_name;
+	const char *target;        /* path=, abstract= or receive=, unexpanded */
 	const char *systemd_name;
 	const char *from_unix;
 	const char *from_abstract;
@@ -195,8 +216,11 @@ char *rulefile_read(const char *path, size_t size, const char **why);
 /* A file we may act on what it says: owned by root or our euid, writable by nobody
  * else (a rules file, an unsock control file, their directories). */
 int file_trusted(const struct stat *st);
-/* Every outgoing stream connection converts: socket() may make the Unix socket at once. */
-extern int predict_stream_out;
+/* What socket() of a stream socket makes, by [AF_INET6?]: PREDICT_NEVER an IP socket;
+ * PREDICT_ALWAYS a pending Unix one (every outgoing connection converts); PREDICT_LEARN
+ * what this process's recent connects suggest (predict_pending(), convert.c). */
+enum { PREDICT_NEVER, PREDICT_ALWAYS, PREDICT_LEARN };
+extern int predict_stream_out[2];
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
 extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
@@ -209,7 +233,21 @@ const char *rules_keep_string(const char *s);
 int rules_refuse_socket(int family, int type);
 /* Index of the first rule matching q, or -1. */
 int rules_match(const struct sock_query *q);
+/* Why rule r does not match q, the first condition that fails in this order (explain.py
+ * names them by these numbers); MISS_NONE when it matches. */
+enum rule_miss { MISS_NONE, MISS_UNIX_ONLY, MISS_IP_ONLY, MISS_DIR, MISS_SYSTEMD, MISS_TYPE,
+		 MISS_FAMILY, MISS_UNIX_KIND, MISS_GLOB, MISS_ADDR, MISS_PORT };
+enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q);
+/* A rule set apart from the process's own (match.c): NULL when text is malformed. */
+struct ruleset;
+struct ruleset *ruleset_decode(const char *text, size_t len);
+int ruleset_match(const struct ruleset *s, const struct sock_query *q);
+int ruleset_count(const struct ruleset *s);
+const struct rule *ruleset_rule(const struct ruleset *s, int index);
+void ruleset_free(struct ruleset *s);
 const struct rule *rule_at(int index);
+/* Does r's path= or abstract= name the port (%p)? */
+int rule_names_port(const struct rule *r);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
 
@@ -229,8 +267,11 @@ enum fd_kind {
 	FD_REDIRECTED, /* the program's own Unix socket, bound where a rule said */
 };
 /* A converted datagram socket is a LISTENER when a rule bound it, a CLIENT while it is
- * connected, and NONE when it only sends to addresses it names. */
-enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED };
+ * connected, and NONE when it only sends to addresses it names.  A RECEIVER stands in
+ * for a TCP listener (receive=): RECEIVING once the program listened, RECEIVER_SHUT
+ * once it shut it down. */
+enum fd_role { ROLE_NONE = 0, ROLE_LISTENER, ROLE_CLIENT, ROLE_ACCEPTED, ROLE_RECEIVER,
+	       ROLE_RECEIVING, ROLE_RECEIVER_SHUT };
 
 /* Where a socket we may convert is registered with epoll, and the IP- and TCP-level
  * options set on it: records keyed by epfd, and by level and name.  A few are kept in
@@ -305,6 +346,11 @@ int fd_record_copy_opts(int from, const struct fd_entry *src, int to, struct fd_
 int fd_record_at(int fd, const struct fd_entry *e, int list, unsigned i, void *out);
 /* An IP-level option the program set, as it set it, into *out; -1 if none. */
 int fd_option(int fd, const struct fd_entry *e, int level, int name, struct pending_opt *out);
+/* An IP-level option the program never set on the converted socket e: what a real
+ * socket of its family and type answers (sockopt.c); as getsockopt.  sockopt_learn asks
+ * the real sockets now, before a sandbox forbids it. */
+int sockopt_answer(const struct fd_entry *e, int level, int name, void *val, socklen_t *len);
+void sockopt_learn(void);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
 /* Call fn for every fd with an entry; with the lock held. */
@@ -319,7 +365,7 @@ struct sockfile {
 	uint8_t used;
 	uint8_t noremove;
 };
-/* Bind sock to path; replaces a stale socket file, never a live one.  r (may be NULL)
+/* Bind sock to path; replaces a stale socket file, never a live one.  r, the rule,
  * gives noremove and the file's mode, owner and group, which it has from the moment it
  * appears at path. */
 int sockfile_bind(int sock, const char *path, const struct rule *r);
@@ -334,17 +380,11 @@ void sockfile_list(struct growbuf *out);
 int sockfile_by_socket(ino_t sock_ino);
 /* Index of the record for path if this process holds its socket open, or -1. */
 int sockfile_find(const char *path);
+/* The path of record idx into out (size bytes): 0, or -1 when not in use. */
+int sockfile_path(int idx, char *out, size_t size);
 /* The socket behind record idx may have been closed: remove the file if it is dead. */
 void sockfile_release(int idx);
 void sockfile_exit_cleanup(void);
-/* Remove name in dir, or path, only while it still names the file (dev, ino); flags as
- * unlinkat's.  0, or -1 (with errno from unlinkat_if_same: ESTALE when another file is
- * there now; unlink_if_same keeps errno). */
-int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags);
-/* name in parent, opened without following a symlink, if it is a directory of our euid
- * closed to everybody else (st filled); else -1, with EACCES when it is something else. */
-int open_own_dir(int parent, const char *name, struct stat *st);
-int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags);
 /* 1: a socket with this inode exists; 0: it does not; -1: cannot tell. */
 int unix_socket_alive(ino_t sock_ino);
 /* The file the socket with inode sock_ino is bound to, or was accepted from: 1 with its
@@ -363,20 +403,29 @@ int convert_connect(int fd, const struct ipaddr *addr, const struct fd_entry *ol
  * -1 with errno: the call fails. */
 int rule_decide(int fd, const struct sock_query *q, const struct rule **r, char *target,
 		size_t size);
-/* The Unix address for a path= or abstract= rule's expanded target; its length or -1. */
-int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
 /* A 'systemd' rule's bind: put the passed socket in fd's place.  addr is what an IP
  * socket asked for, NULL for a Unix one. */
 int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 		   const struct rule *r);
+/* connect() of a converted stream listener that never listened (a client that bound a
+ * source address first); as convert_connect, old the listener's entry. */
+int convert_bound_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
+			  int *handled);
 /* Turn an IP datagram socket into a Unix one with a private address, unconnected. */
 int convert_sender(int fd, const struct fd_entry *old);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
+/* Is a SOL_SOCKET option carried over to a socket that takes fd's place? */
+int copyable_option(int optname);
 /* Which Unix address the rules send q to: 0 with sun and len set; 1 when no rule
  * converts it (the call goes to libc unchanged); -1 with errno when it must fail. */
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len);
+/* Put sock in fd's place; fd keeps its entry, flags and epoll registrations.  On
+ * failure sock is closed and fd left as it was. */
+int replace_socket(int fd, int sock);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
+/* Should socket() make a stream socket of family a pending one? */
+int predict_pending(int family);
 /* Remember that a rule claimed fd (old is what we knew of it) for dir and converting it
  * failed with err: a later listen, connect or send fails with err rather than let the
  * kernel bind an IP port.  err 0 forgets it. */
@@ -384,6 +433,31 @@ void claim_mark(int fd, const struct fd_entry *old, int dir, int err);
 /* Would the call make e bind implicitly when a rule claimed it and its conversion failed
  * (dir is the direction that failed, DIR_ANY for either)?  -1 with errno, else 0. */
 int claim_refuses(const struct fd_entry *e, int dir);
+
+/* ---- connections to the process's own listeners (own.c) ---- */
+/* A converted listener now stands for local (its address and port). */
+void listener_note(const struct ipaddr *local);
+/* Where a stream connect from fd to dest goes when one of this process's converted
+ * listeners stands for dest: 0 with its Unix address in sun and len; 1 when none does;
+ * -1 with errno when one does but cannot be reached (never real TCP then). */
+int own_listener(int fd, const struct ipaddr *dest, int type, struct sockaddr_un *sun,
+		 socklen_t *len);
+/* ---- receivers: TCP connections passed by a dispatcher (receive.c) ---- */
+static inline int is_receiver(const struct fd_entry *e)
+{
+	return e->kind == FD_CONVERTED && e->role >= ROLE_RECEIVER && e->role <= ROLE_RECEIVER_SHUT;
+}
+/* Make sock, the socket a receive= rule puts in a listener's place, ready: a datagram
+ * socket bound at path as sockfile_bind does (its index, or -1), or with a slot a
+ * seqpacket socket registered at the control socket path (-1).  -2 on failure. */
+int receive_setup(int sock, const char *path, const struct rule *r);
+/* listen() and shutdown() of a receiver: its role becomes role. */
+int receive_role(int fd, int role);
+/* accept()/accept4() on a receiver: the next TCP connection passed to it. */
+int receive_accept(int fd, const struct fd_entry *l, struct sockaddr *addr, socklen_t *len,
+		   int flags);
+/* getsockopt(SOL_SOCKET, name) of a receiver as of a TCP listener: 1 with *answer set. */
+int receive_sockopt(const struct fd_entry *e, int name, int *answer);
 
 /* ---- converted sockets across exec (inherit.c) ---- */
 void inherit_init(void);
@@ -458,9 +532,8 @@ int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct
 int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len);
 
 /* ---- datagram sockets (dgram.c) ---- */
-/* Bind sock to a new file in the private directory; a sockfile index as sockfile_bind. */
-int dgram_private_bind(int sock);
-void dgram_exit_cleanup(void);
+/* Bind sock to a fresh abstract name for replies to reach it: 0, or -1 with errno. */
+int dgram_autobind(int sock);
 /* sendmsg() on an IP or converted datagram socket with a destination in msg. */
 ssize_t dgram_sendmsg(int fd, const struct fd_entry *e, const struct msghdr *msg, int flags);
 /* connect() of a converted datagram socket to another IP address. */

@@ -47,8 +47,11 @@ static int diag_open_and_send(const struct diag_query *q)
 		struct unix_diag_req req;
 	} msg;
 	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-	int nl = REAL(socket)(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+	int nl;
 
+	if (sandboxed()) /* its filter may kill us for the netlink socket */
+		return -1;
+	nl = REAL(socket)(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
 	if (nl < 0)
 		return -1;
 	memset(&msg, 0, sizeof(msg));
@@ -177,7 +180,7 @@ int socket_file_live(const char *path, const struct stat *st)
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	int probe, r, saved = errno;
 
-	if (diag_find(&q) > 0)
+	if (diag_find(&q) > 0 || sandboxed()) /* no probe socket in a sandbox: keep it */
 		return 1;
 	/* Not found, or no sock_diag (restricted sandbox).  sock_diag sees only this network
 	 * namespace, and a process in another one may be bound to the file: ask the file
@@ -343,6 +346,20 @@ int sockfile_find(const char *path)
 	return found;
 }
 
+int sockfile_path(int idx, char *out, size_t size)
+{
+	int r = -1;
+
+	state_lock_masked();
+	if (idx >= 0 && idx < n_sockfiles && sockfiles[idx].used &&
+	    strlen(sockfiles[idx].path) < size) {
+		strcpy(out, sockfiles[idx].path);
+		r = 0;
+	}
+	state_unlock();
+	return r;
+}
+
 static int bind_path(int sock, const char *path)
 {
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
@@ -411,8 +428,9 @@ struct private_dir {
 	const char *base;    /* its name in parent */
 };
 
-/* Remove name in dir only while it still names the file (dev, ino); flags as unlinkat. */
-int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
+/* Remove name in dir only while it still names the file (dev, ino); flags as unlinkat.
+ * 0, or -1 (ESTALE when another file is there now). */
+static int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
 {
 	struct stat st;
 
@@ -425,7 +443,9 @@ int unlinkat_if_same(int dir, const char *name, dev_t dev, ino_t ino, int flags)
 	return unlinkat(dir, name, flags);
 }
 
-int open_own_dir(int parent, const char *name, struct stat *st)
+/* name in parent, opened without following a symlink, if it is a directory of our euid
+ * closed to everybody else (st filled); else -1, with EACCES when it is something else. */
+static int open_own_dir(int parent, const char *name, struct stat *st)
 {
 	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
@@ -571,15 +591,42 @@ static int bind_over_stale(int sock, const char *path)
 	return errno == EADDRINUSE ? lost(path, "was bound by another process meanwhile") : -1;
 }
 
-static int wants_permissions(const struct rule *r)
+/* A bind that cannot make its file, in one line: the program itself reports only
+ * "bind: Permission denied" for a TCP port, or nothing.  EADDRINUSE is logged where it
+ * is found (a live socket, a file that is not one).  -2 with errno kept. */
+static int bind_failed(const char *path)
 {
-	return r && (r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1);
+	int saved = errno;
+
+	if (saved != EADDRINUSE)
+		ulog(LOG_ERR_, "cannot create socket file %s: %s", path, strerror(saved));
+	errno = saved;
+	return -2;
 }
 
-/* Bind sock as "s" in d and give it r's mode and owner: st is the file. */
+static int wants_permissions(const struct rule *r)
+{
+	return r->mode >= 0 || r->uid != (uid_t)-1 || r->gid != (gid_t)-1;
+}
+
+/* "name (id)" for a user or group of a rule, "id" without a name, "unchanged" for -1:
+ * names as the launcher resolved them, for nothing is looked up inside the program. */
+static const char *id_text(char *buf, size_t size, unsigned id, const char *name)
+{
+	if (id == (unsigned)-1)
+		return "unchanged";
+	if (name && *name)
+		snprintf(buf, size, "%s (%u)", name, id);
+	else
+		snprintf(buf, size, "%u", id);
+	return buf;
+}
+
+/* Bind sock as "s" in d and give it r's mode and owner: st is the file.  -1 with errno,
+ * or -2 when the failure is logged already. */
 static int bind_private(struct private_dir *d, int sock, const struct rule *r, struct stat *st)
 {
-	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char entry[sizeof(((struct sockaddr_un *)0)->sun_path)], owner[280], group[280];
 	int saved;
 
 	if (private_entry(d, "s", entry, sizeof(entry)) || bind_path(sock, entry))
@@ -588,7 +635,7 @@ static int bind_private(struct private_dir *d, int sock, const struct rule *r, s
 		ulog(LOG_ERR_, "%s: the socket did not appear in the directory made for it; "
 		     "refusing", d->path);
 		errno = EACCES;
-		return -1;
+		return -2;
 	}
 	/* "s" is our socket in our directory: nobody else can put anything there */
 	if (r->mode >= 0 && fchmodat(d->fd, "s", (mode_t)r->mode, 0))
@@ -597,11 +644,11 @@ static int bind_private(struct private_dir *d, int sock, const struct rule *r, s
 	    !fchownat(d->fd, "s", r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
 		return 0;
 	saved = errno;
-	ulog(LOG_ERR_, "cannot give %s to owner %d, group %d: %s", d->path,
-	     r->uid == (uid_t)-1 ? -1 : (int)r->uid, r->gid == (gid_t)-1 ? -1 : (int)r->gid,
-	     strerror(saved));
+	ulog(LOG_ERR_, "cannot give %s to owner %s, group %s: %s", d->path,
+	     id_text(owner, sizeof(owner), r->uid, r->owner_name),
+	     id_text(group, sizeof(group), r->gid, r->group_name), strerror(saved));
 	errno = saved;
-	return -1;
+	return -2; /* logged */
 }
 
 /* Move "s" from d to the path, over a stale socket file but nothing else. */
@@ -629,16 +676,17 @@ static int bind_private_then_rename(int sock, const char *path, const struct rul
 {
 	struct private_dir d;
 	struct stat file, s;
+	int b;
 
 	if (private_open(&d, path))
-		return -2;
-	if (bind_private(&d, sock, r, &file) || place(&d)) {
+		return bind_failed(path);
+	if ((b = bind_private(&d, sock, r, &file)) || place(&d)) {
 		int saved = errno;
 
 		unlinkat(d.fd, "s", 0); /* ours, if there */
 		private_close(&d);
 		errno = saved;
-		return -2;
+		return b == -2 ? -2 : bind_failed(path);
 	}
 	private_close(&d);
 	if (fstat(sock, &s))
@@ -653,8 +701,8 @@ int sockfile_bind(int sock, const char *path, const struct rule *r)
 	if (wants_permissions(r))
 		return bind_private_then_rename(sock, path, r);
 	if (bind_path(sock, path) && (errno != EADDRINUSE || bind_over_stale(sock, path)))
-		return -2;
-	return record(sock, path, r && r->noremove);
+		return bind_failed(path);
+	return record(sock, path, r->noremove);
 }
 
 /* Bound in a private directory of ours (in $TMPDIR, which another user may own), then
@@ -681,8 +729,8 @@ int sockfile_blackhole(int sock)
 
 /* Unlink path if it still names the file (dev, ino); flags as unlinkat.  Its directory
  * is resolved once, so a directory on the way swapped for a symlink cannot lead the
- * unlink elsewhere. */
-int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags)
+ * unlink elsewhere.  0, or -1 with errno kept. */
+static int unlink_if_same(const char *path, dev_t dev, ino_t ino, int flags)
 {
 	const char *base;
 	int dir, r = -1, saved = errno;

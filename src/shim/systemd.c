@@ -180,25 +180,34 @@ static const char *type_name(int type)
 	return type == SOCK_STREAM ? "stream" : type == SOCK_DGRAM ? "datagram" : "other";
 }
 
+/* May p serve a bind of type for rule r?  A Unix datagram socket may stand in for a
+ * stream listener as a receiver (receive.c), when no socket of the type is left. */
+static int usable(const struct passed *p, const struct rule *r, int type, int receiver)
+{
+	if (p->claimed_by >= 0 || (r->systemd_name && strcmp(p->name, r->systemd_name)))
+		return 0;
+	return receiver ? type == SOCK_STREAM && p->type == SOCK_DGRAM && p->family == AF_UNIX
+			: p->type == type;
+}
+
 int systemd_claim(int rule, const struct rule *r, int type, int *family)
 {
 	int claimed_before = 0;
 	struct fd_entry gone;
 
-	for (int i = 0; i < n_passed; i++) {
-		struct passed *p = &passed[i];
+	for (int i = 0; i < n_passed * 2; i++) {
+		struct passed *p = &passed[i % n_passed];
 
 		if (p->claimed_by == rule)
 			claimed_before = 1;
-		if (p->claimed_by >= 0 || p->type != type)
-			continue;
-		if (r->systemd_name ? strcmp(p->name, r->systemd_name) : 0)
+		if (!usable(p, r, type, i >= n_passed))
 			continue;
 		p->claimed_by = rule;
 		*family = p->family;
 		fd_take(p->fd, &gone);
-		ulog(LOG_INFO_, "rule %d: using passed socket fd %d%s%s", rule + 1, p->fd,
-		     p->name[0] ? " named " : "", p->name);
+		ulog(LOG_INFO_, "rule %d: using passed socket fd %d%s%s%s", rule + 1, p->fd,
+		     p->name[0] ? " named " : "", p->name,
+		     p->type == type ? "" : " as a receiver");
 		return p->fd;
 	}
 	if (claimed_before)

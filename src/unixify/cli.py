@@ -12,7 +12,7 @@ import os
 import sys
 from typing import NoReturn
 
-from unixify import __version__
+from unixify import __version__, inetd
 from unixify.encoding import (
     ENV_RULES,
     ENV_VERBOSE,
@@ -31,7 +31,8 @@ usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS.
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp
                        unix PATH|abstract NAME
-       unixify dispatch (--check FILE | --from-socketbox FILE)
+       unixify inetd [--max-children N] --receive PATH [--slot N] -- PROGRAM [ARGS...]
+       unixify dispatch [-v] FILE | --check FILE | --status FILE | --from-socketbox FILE
        unixify --lib | --version | --help
 
 Run PROGRAM with its IP sockets turned into Unix domain sockets by RULEs.
@@ -42,7 +43,7 @@ options:
   -c, --check       validate the rules and exit
   -p, --print       print the rule table (stdout with -c, else stderr)
   -v, --verbose     log more from inside the program (repeatable)
-      --mode OCTAL  socket file mode for path= rules that give no mode= (e.g. 0600)
+      --mode OCTAL  socket file mode for path=/receive= rules without mode= (e.g. 0600)
       --program PROG  (explain) check PROG as the launcher would: it refuses programs
                     the preload cannot reach (static, Go, set-id, file capabilities)
       --lib         print the path of the preload library and exit
@@ -55,8 +56,9 @@ matches: in | out, tcp | udp, addr=ADDRESS[/PREFIX], port=PORT[-PORT],
          from-unix=GLOB, from-abstract=GLOB (programs using Unix sockets already)
 actions: path=PATH (%p port, %a address, %t tcp/udp, %% percent), abstract=NAME,
          reject[=ERRNO], blackhole, ignore, systemd[=FDNAME], vsock=CID:PORT,
-         tipc=ADDRTYPE:SCOPE:TYPE:LOWER:UPPER, fc=UNIX_PATH:PORT
-with path=: noremove, mode=OCTAL, owner=USER|UID, group=GROUP|GID
+         tipc=ADDRTYPE:SCOPE:TYPE:LOWER:UPPER, fc=UNIX_PATH:PORT,
+         receive=PATH[,slot=N] (take TCP connections a dispatcher passes)
+with path= or receive=: noremove, mode=OCTAL, owner=USER|UID, group=GROUP|GID
 """
 
 
@@ -146,7 +148,8 @@ def with_default_mode(rules: list[Rule], mode: int | None) -> list[Rule]:
     if mode is None:
         return rules
     return [rule._replace(mode=mode)
-            if rule.action == "path" and rule.mode is None and rule.direction != "out"
+            if rule.action in ("path", "receive") and not rule.numbers and rule.mode is None
+            and rule.direction != "out"
             else rule for rule in rules]
 
 
@@ -293,6 +296,8 @@ def run(argv: list[str]) -> int:
         return run_control_file(argv[1:])
     if argv[:1] == ["env"]:
         return run_env(argv[1:])
+    if argv[:1] == ["inetd"]:
+        return inetd.main(argv[1:])
     if argv[:1] == ["dispatch"]:
         from unixify.dispatch import main as dispatch_main
 

@@ -61,12 +61,12 @@ def program_path() -> str:
     override = os.environ.get(ENV_PROGRAM)
     if override:
         return override
-    from unixify.shim import packaged_file
+    from unixify.shim import ShimError, dispatcher_path
 
-    path = packaged_file(PROGRAM)
-    if path is None:
-        raise StartError(f"the dispatcher loop ({PROGRAM}) is not installed")
-    return path
+    try:
+        return dispatcher_path()
+    except ShimError as err:
+        raise StartError(str(err)) from None
 
 
 def notify(state: str) -> None:

@@ -10,11 +10,12 @@ byte::
 
 Keys: ``d`` direction (``i``/``o``), ``t`` type (``s``/``d``), ``a`` address as hex of
 the packed address, ``/`` and the prefix length, ``p`` port range ``LOW-HIGH``, ``A``
-action letter, ``T`` path or abstract name (unexpanded; fc: the proxy path), ``v``
-colon-separated numbers (vsock cid:port, tipc's five values, fc port), ``e`` errno, ``n``
-noremove, ``N`` systemd fd name, ``u`` from-unix glob, ``b`` from-abstract glob,
+action letter, ``T`` path or abstract name (unexpanded; fc: the proxy path; receive:
+the receiver or control socket path), ``v``
+colon-separated numbers (vsock cid:port, tipc's five values, fc port, receive's slot),
+``e`` errno, ``n`` noremove, ``N`` systemd fd name, ``u`` from-unix glob, ``b`` from-abstract glob,
 ``f`` address family (``4``/``6``), ``m`` socket file mode (octal), ``o`` owner uid,
-``g`` group gid.
+``g`` group gid, ``O`` and ``G`` their names (for messages only).
 
 An encoding longer than ``INLINE_MAX`` bytes goes into a file instead (the kernel takes
 at most 128 KiB in one environment string), and ``UNIXIFY_RULES`` names it:
@@ -43,7 +44,8 @@ INLINE_MAX = 64 << 10
 ENV_RULES = "UNIXIFY_RULES"
 ENV_VERBOSE = "UNIXIFY_VERBOSE"
 ACTION_LETTERS = {"path": "P", "abstract": "A", "reject": "R", "blackhole": "B",
-                  "ignore": "I", "systemd": "S", "vsock": "V", "tipc": "C", "fc": "F"}
+                  "ignore": "I", "systemd": "S", "vsock": "V", "tipc": "C", "fc": "F",
+                  "receive": "E"}
 
 
 def _field(key: str, value: str) -> str:
@@ -83,6 +85,10 @@ def encode_rule(rule: Rule) -> str:
         fields.append(_field("o", str(rule.owner)))
     if rule.group is not None:
         fields.append(_field("g", str(rule.group)))
+    if rule.owner_name is not None:
+        fields.append(_field("O", rule.owner_name))
+    if rule.group_name is not None:
+        fields.append(_field("G", rule.group_name))
     return "{" + "".join(fields) + "}"
 
 

@@ -1,18 +1,23 @@
 """``unixify explain``: which rule a socket call would match, and what would happen.
 
-The matching here follows the shim's (src/shim/rules.c, glob.c) rule by rule, so a
-user can see why a socket was or was not converted without running the program.
+The shim's own matcher decides (src/shim/rules.c, glob.c, loaded as libunixify-match.so),
+so a user can see why a socket was or was not converted without running the program,
+and what explain says is what the shim does.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import ipaddress
 import os
-import re
+import socket
 from functools import lru_cache
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
-from unixify.rules import Rule, errno_name
+from unixify.encoding import encode_rules
+from unixify.rules import Rule, errno_name, file_notes
+from unixify.shim import ShimError, matcher_path
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -38,166 +43,88 @@ class Query(NamedTuple):
         return f"{call} of a {kind} socket to {self.address} port {self.port}"
 
 
-# Elements of a from-unix glob (see glob.c for the syntax).
-LITERAL, ANY, CLASS, STAR, DSTAR, DSTAR_SLASH = range(6)
-SKIPPABLE = (STAR, DSTAR, DSTAR_SLASH)
+# Why a rule does not match: rule_mismatch()'s answers (src/shim/shim.h, enum rule_miss).
+(MISS_NONE, MISS_UNIX_ONLY, MISS_IP_ONLY, MISS_DIR, MISS_SYSTEMD, MISS_TYPE, MISS_FAMILY,
+ MISS_UNIX_KIND, MISS_GLOB, MISS_ADDR, MISS_PORT) = range(11)
+DIR_IN, DIR_OUT = 1, 2  # enum rule_dir
+
+# Room for an expanded target: at most 432 bytes of template, each placeholder of two
+# growing to at most 45 bytes.
+TARGET_SIZE = 16384
 
 
-class _Element(NamedTuple):
-    kind: int
-    accepts: frozenset[int] = frozenset()   # the bytes a LITERAL, ANY or CLASS consumes
+class Match(NamedTuple):
+    """The shim's answer: the first matching rule's index (-1: none), why each rule does
+    or does not match (MISS_*), and the matching rule's expanded target ("" when it does
+    not fit in a Unix address)."""
+
+    first: int
+    why: list[int]
+    target: str
 
 
-_ALL_BUT_SLASH = frozenset(range(256)) - {ord("/")}
+@lru_cache(maxsize=1)
+def _unixify_match() -> Any:
+    path = matcher_path()
+    try:
+        function = ctypes.CDLL(path).unixify_match
+    except (OSError, AttributeError) as err:
+        raise ShimError(f"the shim's matcher {path} cannot be loaded: {err}") from None
+    function.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                         ctypes.c_char_p, ctypes.c_uint, ctypes.c_char_p, ctypes.c_int,
+                         ctypes.POINTER(ctypes.c_ubyte), ctypes.c_size_t, ctypes.c_char_p,
+                         ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
 
 
-def _class_end(pattern: bytes, start: int) -> int:
-    """Index just past the ']' closing the bracket expression at start, or -1."""
-    i = start + 1
-    if i < len(pattern) and pattern[i:i + 1] == b"!":
-        i += 1
-    first = True
-    while i < len(pattern) and (first or pattern[i:i + 1] != b"]"):
-        i += 2 if pattern[i:i + 1] == b"\\" and i + 1 < len(pattern) else 1
-        first = False
-    return i + 1 if i < len(pattern) else -1
+def match(rules: list[Rule], query: Query) -> Match:
+    """Ask the shim's own matcher (libunixify-match.so: rules.c, glob.c) about query."""
+    encoded = os.fsencode(encode_rules(rules))
+    why = (ctypes.c_ubyte * max(len(rules), 1))()
+    target = ctypes.create_string_buffer(TARGET_SIZE)
+    unix = query.unix_path if query.unix_path is not None else query.abstract
+    index = _unixify_match()(
+        encoded, len(encoded), DIR_IN if query.direction == "in" else DIR_OUT,
+        socket.SOCK_STREAM if query.socket_type == "stream" else socket.SOCK_DGRAM,
+        None if query.address is None else str(query.address).encode(), query.port,
+        None if unix is None else os.fsencode(unix), int(query.abstract is not None),
+        why, len(rules), target, TARGET_SIZE)
+    if index < -1:
+        raise ShimError("the shim's matcher cannot read these rules (a library from "
+                        "another version?)")
+    return Match(index, list(why)[:len(rules)], os.fsdecode(target.value))
 
 
-def _class_bytes(body: bytes) -> frozenset[int]:
-    """The bytes the bracket expression [body] matches ('/' never)."""
-    negate = body.startswith(b"!")
-    if negate:
-        body = body[1:]
-    members: set[int] = set()
-    i = 0
-    while i < len(body):
-        if body[i] == ord("\\") and i + 1 < len(body):
-            i += 1
-        low = high = body[i]
-        i += 1
-        if i + 1 < len(body) and body[i] == ord("-"):
-            i += 1
-            if body[i] == ord("\\") and i + 1 < len(body):
-                i += 1
-            high = body[i]
-            i += 1
-        members.update(range(low, high + 1))
-    return (_ALL_BUT_SLASH - members) if negate else frozenset(members) & _ALL_BUT_SLASH
-
-
-@lru_cache(maxsize=64)
-def glob_elements(pattern: str) -> tuple[_Element, ...]:
-    """The pattern, as bytes like the shim sees it, split into its elements."""
-    raw = os.fsencode(pattern)
-    elements: list[_Element] = []
-    i = 0
-    while i < len(raw):
-        if raw.startswith(b"**/", i):
-            elements.append(_Element(DSTAR_SLASH))
-            i += 3
-        elif raw.startswith(b"**", i):
-            elements.append(_Element(DSTAR))
-            i += 2
-        elif raw.startswith(b"*", i):
-            elements.append(_Element(STAR))
-            i += 1
-        elif raw.startswith(b"?", i):
-            elements.append(_Element(ANY, _ALL_BUT_SLASH))
-            i += 1
-        elif raw.startswith(b"[", i) and (end := _class_end(raw, i)) > 0:
-            elements.append(_Element(CLASS, _class_bytes(raw[i + 1:end - 1])))
-            i = end
-        else:
-            if raw.startswith(b"\\", i) and i + 1 < len(raw):
-                i += 1
-            elements.append(_Element(LITERAL, frozenset((raw[i],))))
-            i += 1
-    return tuple(elements)
-
-
-def glob_matches(pattern: str, path: str) -> bool:
-    """The shim's glob_match: a set of live pattern positions advanced together over the
-    path's bytes, so the cost is at most pattern x path (no backtracking)."""
-    if "/" not in pattern:
-        path = path.rsplit("/", 1)[-1]
-    elements = glob_elements(pattern)
-    count = len(elements)
-    # closure[k]: position k and those after it that stars matching nothing reach
-    closure = [0] * (count + 1)
-    closure[count] = 1 << count
-    for k in range(count - 1, -1, -1):
-        closure[k] = 1 << k | (closure[k + 1] if elements[k].kind in SKIPPABLE else 0)
-    live = closure[0]
-    for byte in os.fsencode(path):
-        following = 0
-        for k, element in enumerate(elements):
-            if not live >> k & 1:
-                continue
-            if element.kind == DSTAR or (element.kind == STAR and byte != ord("/")):
-                following |= closure[k]
-            elif element.kind == DSTAR_SLASH:
-                following |= 1 << k  # inside the directories: no skipping ahead
-                if byte == ord("/"):
-                    following |= closure[k + 1]
-            elif byte in element.accepts:
-                following |= closure[k + 1]
-        live = following
-        if not live:
-            return False
-    return bool(live >> count & 1)
-
-
-def mismatch(rule: Rule, query: Query) -> str | None:
-    """Why rule does not match query, or None when it does."""
-    is_unix = query.unix_path is not None or query.abstract is not None
-    if rule.from_unix is not None or rule.from_abstract is not None:
-        if not is_unix:
-            return "it matches Unix sockets only (from-unix/from-abstract)"
-    elif is_unix:
+def reason(rule: Rule, query: Query, miss: int) -> str:
+    """What rule_mismatch()'s answer miss means for rule and query."""
+    if miss == MISS_UNIX_ONLY:
+        return "it matches Unix sockets only (from-unix/from-abstract)"
+    if miss == MISS_IP_ONLY:
         return "it matches IP sockets only"
-    if rule.direction and rule.direction != query.direction:
+    if miss == MISS_DIR:
         return f"it is for '{rule.direction}' only"
-    if rule.action == "systemd" and query.direction != "in":
-        return "'systemd' applies to listening sockets only"
-    if rule.socket_type and rule.socket_type != query.socket_type:
+    if miss == MISS_SYSTEMD:
+        return f"'{rule.action}' applies to listening sockets only"
+    if miss == MISS_TYPE:
         return f"it is for {'tcp' if rule.socket_type == 'stream' else 'udp'} only"
-    if is_unix:
-        if rule.from_unix is not None:
-            if query.unix_path is None:
-                return "from-unix does not match abstract names"
-            if not glob_matches(rule.from_unix, query.unix_path):
-                return f"{query.unix_path} does not match {rule.from_unix}"
-        elif rule.from_abstract is not None:
-            if query.abstract is None:
-                return "from-abstract does not match paths"
-            if not glob_matches(rule.from_abstract, query.abstract):
-                return f"@{query.abstract} does not match {rule.from_abstract}"
-        return None
-    assert query.address is not None
-    if rule.family is not None and rule.family != f"ipv{query.address.version}":
+    if miss == MISS_FAMILY:
         return f"it is for {rule.family} sockets only"
-    if rule.address is not None:
-        address = query.address
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if address.version != rule.address.version or address not in rule.address:
-            return f"address {query.address} is not in {rule.address}"
-    if rule.ports is not None and not rule.ports[0] <= query.port <= rule.ports[1]:
-        low, high = rule.ports
-        return f"port {query.port} is not {low if low == high else f'{low}-{high}'}"
-    return None
+    if miss == MISS_UNIX_KIND:
+        return ("from-unix does not match abstract names" if rule.from_unix is not None
+                else "from-abstract does not match paths")
+    if miss == MISS_GLOB:
+        return (f"{query.unix_path} does not match {rule.from_unix}"
+                if query.unix_path is not None
+                else f"@{query.abstract} does not match {rule.from_abstract}")
+    if miss == MISS_ADDR:
+        return f"address {query.address} is not in {rule.address}"
+    assert miss == MISS_PORT and rule.ports is not None
+    low, high = rule.ports
+    return f"port {query.port} is not {low if low == high else f'{low}-{high}'}"
 
 
-def expand(template: str, query: Query) -> str:
-    """Placeholders as the shim fills them (%p %a %t %%)."""
-    kind = "tcp" if query.socket_type == "stream" else "udp"
-    values = {"p": str(query.port) if query.address is not None else "unknown",
-              "a": str(query.address) if query.address is not None else "unknown",
-              "t": kind, "%": "%"}
-    return re.sub(r"%(.)", lambda m: values.get(m.group(1), m.group(0)), template)
-
-
-def outcome(rule: Rule | None, query: Query) -> str:
+def outcome(rule: Rule | None, query: Query, target: str) -> str:
     call = "bind()" if query.direction == "in" else (
         "connect()" if query.socket_type == "stream" else "connect()/sendto()")
     is_unix = query.unix_path is not None or query.abstract is not None
@@ -205,9 +132,10 @@ def outcome(rule: Rule | None, query: Query) -> str:
         why = "no rule matches" if rule is None else "the rule says ignore"
         kind = "Unix" if is_unix else "IP"
         return f"{why}: {call} goes ahead unchanged on the {kind} socket"
+    if rule.action in ("path", "abstract", "receive") and not target:
+        return (f"{call} fails with ENAMETOOLONG ({errno.ENAMETOOLONG}): {rule.target} "
+                "expands to more than a Unix socket address holds")
     if rule.action in ("path", "abstract"):
-        assert rule.target is not None
-        target = expand(rule.target, query)
         where = f"Unix socket file {target}" if rule.action == "path" else f"abstract @{target}"
         if query.direction == "in":
             notes = [f"mode {rule.mode:04o}" if rule.mode is not None else "",
@@ -227,23 +155,36 @@ def outcome(rule: Rule | None, query: Query) -> str:
         if rule.action == "fc" and query.direction == "in":
             return f"{call} fails with EINVAL (a multiplexer only connects)"
         return f"{call} uses {rule.describe()} instead"
+    if rule.action == "receive":
+        return receive_outcome(rule, query, call, target)
     name = f" named {rule.systemd_name!r}" if rule.systemd_name else ""
     return f"{call} takes the {query.socket_type} socket{name} passed by systemd (LISTEN_FDS)"
+
+
+def receive_outcome(rule: Rule, query: Query, call: str, target: str) -> str:
+    """What a receive= rule does with a bind (target expanded): connections arrive from a
+    dispatcher."""
+    if query.socket_type != "stream":
+        return f"{call} fails with EPROTOTYPE (receive= takes TCP connections only)"
+    if rule.numbers:
+        return (f"{call} registers slot {rule.numbers[0]} at the dispatcher's control "
+                f"socket {target}; accept() takes the TCP connections it passes")
+    return (f"{call} makes a receiver (Unix datagram socket) at {target}"
+            f"{file_notes(rule)}; accept() takes the "
+            "TCP connections a dispatcher passes there")
 
 
 def explain(rules: list[Rule], query: Query, refusal: str | None = None) -> str:
     """Which rule matches query and what happens; refusal: why the launcher would not run
     the program at all (then that is the outcome)."""
     lines = [query.describe() + ":"]
-    chosen = None
-    for number, rule in enumerate(rules, 1):
-        why = mismatch(rule, query)
+    found = match(rules, query)
+    last = found.first + 1 if found.first >= 0 else len(rules)
+    for number, (rule, miss) in enumerate(zip(rules[:last], found.why), 1):
         lines.append(f"  rule {number} {rule.text!r}: "
-                     + ("matches" if why is None else f"no, {why}"))
-        if why is None:
-            chosen = rule
-            break
-    lines.append("=> " + (refusal or outcome(chosen, query)))
+                     + ("matches" if miss == MISS_NONE else f"no, {reason(rule, query, miss)}"))
+    chosen = rules[found.first] if found.first >= 0 else None
+    lines.append("=> " + (refusal or outcome(chosen, query, found.target)))
     return "\n".join(lines) + "\n"
 
 

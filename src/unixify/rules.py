@@ -17,13 +17,16 @@ import grp
 import ipaddress
 import os
 import pwd
+from collections.abc import Callable
 from typing import NamedTuple, Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 # Actions and the matches that only make sense with some of them.
 ACTIONS = ("path", "abstract", "reject", "blackhole", "ignore", "systemd", "vsock", "tipc",
-           "fc")
+           "fc", "receive")
+# Actions that make a socket file at a bind, taking mode=, owner=, group=, noremove.
+FILE_ACTIONS = ("path", "receive")
 VMADDR_CID_ANY = 0xFFFFFFFF
 TYPE_ALIASES = {"tcp": "stream", "stream": "stream",
                 "udp": "dgram", "dgram": "dgram", "datagram": "dgram"}
@@ -65,7 +68,8 @@ class Rule(NamedTuple):
     from_abstract: str | None = None
     target: str | None = None        # path= (absolute) or abstract= name, unexpanded;
                                      # fc= proxy path (absolute)
-    numbers: tuple[int, ...] = ()    # vsock= (cid, port), tipc= (5 values), fc= (port,)
+    numbers: tuple[int, ...] = ()    # vsock= (cid, port), tipc= (5 values), fc= (port,),
+                                     # receive= with slot= (slot,)
     reject_errno: int | None = None
     systemd_name: str | None = None
     noremove: bool = False
@@ -73,17 +77,14 @@ class Rule(NamedTuple):
     mode: int | None = None          # socket file permissions (path= only)
     owner: int | None = None         # socket file owner, a uid
     group: int | None = None         # socket file group, a gid
+    owner_name: str | None = None    # their names, for the shim's messages
+    group_name: str | None = None
     text: str = ""
 
     def describe(self) -> str:
         """A short human-readable form of what the rule does."""
         if self.action == "path":
-            what = f"path {self.target}" + (" (noremove)" if self.noremove else "")
-            perms = [f"mode {self.mode:04o}" if self.mode is not None else "",
-                     f"owner {self.owner}" if self.owner is not None else "",
-                     f"group {self.group}" if self.group is not None else ""]
-            if any(perms):
-                what += " (" + ", ".join(p for p in perms if p) + ")"
+            what = f"path {self.target}" + file_notes(self)
         elif self.action == "abstract":
             what = f"abstract @{self.target}"
         elif self.action == "reject":
@@ -98,9 +99,24 @@ class Rule(NamedTuple):
             what = "tipc " + ":".join(str(n) for n in self.numbers)
         elif self.action == "fc":
             what = f"firecracker {self.target} port {self.numbers[0]}"
+        elif self.action == "receive" and self.numbers:
+            what = f"receiver of slot {self.numbers[0]} at control socket {self.target}"
+        elif self.action == "receive":
+            what = f"receiver at {self.target}" + file_notes(self)
         else:
             what = self.action
         return what
+
+
+def file_notes(rule: Rule) -> str:
+    """A socket file's noremove and permissions, as describe() shows them."""
+    text = " (noremove)" if rule.noremove else ""
+    perms = [f"mode {rule.mode:04o}" if rule.mode is not None else "",
+             f"owner {rule.owner}" if rule.owner is not None else "",
+             f"group {rule.group}" if rule.group is not None else ""]
+    if any(perms):
+        text += " (" + ", ".join(p for p in perms if p) + ")"
+    return text
 
 
 class _Token(NamedTuple):
@@ -256,6 +272,17 @@ def parse_group(value: str) -> int:
         return _id_or_name(value, "group", {})
 
 
+def _id_name(value: str, number: int, kind: str) -> str | None:
+    """The name of a user or group as written, or looked up here for a number: the shim
+    names them in its messages without looking anything up inside the program."""
+    if not (value.isascii() and value.isdigit()):
+        return value
+    try:
+        return pwd.getpwuid(number).pw_name if kind == "user" else grp.getgrgid(number).gr_name
+    except KeyError:
+        return None
+
+
 def _check_template(value: str, what: str) -> None:
     """Placeholders are %p, %a, %t and %%; anything else after % is a mistake."""
     i = value.find("%")
@@ -324,9 +351,13 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
             elif canonical == "mode":
                 fields["mode"] = parse_mode(_need_value(key, has_value, value))
             elif canonical == "owner":
-                fields["owner"] = parse_owner(_need_value(key, has_value, value))
+                uid = parse_owner(_need_value(key, has_value, value))
+                fields["owner"], fields["owner_name"] = uid, _id_name(value, uid, "user")
             elif canonical == "group":
-                fields["group"] = parse_group(_need_value(key, has_value, value))
+                gid = parse_group(_need_value(key, has_value, value))
+                fields["group"], fields["group_name"] = gid, _id_name(value, gid, "group")
+            elif canonical == "slot":
+                fields["slot"] = _u32(_need_value(key, has_value, value), "slot")
             elif canonical in ACTIONS:
                 actions.append((canonical, token))
                 _parse_action(canonical, key, has_value, value, fields, cwd)
@@ -337,7 +368,7 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
 
     if not actions:
         raise fail("no action (path=, abstract=, reject, blackhole, ignore, systemd, vsock=, "
-                   "tipc= or fc=)")
+                   "tipc=, fc= or receive=)")
     if len(actions) > 1:
         raise fail(f"conflicting actions {actions[0][0]!r} and {actions[1][0]!r}",
                    actions[1][1])
@@ -350,12 +381,13 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
     if action == "systemd" and fields.get("direction") == "out":
         raise fail("'systemd' stands in for listening sockets; it applies to 'in' only",
                    action_token)
-    if fields.get("noremove") and action != "path":
-        raise fail("'noremove' needs a 'path=' action", seen["noremove"])
+    _check_receive(action, action_token, fields, seen, fail)
+    if fields.get("noremove") and action not in FILE_ACTIONS:
+        raise fail("'noremove' needs a 'path=' action (or 'receive=')", seen["noremove"])
     for key in ("mode", "owner", "group"):
-        if key in fields and action != "path":
-            raise fail(f"'{key}' sets socket file permissions; it needs a 'path=' action",
-                       seen[key])
+        if key in fields and action not in FILE_ACTIONS:
+            raise fail(f"'{key}' sets socket file permissions; it needs a 'path=' action "
+                       "(or 'receive=')", seen[key])
         if key in fields and fields.get("direction") == "out":
             raise fail(f"'{key}' applies to socket files a bind creates; not to 'out' rules",
                        seen[key])
@@ -372,6 +404,29 @@ def parse_rule(text: str, cwd: str | None = None) -> Rule:
         raise fail("'addr'/'port' match IP sockets and cannot be combined with "
                    "'from-unix'/'from-abstract'", token)
     return Rule(action=action, text=text, **fields)  # type: ignore[arg-type]
+
+
+def _check_receive(action: str, token: _Token, fields: dict[str, object],
+                   seen: dict[str, _Token], fail: Callable[[str, _Token], RuleError]) -> None:
+    """receive= stands in for TCP listeners; slot= names what it registers instead of a
+    socket file (so no file options)."""
+    if "slot" in fields and action != "receive":
+        raise fail("'slot' needs a 'receive=' action", seen["slot"])
+    if action != "receive":
+        return
+    if fields.get("direction") == "out":
+        raise fail("'receive' stands in for listening sockets; it applies to 'in' only",
+                   token)
+    if fields.get("socket_type") == "dgram":
+        raise fail("'receive' receives TCP connections; it cannot apply to 'udp'", token)
+    slot = fields.pop("slot", None)
+    if slot is None:
+        return
+    fields["numbers"] = (slot,)
+    for key in ("mode", "owner", "group", "noremove"):
+        if key in fields:
+            raise fail(f"'{key}' applies to a receiver's socket file; 'slot=' makes none",
+                       seen[key])
 
 
 def _check_characters(text: str) -> None:
@@ -399,12 +454,13 @@ def _need_value(key: str, has_value: bool, value: str) -> str:
 
 def _parse_action(action: str, key: str, has_value: bool, value: str,
                   fields: dict[str, object], cwd: str) -> None:
-    if action == "path":
+    if action in FILE_ACTIONS:
+        what = "path" if action == "path" else "receive path"
         path = _need_value(key, has_value, value)
-        _check_template(path, "path")
+        _check_template(path, what)
         path = _absolute(path, cwd)
         if len(path.encode()) > MAX_PATH and "%" not in path:
-            raise ValueError(f"path is {len(path.encode())} bytes; a Unix socket path "
+            raise ValueError(f"{what} is {len(path.encode())} bytes; a Unix socket path "
                              f"holds at most {MAX_PATH}")
         fields["target"] = path
     elif action == "abstract":

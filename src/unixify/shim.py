@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 LIBRARY_NAME = "libunixify.so"
+MATCHER_NAME = "libunixify-match.so"
+DISPATCHER_NAME = "unixify-dispatcher"
 
 
 ENV_OVERRIDE = "UNIXIFY_SHIM"
@@ -21,29 +23,34 @@ def library_path() -> str:
     override = os.environ.get(ENV_OVERRIDE)
     if override:
         return override
-    found = packaged_file(LIBRARY_NAME)
-    if found is None:
-        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
-        raise ShimError(f"the unixify shim ({LIBRARY_NAME}) is not installed, or this user "
-                        f"(uid {os.getuid()}) cannot read it at {here}")
-    return found
+    return _package_file(LIBRARY_NAME)
 
 
-def packaged_file(name: str) -> str | None:
-    """The path of a file installed inside this package (the shim, the dispatcher's
-    loop), or None when it is missing or unreadable."""
+def matcher_path() -> str:
+    """The shim's matcher alone, for ``unixify explain`` to load (never UNIXIFY_SHIM's:
+    a preload list, maybe with a sanitizer runtime)."""
+    return _package_file(MATCHER_NAME)
+
+
+def dispatcher_path() -> str:
+    """The dispatcher's per-connection loop, which ``unixify dispatch`` runs."""
+    return _package_file(DISPATCHER_NAME)
+
+
+def _package_file(name: str) -> str:
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if _readable(here):
         return here
-    # Editable installs keep built files in the build tree; ask the package's resource
-    # loader where they are.
+    # Editable installs keep the built library in the build tree; ask the package's
+    # resource loader where it is.
     from importlib import resources
 
     resource = resources.files("unixify") / name
     with resources.as_file(resource) as path:
         if _readable(str(path)):
             return str(path)
-    return None
+    raise ShimError(f"the unixify shim ({name}) is not installed, or this user "
+                    f"(uid {os.getuid()}) cannot read it at {here}")
 
 
 def _readable(path: str) -> bool:

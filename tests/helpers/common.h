@@ -36,3 +36,22 @@ static socklen_t make_addr(const char *host, int port, struct sockaddr_storage *
 	fprintf(stderr, "bad address %s\n", host);
 	exit(2);
 }
+
+/* The address of an IPv4 or IPv6 socket address as text, and its port; -1 for another
+ * family (text untouched). */
+static inline int addr_ip(const struct sockaddr_storage *ss, char *text, size_t size)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
+
+		inet_ntop(AF_INET, &in4->sin_addr, text, (socklen_t)size);
+		return ntohs(in4->sin_port);
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, text, (socklen_t)size);
+		return ntohs(in6->sin6_port);
+	}
+	return -1;
+}

@@ -24,19 +24,10 @@
 static void print_addr(const char *key, const struct sockaddr_storage *ss, socklen_t len)
 {
 	char text[INET6_ADDRSTRLEN] = "?";
-	int port = 0;
+	int port = addr_ip(ss, text, sizeof(text));
 
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
-
-		inet_ntop(AF_INET, &in4->sin_addr, text, sizeof(text));
-		port = ntohs(in4->sin_port);
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-		inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
-		port = ntohs(in6->sin6_port);
-	} else {
+	if (port < 0) {
+		port = 0;
 		snprintf(text, sizeof(text), "family%d", ss->ss_family);
 	}
 	printf("%s=%s %d len=%u\n", key, text, port, (unsigned)len);
