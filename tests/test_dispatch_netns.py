@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Processes, require_tool
-from dispatchkit import RECEIVER, dispatcher, receiver, stop
+from conftest import Processes, require_tool, unixify_command, wait_for
+from dispatchkit import RECEIVER, dispatcher, receiver, start, stop
+from test_receive import nginx_config
 
 
 class Namespaces:
@@ -161,3 +162,54 @@ def test_listener_made_in_another_namespace(procs: Processes, sockdir: Path,
     assert words[:2] == ["far", "10.99.0.2"] and words[3:] == ["10.99.0.1", "8081"]
     assert stop(out) == 0
     assert os.path.exists(RECEIVER)
+
+
+def test_wrapped_servers_and_inetd_in_the_server_namespace(procs: Processes, sockdir: Path,
+                                                           spaces: Namespaces) -> None:
+    """Unmodified servers behind the dispatcher: python's http.server and nginx (master
+    and two workers) wrapped with receive=, one of them by protocol B, and an inetd
+    program; all in a namespace with only loopback, clients in another."""
+    nginx = require_tool("nginx")
+    server = spaces.prefix(spaces.server)
+    spaces.run(spaces.dispatch, spaces.ip, "route", "add", "local", "192.0.2.0/24", "dev",
+               "lo")
+    dispatcher(procs, sockdir / "d.conf",
+               "listen,addr=0.0.0.0,port=80\n"
+               f"control,path={sockdir}/ctl\nallow,slot=5,uid=0\n"
+               f"addr=192.0.2.1,send={sockdir}/py.sock\n"
+               f"addr=192.0.2.2,send={sockdir}/nginx.sock\n"
+               "addr=192.0.2.3,slot=5\n"
+               f"addr=192.0.2.4,send={sockdir}/inetd.sock\n",
+               prefix=spaces.prefix(spaces.dispatch))
+    python = start(procs, [*unixify_command(), "-r", f"in,port=8000,receive={sockdir}/py.sock",
+                           sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                           "--directory", str(sockdir), "8000"], prefix=server)
+    conf = nginx_config(sockdir, 8080, 2)
+    start(procs, [*unixify_command(), "-r", f"in,port=8080,receive={sockdir}/nginx.sock",
+                  nginx, "-c", str(conf)], prefix=server)
+    start(procs, [*unixify_command(), "-r", f"in,port=8001,receive={sockdir}/ctl,slot=5",
+                  sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                  "--directory", str(sockdir / "www"), "8001"], prefix=server)
+    start(procs, [*unixify_command(), "inetd", "--receive", f"{sockdir}/inetd.sock", "--",
+                  "sh", "-c", 'echo "$TCPREMOTEIP $TCPREMOTEPORT $TCPLOCALIP $TCPLOCALPORT"'],
+          prefix=server)
+    for path in ("py.sock", "nginx.sock", "inetd.sock"):
+        wait_for(lambda path=path: (sockdir / path).exists(), what=path)
+    curl = require_tool("curl")
+
+    def get(host: str) -> str:
+        result = subprocess.run([spaces.ip, "netns", "exec", spaces.client, curl, "-sS",
+                                 "--max-time", "10", "--retry", "20", "--retry-delay", "0",
+                                 "--retry-all-errors", f"http://{host}/"],
+                                capture_output=True, text=True, timeout=60)
+        return result.stdout + result.stderr
+
+    assert "d.conf" in get("192.0.2.1")           # python's directory listing
+    python.wait_for('10.99.0.2 - - [')            # the client's real address in its log
+    for _ in range(4):
+        assert "hello from nginx" in get("192.0.2.2")
+    wait_for(lambda: (sockdir / "access.log").read_text().count("10.99.0.2:") == 4,
+             what="nginx's access log")
+    assert "hello from nginx" in get("192.0.2.3")  # the www directory, by protocol B
+    words = spaces.ask("192.0.2.4", 80).split()
+    assert words[0] == "10.99.0.2" and words[2:] == ["192.0.2.4", "80"]
