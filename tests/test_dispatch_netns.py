@@ -193,8 +193,8 @@ def test_wrapped_servers_and_inetd_in_the_server_namespace(procs: Processes, soc
     start(procs, [*unixify_command(), "inetd", "--receive", f"{sockdir}/inetd.sock", "--",
                   "sh", "-c", 'echo "$TCPREMOTEIP $TCPREMOTEPORT $TCPLOCALIP $TCPLOCALPORT"'],
           prefix=server)
-    for path in ("py.sock", "nginx.sock", "inetd.sock"):
-        wait_for(lambda path=path: (sockdir / path).exists(), what=path)
+    names = ("py.sock", "nginx.sock", "inetd.sock")
+    wait_for(lambda: all((sockdir / name).exists() for name in names), what="the receivers")
     curl = require_tool("curl")
 
     def get(host: str) -> str:
