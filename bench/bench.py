@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """unixify benchmarks: ratios measured side by side in one run.
 
-    python3 bench/bench.py [datapath|setup|datagram|launcher|all] [--rounds N] [--quick]
-                          [--old-shim LIB]
+    python3 bench/bench.py [datapath|setup|datagram|launcher|rules|seccomp|all] [--rounds N]
+                           [--quick] [--old-shim LIB]
 
 datapath  redis-benchmark against one redis-server build reached four ways: its own
           Unix socket (native), converted by unixify, plain TCP, and socat in front.
@@ -15,6 +15,9 @@ datagram  sendto+recvfrom round trips with addresses on both sides: native Unix
 launcher  `unixify -r ... true` vs `python3 -c pass`.
 rules     connect+close converted by the last of 100,000 rules vs by the only rule, and
           the start of a program that loads 100,000 rules vs one rule.
+seccomp   the seccomp back end: a static C connect+close loop converted vs native
+          AF_UNIX; Go net/http with a new connection per request and with keep-alive,
+          converted (server and client supervised) vs native TCP.
 dispatch  short connections (connect, one small answer, close) from 64 concurrent
           clients: new connections per second and p99 connect-to-first-byte, against
           the server accepting itself, through `unixify dispatch` (protocols A and B),
@@ -457,11 +460,79 @@ def bench_dispatch(rounds: int, quick: bool, targets: Targets) -> None:
                   "<=", 0)
 
 
+def build_go(tmp: Path) -> str | None:
+    go = shutil.which("go")
+    if not go:
+        return None
+    binary = tmp / "go_http"
+    env = dict(os.environ, CGO_ENABLED="0", GO111MODULE="off", GOFLAGS="",
+               GOCACHE=str(tmp / "gocache"), GOPATH=str(tmp / "gopath"), HOME=str(tmp))
+    subprocess.run([go, "build", "-o", str(binary),
+                    str(HERE.parent / "tests" / "helpers" / "go_http.go")],
+                   check=True, env=env, cwd=str(tmp))
+    return str(binary)
+
+
+def bench_seccomp(rounds: int, quick: bool, targets: Targets) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
+    server_loop = build(tmp, "connloop")
+    loop = str(tmp / "connloop-static")
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-static", "-o", loop,
+                    str(HERE / "connloop.c")], check=True)
+    sock = tmp / "accept.sock"
+    count = "5000" if quick else "20000"
+    with background([server_loop, "server", str(sock)]):
+        wait_until(sock.is_socket, "accept loop")
+        results = interleave({
+            "native unix (static)": lambda: run_number([loop, "unix", str(sock), count]),
+            "seccomp (ipv4->unix)": lambda: run_number(
+                [*unixify(), "-r", f"out,path={sock}", loop, "tcp", "127.0.0.1", "9",
+                 count]),
+        }, rounds)
+    report(f"static C connection setup: {count} x socket+connect+close", "ns per connection",
+           results, "native unix (static)")
+    targets.check("seccomp static connect / native unix (time)",
+                  results["seccomp (ipv4->unix)"] / results["native unix (static)"], "<=", 1.5)
+    go_http = build_go(tmp)
+    if go_http is None:
+        print("seccomp: go not installed; Go benchmarks skipped")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    requests = "1000" if quick else "3000"
+    native_port, conv_port = free_port(), free_port()
+    go_sock = tmp / "go.sock"
+    out_rule = f"out,tcp,port={conv_port},path={go_sock}"
+
+    def get(port: int, keep: bool, wrap: bool) -> Callable[[], float]:
+        args = [go_http, "bench", f"http://127.0.0.1:{port}/", requests]
+        args += ["keep"] if keep else []
+        return lambda: run_number([*unixify(), "-r", out_rule, *args] if wrap else args)
+
+    with background([go_http, "serve", f"127.0.0.1:{native_port}"]), \
+         background([*unixify(), "-r", f"in,tcp,port={conv_port},path={go_sock}", go_http,
+                     "serve", f"127.0.0.1:{conv_port}"]):
+        wait_until(lambda: tcp_ready(native_port), "native Go server")
+        wait_until(go_sock.is_socket, "converted Go server")
+        fresh = interleave({"native tcp": get(native_port, False, False),
+                            "seccomp": get(conv_port, False, True)}, rounds)
+        kept = interleave({"native tcp": get(native_port, True, False),
+                           "seccomp": get(conv_port, True, True)}, rounds)
+    shutil.rmtree(tmp, ignore_errors=True)
+    report(f"Go net/http, new connection per request: {requests} requests",
+           "us per request", fresh, "native tcp")
+    targets.check("seccomp Go new connection / native tcp (time)",
+                  fresh["seccomp"] / fresh["native tcp"], "<=", 1.3)
+    report(f"Go net/http, keep-alive: {requests} requests", "us per request", kept,
+           "native tcp")
+    targets.check("seccomp Go keep-alive / native tcp (time)",
+                  kept["seccomp"] / kept["native tcp"], "<=", 1.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="?", default="all",
                         choices=["datapath", "setup", "datagram", "launcher", "rules",
-                                 "dispatch", "all"])
+                                 "dispatch", "seccomp", "all"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller runs (for CI)")
     parser.add_argument("--old-shim", metavar="LIB",
@@ -472,7 +543,7 @@ def main() -> int:
     benches: dict[str, Callable[[int, bool, Targets], None]] = {
         "datapath": bench_datapath,
         "setup": lambda r, q, t: bench_setup(r, q, t, args.old_shim), "datagram": bench_datagram,
-               "launcher": bench_launcher, "rules": bench_rules,
+        "launcher": bench_launcher, "rules": bench_rules, "seccomp": bench_seccomp,
         "dispatch": bench_dispatch}
     for name, bench in benches.items():
         if args.which in (name, "all"):

@@ -160,9 +160,10 @@ def preloaded_env(**variables: str) -> dict[str, str]:
 
 
 def run_wrapped(rules: list[str], program: list[str], verbose: int = 0,
-                timeout: float = 10, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+                timeout: float = 10, backend: str = "auto",
+                **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run program under unixify with rules to completion, capturing its output."""
-    args = unixify_command() + ["-v"] * verbose
+    args = [*unixify_command(), f"--backend={backend}"] + ["-v"] * verbose
     for rule in rules:
         args += ["-r", rule]
     return subprocess.run([*args, "--", *program], capture_output=True, text=True,
@@ -265,6 +266,21 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 20.0) 
     if proc.poll() is not None and proc.stderr is not None:
         stderr = proc.stderr.read()
     raise AssertionError(f"no {marker!r} from {proc.args!r}; got {data!r} {stderr}")
+
+
+def go_build(source: Path, out: Path, variants: dict[str, str]) -> dict[str, str]:
+    """source built with Debian's Go into out, once per name in variants (its value is
+    CGO_ENABLED: "0" gives a static binary): name -> path."""
+    go = require_tool("go")
+    env = dict(os.environ, GOCACHE=str(out / "cache"), GOPATH=str(out / "gopath"),
+               GO111MODULE="off", GOFLAGS="", HOME=str(out))
+    built = {}
+    for name, cgo in variants.items():
+        binary = out / name
+        subprocess.run([go, "build", "-o", str(binary), str(source)],
+                       env=dict(env, CGO_ENABLED=cgo), check=True, timeout=600, cwd=str(out))
+        built[name] = str(binary)
+    return built
 
 
 def compile_c(source: Path, output: Path, static: bool = False,

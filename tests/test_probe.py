@@ -222,9 +222,11 @@ def test_noremove_keeps_the_file(sockdir: Path) -> None:
 
 def test_static_program_is_refused_not_left_unconverted(probe_static: str,
                                                          sockdir: Path) -> None:
+    """With the preload forced (auto runs it under seccomp: tests/test_seccomp.py)."""
     port = free_port()
     result = run_wrapped([f"in,path={sockdir}/s"],
-                         [probe_static, "server", "127.0.0.1", str(port)])
+                         [probe_static, "server", "127.0.0.1", str(port)],
+                         backend="preload")
     assert result.returncode == 1
     assert "statically linked" in result.stderr
     assert result.stderr.count("\n") == 1

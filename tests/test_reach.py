@@ -1,5 +1,6 @@
-"""Programs the preload cannot reach are refused, never run unconverted: Go programs,
-static ones, and programs exec() starts in secure-execution mode (set-id, capabilities)."""
+"""Programs the preload cannot reach are never run unconverted: Go programs and static
+ones go to the seccomp back end (refused with --backend=preload), programs exec() starts
+in secure-execution mode (set-id, capabilities) are refused."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from conftest import (
     HELPERS,
     compile_c,
     free_port,
+    go_build,
     preloaded_env,
     require_tool,
     run_wrapped,
@@ -33,17 +35,8 @@ NOBODY = 65534
 def go_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """tests/helpers/tcp_server.go built with cgo (dynamically linked: the default for a
     net program when a C compiler is present) and without (static)."""
-    go = require_tool("go")
-    out = tmp_path_factory.mktemp("go")
-    env = dict(os.environ, GOCACHE=str(out / "cache"), GOPATH=str(out / "gopath"),
-               GO111MODULE="off", GOFLAGS="", HOME=str(out))
-    built = {}
-    for name, cgo in (("dynamic", "1"), ("static", "0")):
-        binary = out / name
-        subprocess.run([go, "build", "-o", str(binary), str(HELPERS / "tcp_server.go")],
-                       env=dict(env, CGO_ENABLED=cgo), check=True, timeout=300,
-                       cwd=str(out))
-        built[name] = str(binary)
+    built = go_build(HELPERS / "tcp_server.go", tmp_path_factory.mktemp("go"),
+                     {"dynamic": "1", "static": "0"})
     facts = elf_facts(built["dynamic"]), elf_facts(built["static"])
     assert facts[0] is not None and facts[0].dynamic and facts[0].go, facts
     assert facts[1] is not None and not facts[1].dynamic, facts
@@ -62,14 +55,16 @@ def test_dynamic_go_program_is_refused(go_programs: dict[str, str], tmp_path: Pa
     """It made its real TCP port, with no word even at -vv."""
     port = free_port()
     result = run_wrapped([f"in,path={tmp_path}/s"],
-                         [go_programs["dynamic"], f"127.0.0.1:{port}"], verbose=2)
+                         [go_programs["dynamic"], f"127.0.0.1:{port}"], verbose=2,
+                         backend="preload")
     assert_refused(result, f"{go_programs['dynamic']} is a Go program")
     assert not tcp_port_open(port)
 
 
 def test_static_go_program_is_refused(go_programs: dict[str, str], tmp_path: Path) -> None:
     result = run_wrapped([f"in,path={tmp_path}/s"],
-                         [go_programs["static"], f"127.0.0.1:{free_port()}"])
+                         [go_programs["static"], f"127.0.0.1:{free_port()}"],
+                         backend="preload")
     assert_refused(result, f"{go_programs['static']} is statically linked")
 
 
@@ -81,27 +76,29 @@ def test_go_program_behind_a_script_is_refused(go_programs: dict[str, str],
     script.write_text("#!/usr/bin/env goserver\n")
     script.chmod(0o755)
     env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
-    result = run_wrapped([f"in,path={tmp_path}/s"], ["serve", "127.0.0.1:0"], env=env)
+    result = run_wrapped([f"in,path={tmp_path}/s"], ["serve", "127.0.0.1:0"], env=env,
+                         backend="preload")
     assert_refused(result, f"{script} runs /usr/bin/env, which runs {tmp_path}/goserver, "
                            "which is a Go program")
     direct = tmp_path / "direct"
     direct.write_text(f"#!{go_programs['dynamic']}\n")
     direct.chmod(0o755)
-    result = run_wrapped([f"in,path={tmp_path}/s"], [str(direct), "127.0.0.1:0"])
+    result = run_wrapped([f"in,path={tmp_path}/s"], [str(direct), "127.0.0.1:0"],
+                         backend="preload")
     assert_refused(result, f"{direct} runs {go_programs['dynamic']}, which is a Go program")
 
 
 def test_go_program_in_explain(go_programs: dict[str, str]) -> None:
-    """explain claimed conversion; with --program it says the launcher refuses."""
+    """explain --program says a Go program runs under the seccomp back end."""
     base = [*unixify_command(), "explain", "-r", "in,path=/tmp/x"]
     query = ["in", "tcp", "0.0.0.0", "80"]
     result = subprocess.run([*base, "--program", go_programs["dynamic"], *query],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result
-    assert result.stdout.splitlines()[-1] == (
-        f"=> unixify refuses to run it: {go_programs['dynamic']} is a Go program, which "
-        "makes its own system calls; preloading cannot reach its sockets, so its IP ports "
-        "would open unconverted"), result
+    assert result.stdout.splitlines()[0] == (
+        f"({go_programs['dynamic']}: runs under the seccomp back end: it is a Go "
+        "program)"), result
+    assert result.stdout.splitlines()[-1].startswith("=> bind() binds"), result
     plain = subprocess.run([*base, *query], capture_output=True, text=True, timeout=30)
     assert plain.stdout.startswith("(as in a program the preload reaches: dynamically "
                                    "linked"), plain
@@ -249,5 +246,5 @@ def test_go_program_without_section_headers_is_recognised(go_programs: dict[str,
     stripped.write_bytes(bytes(data))
     stripped.chmod(0o755)
     assert elf_facts(str(stripped)) == (True, True)
-    assert_refused(run_wrapped([f"in,path={tmp_path}/s"], [str(stripped), "127.0.0.1:0"]),
-                   "is a Go program")
+    assert_refused(run_wrapped([f"in,path={tmp_path}/s"], [str(stripped), "127.0.0.1:0"],
+                               backend="preload"), "is a Go program")

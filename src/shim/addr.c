@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "shim.h"
 
@@ -139,14 +141,50 @@ void ipaddr_format(const struct ipaddr *a, char *buf, size_t size)
 		buf[0] = 0;
 }
 
-/* Ports we report for Unix peers and for binds to port 0: distinct, in the kernel's
- * default ephemeral range, stable for the life of the socket they are stored in. */
+/*
+ * Ports we report for Unix peers and for binds to port 0: distinct, in the kernel's
+ * default ephemeral range, stable for the life of the socket they are stored in.  A
+ * server's workers each number their clients, so the counter lives in a shared page
+ * made when the first listener is converted, which the workers it forks afterwards
+ * share; a process without one (an exec'd worker) starts at a point its pid picks.
+ */
+#define PORT_FIRST 32768
+#define PORT_COUNT (60999 - PORT_FIRST + 1)
+
+static _Atomic(atomic_uint *) shared_ports;
+static atomic_uint own_ports;
+
+void fake_port_share(void)
+{
+	atomic_uint *none = NULL, *page;
+	int saved = errno;
+
+	if (atomic_load_explicit(&shared_ports, memory_order_acquire))
+		return;
+	page = mmap(NULL, sizeof(*page), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		    -1, 0);
+	if (page == MAP_FAILED) {
+		errno = saved;
+		return; /* each process counts for itself */
+	}
+	atomic_init(page, atomic_load(&own_ports) + (unsigned)getpid() * 4099u);
+	if (!atomic_compare_exchange_strong(&shared_ports, &none, page))
+		munmap(page, sizeof(*page)); /* a signal handler made one meanwhile */
+	errno = saved;
+}
+
 uint16_t fake_port(void)
 {
-	static atomic_uint counter;
-	unsigned n = atomic_fetch_add_explicit(&counter, 1, memory_order_relaxed);
+	atomic_uint *c = atomic_load_explicit(&shared_ports, memory_order_acquire);
+	unsigned n;
 
-	return (uint16_t)(32768 + (n * 7919u) % (60999 - 32768 + 1));
+	if (c)
+		n = atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+	else
+		n = atomic_fetch_add_explicit(&own_ports, 1, memory_order_relaxed) +
+		    (unsigned)getpid() * 4099u;
+	/* 7919 is prime to PORT_COUNT: every port once before any repeats */
+	return (uint16_t)(PORT_FIRST + (n % PORT_COUNT) * 7919u % PORT_COUNT);
 }
 
 /* Hand an address to the caller as the kernel does: copy at most *dstlen bytes and

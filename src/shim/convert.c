@@ -121,6 +121,17 @@ static void copy_async_owner(int from, int to, int status)
 	REAL(fcntl)(to, F_SETFL, status);
 }
 
+/* Record e for fd, its socket in place.  Epoll registrations are kept where the socket
+ * may be replaced again: a materialized one a later connect may still convert, a
+ * receiver that may move again, and a listener that may pause and resume (pause.c). */
+static void store_in_place(int fd, struct fd_entry *e)
+{
+	if (e->kind == FD_IP || is_receiver(e) || e->role == ROLE_LISTENER)
+		fd_store(fd, e);
+	else
+		fd_store_no_epoll(fd, e);
+}
+
 /* Put sock in fd's place and record e for it.  On failure fd is left as it was. */
 static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_entry *e)
 {
@@ -144,11 +155,7 @@ static int replace_fd(int fd, int sock, const struct fd_flags *flags, struct fd_
 			ulog(LOG_WARN_, "fd %d: epoll registration not carried over: %s", fd,
 			     strerror(errno));
 	}
-	if (e->kind == FD_IP || is_receiver(e)) /* materialized: a later connect may still
-						     convert it; a receiver may move again */
-		fd_store(fd, e);
-	else
-		fd_store_no_epoll(fd, e);
+	store_in_place(fd, e);
 	return 0;
 }
 
@@ -174,7 +181,7 @@ static int install(int fd, int sock, const struct fd_flags *flags, struct fd_ent
 	int saved;
 
 	if (sock == fd) {
-		fd_store_no_epoll(fd, e);
+		store_in_place(fd, e);
 		return 0;
 	}
 	if (replace_fd(fd, sock, flags, e) == 0)
@@ -277,89 +284,6 @@ int claim_refuses(const struct fd_entry *e, int dir)
 	return -1;
 }
 
-static const char *action_name(int action)
-{
-	static const char *const names[] = { "?", "path", "abstract", "reject", "blackhole",
-					     "ignore", "systemd", "vsock", "tipc", "fc",
-					     "receive" };
-	return action >= ACT_PATH && action <= ACT_RECEIVE ? names[action] : "?";
-}
-
-/* What a log line says the socket call is about. */
-static void query_text(const struct sock_query *q, char *buf, size_t size)
-{
-	char ip[INET6_ADDRSTRLEN];
-
-	if (q->unix_name) {
-		snprintf(buf, size, "%s%s", q->abstract ? "@" : "", q->unix_name);
-		return;
-	}
-	ipaddr_format(q->addr, ip, sizeof(ip));
-	snprintf(buf, size, "%s port %u", ip, ipaddr_port(q->addr));
-}
-
-/*
- * The common part of bind and connect: find the rule, and if it converts, produce the
- * expanded target.  Returns 1 when the call should go to libc unchanged, 0 when the
- * rule converts (r and target set), -1 with errno when the call must fail.
- */
-int rule_decide(int fd, const struct sock_query *q, const struct rule **r,
-		char *target, size_t size)
-{
-	char text[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
-	int idx;
-
-	rules_need();
-	if (rules_state == RULES_NONE)
-		return 1;
-	if (rules_state == RULES_BROKEN) {
-		errno = EACCES;
-		return -1;
-	}
-	idx = rules_match(q);
-	text[0] = 0;
-	if (log_verbosity >= LOG_DEBUG_) /* formatting costs more than the rest */
-		query_text(q, text, sizeof(text));
-	if (idx < 0) {
-		ulog(LOG_DEBUG_, "fd %d: %s %s matches no rule", fd,
-		     q->dir == DIR_IN ? "bind" : "connect", text);
-		return 1;
-	}
-	*r = rule_at(idx);
-	ulog(LOG_DEBUG_, "fd %d: %s %s matches rule %d (%s)", fd,
-	     q->dir == DIR_IN ? "bind" : "connect", text, idx + 1, action_name((*r)->action));
-	switch ((*r)->action) {
-	case ACT_IGNORE:
-		return 1;
-	case ACT_REJECT:
-		errno = (*r)->reject_errno;
-		return -1;
-	case ACT_PATH:
-	case ACT_ABSTRACT:
-	case ACT_RECEIVE:
-		if (rule_expand(*r, q, target, size)) {
-			query_text(q, text, sizeof(text));
-			ulog(LOG_ERR_, "rule %d: %s for %s is too long", idx + 1,
-			     action_name((*r)->action), text);
-			return -1;
-		}
-		break;
-	case ACT_BLACKHOLE:
-	case ACT_SYSTEMD:
-	case ACT_VSOCK:
-	case ACT_TIPC:
-	case ACT_FC:
-		target[0] = 0;
-		break;
-	default:
-		ulog(LOG_ERR_, "rule %d: '%s' is not supported by this shim", idx + 1,
-		     action_name((*r)->action));
-		errno = EACCES;
-		return -1;
-	}
-	return 0;
-}
-
 int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, socklen_t *len)
 {
 	char target[sizeof(sun->sun_path)];
@@ -406,6 +330,7 @@ static void new_entry(struct fd_entry *e, const struct fd_entry *old, int role)
 static void listener_local(struct ipaddr *local, const struct ipaddr *addr)
 {
 	*local = *addr;
+	fake_port_share();
 	if (ipaddr_port(addr) == 0)
 		ipaddr_set_port(local, fake_port());
 	listener_note(local);
@@ -702,7 +627,7 @@ static const char *unix_name(const struct sockaddr_un *sun, char *buf, size_t si
 
 /* A local address to report for a socket we connected: loopback of its family (the
  * IPv4-mapped one when it talks to an IPv4-mapped address), with a port of its own. */
-static void client_local(struct ipaddr *local, int family, const struct ipaddr *peer)
+void client_local(struct ipaddr *local, int family, const struct ipaddr *peer)
 {
 	ipaddr_loopback_like(local, family, peer);
 	ipaddr_set_port(local, fake_port());
@@ -940,4 +865,28 @@ int convert_bound_connect(int fd, const struct ipaddr *addr, const struct fd_ent
 	}
 	*handled = reopen_ip(fd, old) != 0;
 	return -1;
+}
+
+int convert_relisten(int fd, const struct fd_entry *old, const char *path,
+		     const struct rule *r, int backlog)
+{
+	struct fd_flags flags;
+	struct fd_entry e = *old;
+	int sock, idx;
+
+	e.opts_set = (1u << N_COPYABLE) - 1; /* whatever the old one has that a new lacks */
+	sock = make_socket(fd, AF_UNIX, old->type, &e, &flags);
+	if (sock < 0)
+		return -1;
+	idx = sockfile_bind(sock, path, r);
+	if (idx == -2 || REAL(listen)(sock, backlog)) {
+		discard(fd, sock);
+		if (idx >= 0)
+			sockfile_release(idx);
+		return -1;
+	}
+	e = *old;
+	e.sockfile = idx;
+	e.paused = 0;
+	return install(fd, sock, &flags, &e);
 }

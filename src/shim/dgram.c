@@ -239,6 +239,14 @@ API ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags
 	return recvfrom(fd, buf, n, flags, addr, alen);
 }
 
+/* r from receiving msg: the sockets it carries are looked at. */
+static ssize_t received(ssize_t r, struct msghdr *msg)
+{
+	if (r >= 0 && msg && msg->msg_control)
+		passfd_received(msg);
+	return r;
+}
+
 API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
 	struct sockaddr_un sun;
@@ -247,7 +255,7 @@ API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	ssize_t r;
 
 	if (!msg || (!msg->msg_name && !msg->msg_control) || !translating(fd, &e))
-		return REAL(recvmsg)(fd, msg, flags);
+		return received(REAL(recvmsg)(fd, msg, flags), msg);
 	copy = *msg;
 	copy.msg_name = msg->msg_name && e.type == SOCK_DGRAM ? &sun : NULL;
 	copy.msg_namelen = copy.msg_name ? sizeof(sun) : 0;
@@ -264,7 +272,7 @@ API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	}
 	msg->msg_flags = copy.msg_flags;
 	msg->msg_controllen = copy.msg_controllen;
-	return r;
+	return received(r, msg);
 }
 
 /* At most RECV_BATCH at a time: recvmmsg may always return fewer than asked for. */
@@ -278,8 +286,12 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 	struct fd_entry e;
 	int r;
 
-	if (!vec || !translating(fd, &e))
-		return REAL(recvmmsg)(fd, vec, vlen, flags, timeout);
+	if (!vec || !translating(fd, &e)) {
+		r = REAL(recvmmsg)(fd, vec, vlen, flags, timeout);
+		for (int i = 0; i < r; i++)
+			received(0, &vec[i].msg_hdr);
+		return r;
+	}
 	if (vlen > RECV_BATCH)
 		vlen = RECV_BATCH;
 	for (unsigned i = 0; i < vlen; i++) {
@@ -300,6 +312,7 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 		h->msg_namelen = origlen[i];
 		if ((int)i >= r)
 			continue;
+		received(0, h);
 		if (e.type != SOCK_DGRAM) {
 			h->msg_namelen = 0;
 			continue;
@@ -328,6 +341,9 @@ API int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 	unsigned i;
 
 	rules_need();
+	for (i = 0; vec && i < vlen; i++)
+		if (vec[i].msg_hdr.msg_controllen && passfd_sending(&vec[i].msg_hdr))
+			return -1; /* nothing sent yet */
 	if (!vec || (!fd_tracked(fd) && !sends_to_ip(fd, vec, vlen)))
 		return REAL(sendmmsg)(fd, vec, vlen, flags);
 	fd_snapshot(fd, &e);

@@ -417,8 +417,7 @@ static int get_socket(const char **s, struct sock_item *it)
 	return 0;
 }
 
-/* A SOL_SOCKET option's value, or -1. */
-static int sockopt_value(int fd, int name)
+int sockopt_value(int fd, int name)
 {
 	socklen_t len = sizeof(int);
 	int v;
@@ -492,16 +491,6 @@ static const struct sock_item *held(const struct import *im, unsigned long sock_
 	return NULL;
 }
 
-/* Is the socket sock_ino bound to, or accepted from, the file st? */
-static int socket_of_file(unsigned long sock_ino, const struct stat *st)
-{
-	dev_t dev;
-	ino_t ino;
-
-	return unix_socket_file((ino_t)sock_ino, &dev, &ino) && dev == st->st_dev &&
-	       ino == st->st_ino;
-}
-
 /* Pass 2: adopt the file if it is ours to remove. */
 static void take_file(struct import *im, const struct file_item *f)
 {
@@ -572,8 +561,10 @@ static int socket_genuine(const struct import *im, const struct sock_item *it)
 static void take_socket(struct sock_item *it)
 {
 	it->e.sockfile = sockfile_by_socket((ino_t)it->sock_ino);
-	if (it->e.role == ROLE_LISTENER)
+	if (it->e.role == ROLE_LISTENER) {
 		listener_note(&it->e.local);
+		fake_port_share(); /* for the workers it may fork */
+	}
 	fd_store(it->fd, &it->e);
 	ulog(LOG_DEBUG_, "fd %d: inherited across exec as a converted socket", it->fd);
 }

@@ -199,11 +199,17 @@ API int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	return r;
 }
 
-/* connect() to AF_UNSPEC dissolves a datagram socket's association. */
+/* connect() to AF_UNSPEC dissolves a datagram socket's association, and pauses a
+ * listener. */
 static int disconnect(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	struct fd_entry *e;
-	int r = REAL(connect)(fd, sa, len);
+	struct fd_entry *e, now;
+	int r;
+
+	fd_snapshot(fd, &now);
+	if (now.kind == FD_CONVERTED && now.type == SOCK_STREAM && now.role == ROLE_LISTENER)
+		return listener_pause(fd, &now); /* TCP: stop listening, keep the port */
+	r = REAL(connect)(fd, sa, len);
 
 	if (r == 0) {
 		state_lock();
@@ -313,6 +319,8 @@ API int listen(int fd, int backlog)
 		return receive_role(fd, ROLE_RECEIVING);
 	if (e.kind == FD_CONVERTED && backlog < SOMAXCONN_MAX)
 		backlog = SOMAXCONN_MAX; /* the kernel caps it at net.core.somaxconn */
+	if (e.kind == FD_CONVERTED && e.paused)
+		return listener_resume(fd, &e, backlog);
 	return REAL(listen)(fd, backlog);
 }
 
@@ -417,6 +425,30 @@ static void release_after_accept(int fd, const struct fd_entry *listener, unsign
 	errno = saved;
 }
 
+void accepted_entry(struct fd_entry *e, const struct fd_entry *listener)
+{
+	fd_entry_init(e);
+	e->kind = FD_CONVERTED;
+	e->role = ROLE_ACCEPTED;
+	e->family = listener->family;
+	e->type = listener->type;
+	e->local = listener->local;
+	if (ipaddr_is_any(&e->local)) {
+		ipaddr_loopback(&e->local, listener->local.sa.sa_family);
+		ipaddr_set_port(&e->local, ipaddr_port(&listener->local));
+	}
+	/* Clients on a Unix socket are local clients: report them as loopback, as a
+	 * server trusting local peers expects (IPv4-mapped on a listener bound so). */
+	ipaddr_loopback_like(&e->peer, listener->local.sa.sa_family, &listener->local);
+	ipaddr_set_port(&e->peer, fake_port());
+	if (unsock_peer.sa.sa_family == listener->local.sa.sa_family) {
+		/* unsock reports its clients from UNSOCK_ADDR (and UNSOCK_PORT) */
+		e->peer.in4.sin_addr = unsock_peer.in4.sin_addr;
+		if (ipaddr_port(&unsock_peer))
+			ipaddr_set_port(&e->peer, ipaddr_port(&unsock_peer));
+	}
+}
+
 static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flags, int is4)
 {
 	struct fd_entry listener, e;
@@ -443,26 +475,7 @@ static int accept_common(int fd, struct sockaddr *addr, socklen_t *len, int flag
 	release_after_accept(fd, &listener, before);
 	if (conn < 0)
 		return conn;
-	fd_entry_init(&e);
-	e.kind = FD_CONVERTED;
-	e.role = ROLE_ACCEPTED;
-	e.family = listener.family;
-	e.type = listener.type;
-	e.local = listener.local;
-	if (ipaddr_is_any(&e.local)) {
-		ipaddr_loopback(&e.local, listener.local.sa.sa_family);
-		ipaddr_set_port(&e.local, ipaddr_port(&listener.local));
-	}
-	/* Clients on a Unix socket are local clients: report them as loopback, as a
-	 * server trusting local peers expects (IPv4-mapped on a listener bound so). */
-	ipaddr_loopback_like(&e.peer, listener.local.sa.sa_family, &listener.local);
-	ipaddr_set_port(&e.peer, fake_port());
-	if (unsock_peer.sa.sa_family == listener.local.sa.sa_family) {
-		/* unsock reports its clients from UNSOCK_ADDR (and UNSOCK_PORT) */
-		e.peer.in4.sin_addr = unsock_peer.in4.sin_addr;
-		if (ipaddr_port(&unsock_peer))
-			ipaddr_set_port(&e.peer, ipaddr_port(&unsock_peer));
-	}
+	accepted_entry(&e, &listener);
 	fd_store(conn, &e);
 	if (addr)
 		copy_out_addr(&e.peer, ipaddr_len(&e.peer), addr, len);
@@ -612,8 +625,9 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	fd_snapshot(fd, &e);
 	if (e.kind != FD_CONVERTED && e.kind != FD_PENDING)
 		return REAL(getsockopt)(fd, level, optname, val, len);
-	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL)) {
-		answer = optname == SO_DOMAIN ? e.family
+	if (level == SOL_SOCKET && (optname == SO_DOMAIN || optname == SO_PROTOCOL ||
+				    (optname == SO_ACCEPTCONN && e.paused))) {
+		answer = optname == SO_DOMAIN ? e.family : optname == SO_ACCEPTCONN ? 0
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
 	} else if (level == SOL_SOCKET && receive_sockopt(&e, optname, &answer)) {
 		/* a receiver answers as the TCP listener it stands for */
@@ -685,6 +699,8 @@ API ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	int handled;
 
 	rules_need();
+	if (msg && msg->msg_controllen && passfd_sending(msg))
+		return -1;
 	if (msg && msg->msg_name && msg->msg_namelen >= sizeof(sa_family_t) && rules_use_unix &&
 	    ((struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX)
 		return redirect_sendmsg(fd, msg, flags);
@@ -891,8 +907,8 @@ static int record_epoll(int epfd, int op, int fd, const struct epoll_event *ev)
 
 	state_lock();
 	e = fd_get(fd, 0);
-	/* a converted listener may still be replaced (a client that bound first), and a
-	 * receiver gets a new socket when its dispatcher restarts */
+	/* a converted listener may still be replaced (a client that bound first, a resume
+	 * after a pause), and a receiver gets a new socket when its dispatcher restarts */
 	if (e && (e->kind == FD_IP || e->kind == FD_PENDING || is_receiver(e) ||
 		  (e->role == ROLE_LISTENER && e->type == SOCK_STREAM))) {
 		if (op == EPOLL_CTL_DEL) {

@@ -6,6 +6,7 @@
  * The encoding comes inline in UNIXIFY_RULES, read at load, or from a file that
  * UNIXIFY_RULES names, read at the first socket call (rulefile.c).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -702,6 +703,11 @@ const struct rule *rule_at(int index)
 	return &current()->rules[index];
 }
 
+int rules_count(void)
+{
+	return current()->n;
+}
+
 enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q)
 {
 	uint16_t port;
@@ -816,4 +822,109 @@ int rule_names_port(const struct rule *r)
 			return 1;
 	}
 	return 0;
+}
+
+/* ---- from a Unix name back to the IP address it stands for ---- */
+
+struct captures {
+	const char *port, *addr;
+	size_t port_len, addr_len;
+};
+
+/* Can c be part of what placeholder kind expands to? */
+static int placeholder_char(char kind, char c)
+{
+	if (kind == 'p')
+		return c >= '0' && c <= '9';
+	if (kind == 't')
+		return c >= 'a' && c <= 'z';
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || c == '.' || c == ':';
+}
+
+/* Does name fit target, each placeholder standing for a run of the characters it expands
+ * to?  The first %p and %a found are captured; what they stand for is checked afterwards
+ * by expanding forward.  budget bounds the backtracking a crafted name could cause. */
+static int target_fits(const char *pat, const char *name, struct captures *c, int *budget)
+{
+	if (--*budget < 0)
+		return 0;
+	for (; *pat; pat++, name++) {
+		if (*pat == '%' && pat[1] != '%') {
+			size_t run = 0;
+
+			while (name[run] && placeholder_char(pat[1], name[run]))
+				run++;
+			for (size_t n = run; n >= 1; n--) { /* longest first */
+				struct captures saved = *c;
+
+				if (pat[1] == 'p' && !c->port)
+					*c = (struct captures){ name, c->addr, n, c->addr_len };
+				if (pat[1] == 'a' && !c->addr)
+					*c = (struct captures){ c->port, name, c->port_len, n };
+				if (target_fits(pat + 2, name + n, c, budget))
+					return 1;
+				*c = saved;
+			}
+			return 0;
+		}
+		if (*pat == '%')
+			pat++; /* "%%" is a '%' */
+		if (*pat != *name)
+			return 0;
+	}
+	return *name == 0;
+}
+
+/* The IP address r's placeholders and conditions say, for a socket of type. */
+static void candidate(const struct rule *r, const struct captures *c, struct ipaddr *a)
+{
+	char text[INET6_ADDRSTRLEN + 1] = "";
+	int family = r->family ? r->family : r->has_addr && !r->addr_v4 ? AF_INET6 : AF_INET;
+	unsigned long port = 0;
+
+	if (c->addr && c->addr_len < sizeof(text)) {
+		memcpy(text, c->addr, c->addr_len);
+		text[c->addr_len] = 0;
+	}
+	if (text[0] && strchr(text, ':'))
+		family = AF_INET6;
+	else if (text[0])
+		family = AF_INET;
+	ipaddr_any(a, family);
+	if (text[0])
+		inet_pton(family, text, family == AF_INET6 ? (void *)&a->in6.sin6_addr
+							   : (void *)&a->in4.sin_addr);
+	else if (r->has_addr && family == AF_INET && r->addr_v4)
+		memcpy(&a->in4.sin_addr, r->addr, 4);
+	else if (r->has_addr && family == AF_INET6 && !r->addr_v4)
+		memcpy(&a->in6.sin6_addr, r->addr, 16);
+	if (c->port && c->port_len <= 5)
+		port = strtoul(c->port, NULL, 10);
+	else if (r->has_ports)
+		port = r->port_lo;
+	ipaddr_set_port(a, port <= 65535 ? (uint16_t)port : 0);
+}
+
+int rules_invert(int dir, int type, const char *name, int abstract, struct ipaddr *out)
+{
+	const struct ruleset *s = current();
+	char expanded[sizeof(((struct sockaddr_un *)0)->sun_path)];
+
+	for (int i = 0; i < s->n; i++) {
+		const struct rule *r = &s->rules[i];
+		struct captures c = { 0 };
+		struct sock_query q = { .dir = dir, .type = type, .addr = out };
+		int budget = 4096;
+
+		if (r->action != (abstract ? ACT_ABSTRACT : ACT_PATH) || (r->dir && r->dir != dir) ||
+		    (r->type && r->type != type) || r->from_unix || r->from_abstract ||
+		    !target_fits(r->target, name, &c, &budget))
+			continue;
+		candidate(r, &c, out);
+		/* the address must lead back here: the first rule it meets, and this name */
+		if (rules_match(&q) == i && !rule_expand(r, &q, expanded, sizeof(expanded)) &&
+		    !strcmp(expanded, name))
+			return i;
+	}
+	return -1;
 }

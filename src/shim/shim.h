@@ -120,6 +120,9 @@ void ipaddr_format(const struct ipaddr *a, char *buf, size_t size);
 /* a as the IPv4-mapped IPv6 address of v4, with port (network byte order). */
 void v4_mapped(struct ipaddr *a, struct in_addr v4, uint16_t port);
 uint16_t fake_port(void);
+/* Number ports in a page shared with the processes forked from now on (a server's
+ * workers): called when a listener is converted. */
+void fake_port_share(void);
 int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, socklen_t *dstlen);
 struct rule;
 /* The Unix address for a path= or abstract= rule's expanded target: its length, or -1
@@ -246,10 +249,16 @@ int ruleset_count(const struct ruleset *s);
 const struct rule *ruleset_rule(const struct ruleset *s, int index);
 void ruleset_free(struct ruleset *s);
 const struct rule *rule_at(int index);
+int rules_count(void);
 /* Does r's path= or abstract= name the port (%p)? */
 int rule_names_port(const struct rule *r);
 /* Expand %p %a %t %% into out; -1 with errno ENAMETOOLONG if it does not fit. */
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size);
+/* The other way: the first path= (abstract= when abstract) rule for dir and type that
+ * gives name, and the IP address it was given for (placeholders read back from name,
+ * the rest from the rule's conditions; checked by expanding forward).  Its index with
+ * out set, or -1. */
+int rules_invert(int dir, int type, const char *name, int abstract, struct ipaddr *out);
 
 /* Does path match a from-unix / from-abstract pattern?  (glob.c)  Patterns are at most
  * GLOB_MAX bytes (rules.py: GLOB_MAX); a longer one matches nothing. */
@@ -301,6 +310,7 @@ struct fd_entry {
 	uint8_t claim_errno; /* a rule claimed this IP or pending socket and converting it
 				failed with this errno: it must not bind implicitly */
 	uint8_t claim_dir;   /* DIR_IN or DIR_OUT: which call the rule claimed */
+	uint8_t paused;      /* a listener paused by connect(AF_UNSPEC), its file released */
 	int32_t sockfile; /* index into the socket file table, or -1 */
 	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
 	uint32_t spill;   /* which spilled records at this fd number are ours, or 0 */
@@ -376,6 +386,8 @@ int sockfile_blackhole(int sock);
 int sockfile_adopt(const char *path, dev_t dev, ino_t ino, ino_t sock_ino, int noremove);
 /* Add copies of the records in use to out (struct sockfile items). */
 void sockfile_list(struct growbuf *out);
+/* Remove record idx's file now, if the path still names it, and forget the record. */
+void sockfile_unlink(int idx);
 /* Index of the record for the socket with inode sock_ino, or -1. */
 int sockfile_by_socket(ino_t sock_ino);
 /* Index of the record for path if this process holds its socket open, or -1. */
@@ -390,6 +402,8 @@ int unix_socket_alive(ino_t sock_ino);
 /* The file the socket with inode sock_ino is bound to, or was accepted from: 1 with its
  * dev and ino as stat reports them; 0 when it has none or we cannot tell. */
 int unix_socket_file(ino_t sock_ino, dev_t *dev, ino_t *ino);
+/* Is the socket sock_ino bound to, or accepted from, the file st (its lstat)? */
+int socket_of_file(unsigned long sock_ino, const struct stat *st);
 /* Is a socket, in this network namespace or another, bound to the file at path (st its
  * lstat)?  1 yes, 0 no: a stale file. */
 int socket_file_live(const char *path, const struct stat *st);
@@ -411,6 +425,8 @@ int convert_passed(int fd, const struct ipaddr *addr, const struct fd_entry *old
  * source address first); as convert_connect, old the listener's entry. */
 int convert_bound_connect(int fd, const struct ipaddr *addr, const struct fd_entry *old,
 			  int *handled);
+/* The local address of a converted client of peer: loopback like it, a port of its own. */
+void client_local(struct ipaddr *local, int family, const struct ipaddr *peer);
 /* Turn an IP datagram socket into a Unix one with a private address, unconnected. */
 int convert_sender(int fd, const struct fd_entry *old);
 void copyable_option_mark(struct fd_entry *e, int level, int optname);
@@ -422,6 +438,10 @@ int rule_target(int fd, const struct sock_query *q, struct sockaddr_un *sun, soc
 /* Put sock in fd's place; fd keeps its entry, flags and epoll registrations.  On
  * failure sock is closed and fd left as it was. */
 int replace_socket(int fd, int sock);
+/* Put a fresh Unix socket listening at path (r, may be NULL: its file's mode and owner)
+ * in the place of old's fd, keeping its flags, options and epoll registrations. */
+int convert_relisten(int fd, const struct fd_entry *old, const char *path,
+		     const struct rule *r, int backlog);
 /* Turn a pending socket into the IP socket the program asked for. */
 int materialize(int fd);
 /* Should socket() make a stream socket of family a pending one? */
@@ -461,6 +481,20 @@ int receive_sockopt(const struct fd_entry *e, int name, int *answer);
 
 /* ---- converted sockets across exec (inherit.c) ---- */
 void inherit_init(void);
+/* A SOL_SOCKET option's int value, or -1. */
+int sockopt_value(int fd, int name);
+
+/* ---- pausing a converted listener (pause.c) ---- */
+/* connect(AF_UNSPEC) on the converted listener e: stop taking connections. */
+int listener_pause(int fd, const struct fd_entry *e);
+/* listen() on a paused one: take connections again, at the same path. */
+int listener_resume(int fd, const struct fd_entry *e, int backlog);
+
+/* ---- converted sockets received over SCM_RIGHTS (passfd.c) ---- */
+/* The sockets msg, just received, carries: take back those we can prove converted. */
+void passfd_received(struct msghdr *msg);
+/* Before a send: the pending sockets msg passes become their IP sockets.  0, or -1. */
+int passfd_sending(const struct msghdr *msg);
 
 /* ---- unsock's environment variables as rules (unsock.c) ---- */
 /* Some UNSOCK_* variable asks for conversion or blocking. */
@@ -522,6 +556,8 @@ int systemd_claim(int rule, const struct rule *r, int type, int *family);
 /* fd is tracked, or it is an IP socket we did not see made that sends to sa, and is
  * tracked now (sending would bind it to a port).  1 when tracked. */
 int tracked_for_send(int fd, const struct sockaddr *sa, socklen_t len);
+/* The entry of a connection accepted from listener: its addresses, a peer of its own. */
+void accepted_entry(struct fd_entry *e, const struct fd_entry *listener);
 
 /* ---- datagram peers (peers.c) ---- */
 /* Pair a Unix address with the IP address the program knows it by. */

@@ -169,6 +169,15 @@ int unix_socket_file(ino_t sock_ino, dev_t *dev, ino_t *ino)
 	return 1;
 }
 
+int socket_of_file(unsigned long sock_ino, const struct stat *st)
+{
+	dev_t dev;
+	ino_t ino;
+
+	return unix_socket_file((ino_t)sock_ino, &dev, &ino) && dev == st->st_dev &&
+	       ino == st->st_ino;
+}
+
 /* Is a socket bound to the file at path?  1 yes, 0 no (stale). */
 int socket_file_live(const char *path, const struct stat *st)
 {
@@ -772,6 +781,21 @@ void sockfile_release(int idx)
 	if (f.noremove)
 		return;
 	if (unlink_if_same(f.path, f.dev, f.ino, 0) == 0)
+		ulog(LOG_INFO_, "removed socket file %s", f.path);
+}
+
+void sockfile_unlink(int idx)
+{
+	struct sockfile f;
+
+	state_lock_masked();
+	f.used = idx >= 0 && idx < n_sockfiles && sockfiles[idx].used;
+	if (f.used) {
+		f = sockfiles[idx];
+		sockfiles[idx].used = 0;
+	}
+	state_unlock();
+	if (f.used && unlink_if_same(f.path, f.dev, f.ino, 0) == 0)
 		ulog(LOG_INFO_, "removed socket file %s", f.path);
 }
 

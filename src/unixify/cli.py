@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getopt
 import os
+import stat
 import sys
 from typing import NoReturn
 
@@ -21,12 +22,12 @@ from unixify.encoding import (
     encode_checked,
     rules_variable,
 )
-from unixify.reach import find_program, unreachable
+from unixify.reach import classify, find_program
 from unixify.rules import Rule, RuleError, parse_mode, parse_rule, parse_rules_file
-from unixify.shim import ShimError, library_path, loadable_preload
+from unixify.shim import ShimError, library_path, loadable_preload, supervisor_path
 
 USAGE = """\
-usage: unixify [-v...] [-p] [--mode OCTAL] (-r RULE | -f FILE)... PROGRAM [ARGS...]
+usage: unixify [-v...] [-p] [--mode OCTAL] [--backend B] (-r RULE | -f FILE)... PROGRAM [ARGS...]
        unixify -c [-p] (-r RULE | -f FILE)...
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp
@@ -44,8 +45,13 @@ options:
   -p, --print       print the rule table (stdout with -c, else stderr)
   -v, --verbose     log more from inside the program (repeatable)
       --mode OCTAL  socket file mode for path=/receive= rules without mode= (e.g. 0600)
-      --program PROG  (explain) check PROG as the launcher would: it refuses programs
-                    the preload cannot reach (static, Go, set-id, file capabilities)
+      --backend B   preload (the shim, for programs using libc's socket calls),
+                    seccomp (a supervisor answering the program's system calls: static
+                    and Go programs), or auto (the default: seccomp for static and Go
+                    programs, preload otherwise)
+      --program PROG  (explain) check PROG as the launcher would: static and Go
+                    programs run under the seccomp back end; set-id programs and ones
+                    with file capabilities are refused
       --lib         print the path of the preload library and exit
       --version     print the version and exit
   -h, --help        show this help and exit
@@ -221,9 +227,11 @@ def run_explain(argv: list[str]) -> int:
         program = find_program(names[-1])
         if program is None:
             raise UsageError(f"explain: {names[-1]}: command not found")
-        why = unreachable(program)
-        refusal = f"unixify refuses to run it: {program} {why}" if why else None
-        note = f"({program}: the preload reaches it)" if not why else ""
+        kind, why = classify(program)
+        refusal = f"unixify refuses to run it: {program} {why}" if kind == "none" else None
+        note = {"preload": f"({program}: the preload reaches it)",
+                "seccomp": f"({program}: runs under the seccomp back end: it "
+                           f"{(why or '').split(';')[0].split(',')[0]})"}.get(kind, "")
     sys.stdout.write((note + "\n" if note else "") + explain(rules, query, refusal))
     return 0
 
@@ -289,6 +297,42 @@ def _control_option(text: str) -> tuple[int, int, bytes]:
     return level, name, value.to_bytes(4, "little", signed=True).ljust(32, b"\0")
 
 
+BACKENDS = ("auto", "preload", "seccomp")
+
+
+def choose_backend(program: str, wanted: str) -> tuple[str, str]:
+    """The back end for program and why; UsageError when it serves the program not."""
+    kind, why = classify(program)
+    if kind == "none":
+        raise UsageError(f"{program} {why}")
+    if wanted == "preload" and why:
+        raise UsageError(f"{program} {why} (--backend=preload)")
+    if wanted == "seccomp":
+        return "seccomp", "--backend=seccomp"
+    if wanted == "auto" and kind == "seccomp":
+        return "seccomp", f"{program} {why.split(';')[0] if why else ''}"
+    return "preload", (f"{program} is dynamically linked and uses the C library's "
+                       "socket calls" if wanted == "auto" else "--backend=preload")
+
+
+def log_line(message: str) -> None:
+    """An informational line as the library writes them: with the pid (the program's,
+    after exec) and, when stderr is a socket (the journal), a syslog priority."""
+    try:
+        journal = stat.S_ISSOCK(os.fstat(2).st_mode)
+    except OSError:
+        journal = False
+    sys.stderr.write(f"{'<6>' if journal else ''}unixify[{os.getpid()}]: {message}\n")
+
+
+def seccomp_environment(encoded: bytes, rules: list[Rule], verbosity: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k != "UNIXIFY_INHERIT" and not k.startswith("UNIXIFY_INHERIT_")}
+    env[ENV_RULES] = rules_variable(rules, encoded)
+    env[ENV_VERBOSE] = str(1 + verbosity)
+    return env
+
+
 def run(argv: list[str]) -> int:
     if argv[:1] == ["explain"]:
         return run_explain(argv[1:])
@@ -305,11 +349,13 @@ def run(argv: list[str]) -> int:
     try:
         options, rest = getopt.getopt(
             argv, "r:f:cpvh",
-            ["rule=", "file=", "check", "print", "verbose", "help", "version", "lib", "mode="])
+            ["rule=", "file=", "check", "print", "verbose", "help", "version", "lib", "mode=",
+             "backend="])
     except getopt.GetoptError as err:
         raise UsageError(f"{err.msg} (see 'unixify --help')") from None
     check = show = False
     verbosity = 0
+    backend = "auto"
     for option, _value in options:
         if option in ("-h", "--help"):
             sys.stdout.write(USAGE)
@@ -326,6 +372,11 @@ def run(argv: list[str]) -> int:
             show = True
         elif option in ("-v", "--verbose"):
             verbosity += 1
+        elif option == "--backend":
+            if _value not in BACKENDS:
+                raise UsageError(f"--backend {_value!r}: expected one of "
+                                 f"{', '.join(BACKENDS)}")
+            backend = _value
     rules = rules_from_options(options)
     encoded = encode_checked(rules)  # -c and the launcher refuse alike
     if show:
@@ -340,16 +391,23 @@ def run(argv: list[str]) -> int:
     program = find_program(rest[0])
     if program is None:
         fail(f"{rest[0]}: command not found", 127)
-    why = unreachable(program)
-    if why:
-        raise UsageError(f"{program} {why}")
-    env = build_environment(rules, encoded, verbosity)
+    chosen, reason = choose_backend(program, backend)
+    if verbosity:
+        log_line(f"back end {chosen}: {reason}")
+    if chosen == "seccomp":
+        target = supervisor_path()
+        args = [target, program, *rest]
+        env = seccomp_environment(encoded, rules, verbosity)
+    else:
+        target, args = program, rest
+        env = build_environment(rules, encoded, verbosity)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(program, rest, env)
+        os.execve(target, args, env)
     except OSError as exc:
-        fail(f"cannot run {rest[0]}: {exc.strerror}", 126)
+        what = rest[0] if target == program else f"the seccomp supervisor {target}"
+        fail(f"cannot run {what}: {exc.strerror}", 126)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,6 +193,13 @@ def _env_command(words: list[str]) -> str | None:
 def unreachable(program: str) -> str | None:
     """Why the preload cannot reach program's sockets, as a phrase that completes
     "<program> ...", or None when it can."""
+    return classify(program)[1]
+
+
+def classify(program: str) -> tuple[str, str | None]:
+    """Which back end can serve program: ("preload", None); ("seccomp", why the preload
+    cannot) for a static or Go program; ("none", why) for one exec() would start in
+    secure-execution mode (no_new_privs would drop its privileges instead)."""
     path, chain = program, ""
     for _ in range(MAX_SCRIPT_DEPTH + 1):
         interpreter = _interpreter(path)
@@ -202,25 +209,25 @@ def unreachable(program: str) -> str | None:
         chain += f"runs {path}, which "
         if os.path.basename(path) == "env":
             found = _env_command(interpreter[1:])
-            why = _binary_unreachable(path)
+            kind, why = _binary_kind(path)
             if why or found is None:
-                return chain + why if why else None
+                return (kind, chain + why) if why else ("preload", None)
             path = found
             chain += f"runs {path}, which "
-    why = _binary_unreachable(path)
-    return chain + why if why else None
+    kind, why = _binary_kind(path)
+    return (kind, chain + why) if why else ("preload", None)
 
 
-def _binary_unreachable(path: str) -> str | None:
+def _binary_kind(path: str) -> tuple[str, str | None]:
     secure = secure_execution(path)
     if secure:
-        return (f"{secure}: the dynamic linker drops LD_PRELOAD in secure-execution mode, "
-                "so its IP ports would open unconverted")
+        return ("none", f"{secure}: the dynamic linker drops LD_PRELOAD in "
+                "secure-execution mode, so its IP ports would open unconverted")
     facts = elf_facts(path)
     if facts is not None and not facts.dynamic:
-        return ("is statically linked; preloading cannot reach its sockets, so its IP "
-                "ports would open unconverted")
+        return ("seccomp", "is statically linked; preloading cannot reach its sockets, so "
+                "its IP ports would open unconverted")
     if facts is not None and facts.go:
-        return ("is a Go program, which makes its own system calls; preloading cannot "
-                "reach its sockets, so its IP ports would open unconverted")
-    return None
+        return ("seccomp", "is a Go program, which makes its own system calls; preloading "
+                "cannot reach its sockets, so its IP ports would open unconverted")
+    return ("preload", None)

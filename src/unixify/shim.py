@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 
 LIBRARY_NAME = "libunixify.so"
+SUPERVISOR_NAME = "unixify-supervise"
 MATCHER_NAME = "libunixify-match.so"
 DISPATCHER_NAME = "unixify-dispatcher"
 
 
 ENV_OVERRIDE = "UNIXIFY_SHIM"
+ENV_SUPERVISOR = "UNIXIFY_SUPERVISOR"
 
 
 class ShimError(Exception):
@@ -20,10 +22,12 @@ def library_path() -> str:
     """What to preload: the shim shipped inside this package, or the value of
     ``UNIXIFY_SHIM`` (for testing another build, e.g. one with sanitizers, whose runtime
     must come first: ``UNIXIFY_SHIM="libasan.so.8 /path/libunixify.so"``)."""
-    override = os.environ.get(ENV_OVERRIDE)
-    if override:
-        return override
-    return _package_file(LIBRARY_NAME)
+    return os.environ.get(ENV_OVERRIDE) or _package_file(LIBRARY_NAME)
+
+
+def supervisor_path() -> str:
+    """The seccomp back end's supervisor program, or ``UNIXIFY_SUPERVISOR``'s value."""
+    return os.environ.get(ENV_SUPERVISOR) or _package_file(SUPERVISOR_NAME, "supervisor")
 
 
 def matcher_path() -> str:
@@ -37,11 +41,11 @@ def dispatcher_path() -> str:
     return _package_file(DISPATCHER_NAME)
 
 
-def _package_file(name: str) -> str:
+def _package_file(name: str, what: str = "shim") -> str:
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if _readable(here):
         return here
-    # Editable installs keep the built library in the build tree; ask the package's
+    # Editable installs keep what they build in the build tree; ask the package's
     # resource loader where it is.
     from importlib import resources
 
@@ -49,7 +53,7 @@ def _package_file(name: str) -> str:
     with resources.as_file(resource) as path:
         if _readable(str(path)):
             return str(path)
-    raise ShimError(f"the unixify shim ({name}) is not installed, or this user "
+    raise ShimError(f"the unixify {what} ({name}) is not installed, or this user "
                     f"(uid {os.getuid()}) cannot read it at {here}")
 
 
