@@ -18,6 +18,10 @@ rules     connect+close converted by the last of 100,000 rules vs by the only ru
 seccomp   the seccomp back end: a static C connect+close loop converted vs native
           AF_UNIX; Go net/http with a new connection per request and with keep-alive,
           converted (server and client supervised) vs native TCP.
+dispatch  short connections (connect, one small answer, close) from 64 concurrent
+          clients: new connections per second and p99 connect-to-first-byte, against
+          the server accepting itself, through `unixify dispatch` (protocols A and B),
+          HAProxy in TCP mode and socat fork in front of it.
 
 Variants run interleaved, round after round, and the median of the rounds is compared,
 so drift on a busy machine hits all of them alike.  The targets of the foundation issue
@@ -27,6 +31,7 @@ are checked; the exit status is 1 if one is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -165,10 +170,10 @@ def run_number(args: list[str], env: dict[str, str] | None = None) -> float:
     return float(out.split()[0])
 
 
-def build(tmp: Path, name: str) -> str:
+def build(tmp: Path, name: str, *extra: str) -> str:
     binary = tmp / name
     subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(binary),
-                    str(HERE / f"{name}.c")], check=True)
+                    str(HERE / f"{name}.c"), *extra], check=True)
     return str(binary)
 
 
@@ -374,6 +379,87 @@ def bench_rules(rounds: int, quick: bool, targets: Targets) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+HAPROXY = """\
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend front
+    bind 127.0.0.1:{front}
+    maxconn 4096
+    default_backend back
+backend back
+    server direct 127.0.0.1:{direct}
+"""
+
+
+def bench_dispatch(rounds: int, quick: bool, targets: Targets) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="ufy-bench-"))
+    serve = build(tmp, "connserve")
+    client = build(tmp, "connclient", "-pthread")
+    count = "5000" if quick else "20000"
+    direct, via_a, via_b, via_haproxy, via_socat = (free_port() for _ in range(5))
+    conf = tmp / "dispatch.conf"
+    conf.write_text(f"listen,addr=127.0.0.1,port={via_a},backlog=4096\n"
+                    f"listen,addr=127.0.0.1,port={via_b},backlog=4096\n"
+                    f"control,path={tmp}/ctl\nallow,slot=1,uid={os.getuid()}\n"
+                    f"port={via_a},send={tmp}/a.sock\nport={via_b},slot=1\n")
+    (tmp / "haproxy.cfg").write_text(HAPROXY.format(front=via_haproxy, direct=direct))
+    haproxy, socat = shutil.which("haproxy"), shutil.which("socat")
+    lost: dict[str, float] = {}
+    p99: dict[str, list[float]] = {}
+
+    def measure(name: str, port: int) -> Callable[[], float]:
+        def run() -> float:
+            out = subprocess.run([client, "127.0.0.1", str(port), "64", count],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            lost[name] = lost.get(name, 0) + float(out[2])
+            p99.setdefault(name, []).append(float(out[1]))
+            return float(out[0])
+        return run
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(background([serve, "tcp", str(direct)]))
+        stack.enter_context(background([serve, "a", f"{tmp}/a.sock"]))
+        stack.enter_context(background([*unixify(), "dispatch", str(conf)]))
+        wait_until(lambda: tcp_ready(direct) and tcp_ready(via_b), "servers")
+        stack.enter_context(background([serve, "b", f"{tmp}/ctl", "1"]))
+        variants = {"direct": measure("direct", direct),
+                    "dispatch (A)": measure("dispatch (A)", via_a),
+                    "dispatch (B)": measure("dispatch (B)", via_b)}
+        if haproxy:
+            stack.enter_context(background([haproxy, "-db", "-f", str(tmp / "haproxy.cfg")]))
+            wait_until(lambda: tcp_ready(via_haproxy), "haproxy")
+            variants["haproxy tcp"] = measure("haproxy tcp", via_haproxy)
+        if socat:
+            stack.enter_context(background([socat, f"TCP-LISTEN:{via_socat},bind=127.0.0.1,"
+                                            "fork,reuseaddr,backlog=4096",
+                                            f"TCP:127.0.0.1:{direct}"]))
+            wait_until(lambda: tcp_ready(via_socat), "socat")
+            variants["socat fork"] = measure("socat fork", via_socat)
+        time.sleep(0.5)  # the protocol B server registers
+        results = interleave(variants, rounds)
+    shutil.rmtree(tmp, ignore_errors=True)
+    report(f"dispatch: {count} short connections from 64 clients", "connections/s",
+           results, "direct")
+    print("  p99 connect-to-first-byte (median of rounds, us) and connections lost:")
+    for name in results:
+        print(f"  {name:<22} {statistics.median(p99[name]):>10.0f}   lost {lost[name]:.0f}")
+    median_p99 = {name: statistics.median(values) for name, values in p99.items()}
+    targets.check("dispatch (A) / direct (rate)", results["dispatch (A)"] / results["direct"],
+                  ">=", 0.9)
+    if "haproxy tcp" in results:
+        targets.check("dispatch (A) / haproxy (rate)",
+                      results["dispatch (A)"] / results["haproxy tcp"], ">=", 1.5)
+    targets.check("dispatch (A) / direct (p99)",
+                  median_p99["dispatch (A)"] / median_p99["direct"], "<=", 1.2)
+    targets.check("dispatch lost connections", lost["dispatch (A)"] + lost["dispatch (B)"],
+                  "<=", 0)
+
+
 def build_go(tmp: Path) -> str | None:
     go = shutil.which("go")
     if not go:
@@ -446,7 +532,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="?", default="all",
                         choices=["datapath", "setup", "datagram", "launcher", "rules",
-                                 "seccomp", "all"])
+                                 "dispatch", "seccomp", "all"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller runs (for CI)")
     parser.add_argument("--old-shim", metavar="LIB",
@@ -457,7 +543,8 @@ def main() -> int:
     benches: dict[str, Callable[[int, bool, Targets], None]] = {
         "datapath": bench_datapath,
         "setup": lambda r, q, t: bench_setup(r, q, t, args.old_shim), "datagram": bench_datagram,
-        "launcher": bench_launcher, "rules": bench_rules, "seccomp": bench_seccomp}
+        "launcher": bench_launcher, "rules": bench_rules, "seccomp": bench_seccomp,
+        "dispatch": bench_dispatch}
     for name, bench in benches.items():
         if args.which in (name, "all"):
             bench(args.rounds, args.quick, targets)

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -200,6 +201,86 @@ int copy_out_addr(const void *src, socklen_t srclen, struct sockaddr *dst, sockl
 	}
 	memcpy(dst, src, *dstlen < srclen ? *dstlen : srclen);
 	*dstlen = srclen;
+	return 0;
+}
+
+int ipaddr_in_prefix(const struct ipaddr *a, const uint8_t *net, int v4, unsigned len)
+{
+	int a_v4;
+	const uint8_t *bytes = ipaddr_bytes(a, &a_v4);
+	unsigned full = len / 8, rest = len % 8;
+
+	if (a_v4 != v4)
+		return 0;
+	if (memcmp(bytes, net, full))
+		return 0;
+	if (rest) {
+		uint8_t mask = (uint8_t)(0xff << (8 - rest));
+
+		if ((bytes[full] & mask) != (net[full] & mask))
+			return 0;
+	}
+	return 1;
+}
+
+static int append(char *out, size_t size, size_t *used, const char *s, size_t n)
+{
+	if (*used + n >= size) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(out + *used, s, n);
+	*used += n;
+	return 0;
+}
+
+/* The text a placeholder stands for, in piece or a constant. */
+static const char *placeholder(char which, const struct ipaddr *a, int type, char *piece,
+			       size_t size)
+{
+	switch (which) {
+	case 'p':
+		if (!a)
+			return "unknown";
+		snprintf(piece, size, "%u", ipaddr_port(a));
+		return piece;
+	case 'a':
+		if (!a)
+			return "unknown";
+		ipaddr_format(a, piece, size);
+		return piece;
+	case 't':
+		return type == SOCK_STREAM ? "tcp" : type == SOCK_DGRAM ? "udp" : "unknown";
+	case '%':
+		return "%";
+	}
+	return NULL; /* the parser lets no other placeholder through */
+}
+
+int ipaddr_expand(const char *tmpl, const struct ipaddr *a, int type, char *out, size_t size)
+{
+	char piece[INET6_ADDRSTRLEN + 8];
+	const char *p = tmpl;
+	size_t used = 0;
+
+	for (;;) {
+		const char *pct = strchr(p, '%');
+		const char *add;
+
+		if (append(out, size, &used, p, pct ? (size_t)(pct - p) : strlen(p)))
+			return -1;
+		if (!pct)
+			break;
+		add = placeholder(pct[1], a, type, piece, sizeof(piece));
+		if (!add) {
+			errno = EINVAL;
+			return -1;
+		}
+		if (append(out, size, &used, add, strlen(add)))
+			return -1;
+		p = pct + 2;
+	}
+	out[used] = 0;
 	return 0;
 }
 

@@ -91,24 +91,6 @@ static const char *arena_copy(struct ruleset *s, const char *v, size_t n)
 	return p;
 }
 
-/* Parse a decimal in [0, max] spanning exactly s[0..n). */
-static int parse_uint(const char *s, size_t n, unsigned long max, unsigned long *out)
-{
-	unsigned long v = 0;
-
-	if (n == 0 || n > 10)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -1;
-		v = v * 10 + (unsigned long)(s[i] - '0');
-	}
-	if (v > max)
-		return -1;
-	*out = v;
-	return 0;
-}
-
 static int parse_octal(const char *s, size_t n, unsigned long *out)
 {
 	unsigned long v = 0;
@@ -122,60 +104,19 @@ static int parse_octal(const char *s, size_t n, unsigned long *out)
 	return 0;
 }
 
-static int hexval(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	return -1;
-}
-
-int hex_decode(const char *hex, size_t n_bytes, uint8_t *out)
-{
-	for (size_t i = 0; i < n_bytes; i++) {
-		int hi = hexval(hex[2 * i]), lo = hi < 0 ? -1 : hexval(hex[2 * i + 1]);
-
-		if (hi < 0 || lo < 0)
-			return -1;
-		out[i] = (uint8_t)(hi << 4 | lo);
-	}
-	return 0;
-}
-
 static int parse_addr(struct rule *r, const char *v, size_t n)
 {
-	const char *slash = memchr(v, '/', n);
-	size_t hexlen, bytes;
-	unsigned long plen;
-
-	if (!slash)
-		return -1;
-	hexlen = (size_t)(slash - v);
-	if (hexlen != 8 && hexlen != 32)
-		return -1;
-	bytes = hexlen / 2;
-	if (hex_decode(v, bytes, r->addr))
-		return -1;
-	if (parse_uint(slash + 1, n - hexlen - 1, bytes * 8, &plen))
+	if (field_prefix(v, n, r->addr, &r->addr_v4, &r->prefix))
 		return -1;
 	r->has_addr = 1;
-	r->addr_v4 = bytes == 4;
-	r->prefix = (uint8_t)plen;
 	return 0;
 }
 
 static int parse_ports(struct rule *r, const char *v, size_t n)
 {
-	const char *dash = memchr(v, '-', n);
-	unsigned long lo, hi;
-
-	if (!dash || parse_uint(v, (size_t)(dash - v), 65535, &lo) ||
-	    parse_uint(dash + 1, n - (size_t)(dash - v) - 1, 65535, &hi) || hi < lo)
+	if (field_ports(v, n, &r->port_lo, &r->port_hi))
 		return -1;
 	r->has_ports = 1;
-	r->port_lo = (uint16_t)lo;
-	r->port_hi = (uint16_t)hi;
 	return 0;
 }
 
@@ -191,7 +132,7 @@ static int parse_numbers(struct rule *r, const char *v, size_t n)
 
 		if (i < n && v[i] != ':')
 			continue;
-		if (r->n_numbers == 5 || parse_uint(v + start, i - start, 0xffffffffUL, &num))
+		if (r->n_numbers == 5 || field_uint(v + start, i - start, 0xffffffffUL, &num))
 			return -1;
 		r->numbers[r->n_numbers++] = (uint32_t)num;
 		start = i + 1;
@@ -242,7 +183,7 @@ static int apply_field(struct ruleset *s, struct rule *r, char key, const char *
 	case 'v':
 		return parse_numbers(r, v, n);
 	case 'e':
-		if (parse_uint(v, n, 4095, &num) || num == 0)
+		if (field_uint(v, n, 4095, &num) || num == 0)
 			return -1;
 		r->reject_errno = (int)num;
 		return 0;
@@ -263,7 +204,7 @@ static int apply_field(struct ruleset *s, struct rule *r, char key, const char *
 		return 0;
 	case 'o':
 	case 'g':
-		if (parse_uint(v, n, 0xfffffffeUL, &num))
+		if (field_uint(v, n, 0xfffffffeUL, &num))
 			return -1;
 		if (key == 'o')
 			r->uid = (uid_t)num;
@@ -320,20 +261,12 @@ static int check_rule(const struct rule *r)
 
 static int parse_field(struct cursor *c, struct rule *r)
 {
-	char key = c->s[c->pos++];
-	unsigned long n;
-	size_t start = c->pos;
+	struct field f;
 
-	while (c->pos < c->len && c->s[c->pos] != ':')
-		c->pos++;
-	if (c->pos >= c->len || parse_uint(c->s + start, c->pos - start, MAX_VALUE, &n))
-		return fail(c, "bad field length");
-	c->pos++; /* ':' */
-	if (n > c->len - c->pos)
-		return fail(c, "field runs past the end");
-	if (apply_field(c->set, r, key, c->s + c->pos, n))
+	if (field_next(c->s, c->len, &c->pos, MAX_VALUE, &f, &c->error))
+		return -1;
+	if (apply_field(c->set, r, f.key, f.value, f.len))
 		return fail(c, "bad field");
-	c->pos += n;
 	return 0;
 }
 
@@ -668,7 +601,7 @@ static const char *parse_reference(const char *ref)
 
 	if (!path)
 		return "expected @SIZE:FLAGS:PATH";
-	if (parse_uint(ref, (size_t)(flags - ref), MAX_ENCODING, &size))
+	if (field_uint(ref, (size_t)(flags - ref), MAX_ENCODING, &size))
 		return "SIZE is not a number up to the limit of 67108864 bytes";
 	flags++;
 	if (path - flags > 1 || (path - flags == 1 && flags[0] != 'S'))
@@ -775,27 +708,6 @@ int rules_count(void)
 	return current()->n;
 }
 
-static int addr_matches(const struct rule *r, const struct ipaddr *a)
-{
-	int v4;
-	const uint8_t *bytes = ipaddr_bytes(a, &v4);
-	unsigned full, rest;
-
-	if (v4 != r->addr_v4)
-		return 0;
-	full = r->prefix / 8;
-	rest = r->prefix % 8;
-	if (memcmp(bytes, r->addr, full))
-		return 0;
-	if (rest) {
-		uint8_t mask = (uint8_t)(0xff << (8 - rest));
-
-		if ((bytes[full] & mask) != (r->addr[full] & mask))
-			return 0;
-	}
-	return 1;
-}
-
 enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q)
 {
 	uint16_t port;
@@ -819,7 +731,7 @@ enum rule_miss rule_mismatch(const struct rule *r, const struct sock_query *q)
 		return glob_match(r->from_unix ? r->from_unix : r->from_abstract, q->unix_name)
 			       ? MISS_NONE : MISS_GLOB;
 	}
-	if (r->has_addr && !addr_matches(r, q->addr))
+	if (r->has_addr && !ipaddr_in_prefix(q->addr, r->addr, r->addr_v4, r->prefix))
 		return MISS_ADDR;
 	port = ipaddr_port(q->addr);
 	if (r->has_ports && (port < r->port_lo || port > r->port_hi))
@@ -898,60 +810,9 @@ void ruleset_free(struct ruleset *s)
 	set_free(s);
 }
 
-static int append(char *out, size_t size, size_t *used, const char *s, size_t n)
-{
-	if (*used + n >= size) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(out + *used, s, n);
-	*used += n;
-	return 0;
-}
-
 int rule_expand(const struct rule *r, const struct sock_query *q, char *out, size_t size)
 {
-	char piece[INET6_ADDRSTRLEN + 8];
-	const char *p = r->target;
-	size_t used = 0;
-
-	for (;;) {
-		const char *pct = strchr(p, '%');
-		const char *add = piece;
-
-		if (append(out, size, &used, p, pct ? (size_t)(pct - p) : strlen(p)))
-			return -1;
-		if (!pct)
-			break;
-		switch (pct[1]) {
-		case 'p':
-			if (q->addr)
-				snprintf(piece, sizeof(piece), "%u", ipaddr_port(q->addr));
-			else
-				add = "unknown";
-			break;
-		case 'a':
-			if (q->addr)
-				ipaddr_format(q->addr, piece, sizeof(piece));
-			else
-				add = "unknown";
-			break;
-		case 't':
-			add = q->type == SOCK_STREAM ? "tcp" : q->type == SOCK_DGRAM ? "udp" : "unknown";
-			break;
-		case '%':
-			add = "%";
-			break;
-		default: /* the parser lets no other placeholder through */
-			errno = EINVAL;
-			return -1;
-		}
-		if (append(out, size, &used, add, strlen(add)))
-			return -1;
-		p = pct + 2;
-	}
-	out[used] = 0;
-	return 0;
+	return ipaddr_expand(r->target, q->addr, q->type, out, size);
 }
 
 int rule_names_port(const struct rule *r)

@@ -130,6 +130,32 @@ struct rule;
 int unix_addr_fill(struct sockaddr_un *sun, const struct rule *r, const char *name);
 int unix_path_fill(struct sockaddr_un *sun, const char *path);
 
+/* Is a (IPv4-mapped counts as IPv4) inside the prefix of len bits at net (4 bytes when
+ * v4, else 16)? */
+int ipaddr_in_prefix(const struct ipaddr *a, const uint8_t *net, int v4, unsigned len);
+/* Expand %p %a %t %% of tmpl for a (NULL: "unknown") and socket type into out; -1 with
+ * errno ENAMETOOLONG if it does not fit, EINVAL on another placeholder. */
+int ipaddr_expand(const char *tmpl, const struct ipaddr *a, int type, char *out, size_t size);
+
+/* ---- the launcher's encodings, field by field (fields.c) ---- */
+/* n_bytes from 2 * n_bytes lowercase hex digits; 0, or -1 on a bad digit. */
+int hex_decode(const char *hex, size_t n_bytes, uint8_t *out);
+struct field {
+	char key;
+	const char *value;
+	size_t len;
+};
+/* The field at s[*pos] (KEY LENGTH ":" BYTES, LENGTH at most max_value), *pos moved past
+ * it; -1 with *why set. */
+int field_next(const char *s, size_t len, size_t *pos, size_t max_value, struct field *f,
+	       const char **why);
+/* A decimal in [0, max] spanning exactly s[0..n). */
+int field_uint(const char *s, size_t n, unsigned long max, unsigned long *out);
+/* "HEX/LEN" (8 or 32 hex digits) into addr (16 bytes), *v4 and *len; "LOW-HIGH"
+ * ports.  0, or -1. */
+int field_prefix(const char *v, size_t n, uint8_t *addr, uint8_t *v4, uint8_t *len);
+int field_ports(const char *v, size_t n, uint16_t *lo, uint16_t *hi);
+
 /* ---- rules (rules.c) ---- */
 enum rule_action { ACT_PATH = 1, ACT_ABSTRACT, ACT_REJECT, ACT_BLACKHOLE, ACT_IGNORE,
 		   ACT_SYSTEMD, ACT_VSOCK, ACT_TIPC, ACT_FC, ACT_RECEIVE };
@@ -201,8 +227,6 @@ extern int predict_stream_out[2];
 /* Some rule has the 'systemd' action; some rule matches Unix sockets. */
 extern int rules_use_systemd, rules_use_unix;
 void rules_init(void);
-/* n_bytes from 2 * n_bytes lowercase hex digits; 0, or -1 on a bad digit. */
-int hex_decode(const char *hex, size_t n_bytes, uint8_t *out);
 /* For rules made here rather than decoded (unsock.c, from rules_init() only): a fresh
  * rule at the end of the table, or NULL when full; a copy of s that lives as long as
  * the rules. */

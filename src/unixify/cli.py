@@ -33,6 +33,8 @@ usage: unixify [-v...] [-p] [--mode OCTAL] [--backend B] (-r RULE | -f FILE)... 
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp
                        unix PATH|abstract NAME
        unixify inetd [--max-children N] --receive PATH [--slot N] -- PROGRAM [ARGS...]
+       unixify dispatch [-v] FILE | --check FILE | --status FILE | --from-socketbox FILE
+       unixify --lib | --version | --help
 
 Run PROGRAM with its IP sockets turned into Unix domain sockets by RULEs.
 
@@ -340,6 +342,10 @@ def run(argv: list[str]) -> int:
         return run_env(argv[1:])
     if argv[:1] == ["inetd"]:
         return inetd.main(argv[1:])
+    if argv[:1] == ["dispatch"]:
+        from unixify.dispatch import main as dispatch_main
+
+        return dispatch_main(argv[1:])
     try:
         options, rest = getopt.getopt(
             argv, "r:f:cpvh",

@@ -7,6 +7,7 @@ import os
 LIBRARY_NAME = "libunixify.so"
 SUPERVISOR_NAME = "unixify-supervise"
 MATCHER_NAME = "libunixify-match.so"
+DISPATCHER_NAME = "unixify-dispatcher"
 
 
 ENV_OVERRIDE = "UNIXIFY_SHIM"
@@ -33,6 +34,11 @@ def matcher_path() -> str:
     """The shim's matcher alone, for ``unixify explain`` to load (never UNIXIFY_SHIM's:
     a preload list, maybe with a sanitizer runtime)."""
     return _package_file(MATCHER_NAME)
+
+
+def dispatcher_path() -> str:
+    """The dispatcher's per-connection loop, which ``unixify dispatch`` runs."""
+    return _package_file(DISPATCHER_NAME)
 
 
 def _package_file(name: str, what: str = "shim") -> str:
