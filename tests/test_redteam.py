@@ -4,6 +4,7 @@ failed before its fix."""
 from __future__ import annotations
 
 import os
+import subprocess
 import socket
 from pathlib import Path
 
@@ -35,3 +36,85 @@ def test_inetd_survives_a_message_passing_a_pipe(procs: Processes, sockdir: Path
     inetd.terminate()
     assert inetd.wait(timeout=10) == 0
     sender.close()
+
+
+# The client: one query, then (on a line on stdin) it reads what arrives and queries again.
+UNCONNECTED_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"first", ("127.0.0.1", PORT))
+print("sent", flush=True)
+sys.stdin.readline()
+s.settimeout(5)
+seen = [s.recvfrom(100)[1] for _ in range(COUNT)]
+s.sendto(b"second", ("127.0.0.1", PORT))
+print(repr(seen), flush=True)
+"""
+
+# Another user: COUNT fresh autobound sockets each send to the client once, and then
+# say how many datagrams they got back.
+FLOOD = """
+import socket, sys, time
+to = bytes.fromhex(sys.argv[1])
+socks = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind("")
+    s.sendto(b"junk", to)
+    socks.append(s)
+print("flooded", flush=True)
+sys.stdin.readline()
+time.sleep(0.5)
+got = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        got += len(s.recv(100)) > 0
+    except BlockingIOError:
+        pass
+print(got, flush=True)
+"""
+
+
+def as_nobody() -> None:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def test_stand_in_never_takes_a_converted_destination(procs: Processes,
+                                                      sockdir: Path) -> None:
+    """An unconnected UDP client's autobound address takes datagrams from anyone.  Each
+    new sender gets a stand-in address (loopback, a port of a fixed sequence); one of
+    them was 127.0.0.1 at the very port the client queries, so another user's socket
+    took over that pairing: its datagram was reported as the server's reply and the
+    client's next query went to it.  Now a stand-in never is an address a rule or the
+    table already gives a destination."""
+    count = 8  # under net.unix.max_dgram_qlen (10): the sends must not block
+    # the 6th port the shim makes up in a fresh process (addr.c fake_port)
+    port = 32768 + (5 * 7919) % (60999 - 32768 + 1)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sockdir / "srv.sock"))
+    server.settimeout(20)
+    os.chmod(sockdir, 0o755)
+    code = UNCONNECTED_CLIENT.replace("PORT", str(port)).replace("COUNT", str(count))
+    client = procs.wrapped([f"out,udp,addr=127.0.0.1,port={port},path={sockdir}/srv.sock"],
+                           ["python3", "-c", code], stdin=subprocess.PIPE)
+    assert client.stdout is not None and client.stdin is not None
+    assert client.stdout.readline() == "sent\n"
+    data, address = server.recvfrom(100)
+    assert data == b"first" and isinstance(address, bytes) and address[:1] == b"\0"
+    flood = procs.start(["python3", "-c", FLOOD, address.hex(), str(count)],
+                        stdin=subprocess.PIPE, preexec_fn=as_nobody)
+    assert flood.stdout is not None and flood.stdin is not None
+    assert flood.stdout.readline() == "flooded\n"
+    client.stdin.write("\n")
+    client.stdin.flush()
+    seen = client.stdout.readline()
+    flood.stdin.write("\n")
+    flood.stdin.flush()
+    stolen = flood.stdout.readline()
+    assert stolen == "0\n", "another user's socket got the client's query"
+    assert seen.startswith("[") and f"('127.0.0.1', {port})" not in seen, seen
+    assert server.recvfrom(100)[0] == b"second"
+    server.close()

@@ -538,7 +538,8 @@ void accepted_entry(struct fd_entry *e, const struct fd_entry *listener);
 /* ---- datagram peers (peers.c) ---- */
 /* Pair a Unix address with the IP address the program knows it by. */
 void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct ipaddr *ip);
-/* The IP stand-in for a Unix sender, made up at first sight.  -1 if out of memory. */
+/* The IP stand-in for a Unix sender, made up at first sight (never an address the table
+ * or a rule gives a destination).  -1 if out of memory or stand-ins. */
 int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct ipaddr *out);
 /* The Unix address behind ip: 0 found, 1 an unnamed sender (no reply possible), -1 none. */
 int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len);
