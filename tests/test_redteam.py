@@ -4,12 +4,28 @@ failed before its fix."""
 from __future__ import annotations
 
 import os
-import subprocess
 import socket
+import struct
+import subprocess
 from pathlib import Path
 
-from conftest import Processes, unixify_command, wait_for
+import pytest
+from conftest import (
+    HELPERS,
+    Processes,
+    compile_c,
+    free_port,
+    read_until,
+    unixify_command,
+    wait_for,
+)
 from test_receive import Sender, client, pass_fds
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/helpers/receiver.c: a TCP server that prints each client it accepts."""
+    return str(compile_c(HELPERS / "receiver.c", tmp_path_factory.mktemp("rt") / "receiver"))
 
 
 def test_inetd_survives_a_message_passing_a_pipe(procs: Processes, sockdir: Path) -> None:
@@ -118,3 +134,67 @@ def test_stand_in_never_takes_a_converted_destination(procs: Processes,
     assert seen.startswith("[") and f"('127.0.0.1', {port})" not in seen, seen
     assert server.recvfrom(100)[0] == b"second"
     server.close()
+
+
+def lingering_connection() -> tuple[socket.socket, socket.socket]:
+    """A TCP connection whose close would wait 30 s: data it cannot send (its peer, a
+    listener that never accepts, reads nothing) and SO_LINGER.  The listener with it."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn.connect(listener.getsockname())
+    conn.setblocking(False)
+    for _ in range(10000):
+        try:
+            conn.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+    return conn, listener
+
+
+def test_receiver_closing_a_rejected_socket_does_not_wait(procs: Processes, sockdir: Path,
+                                                          receiver: str) -> None:
+    """Whoever may write to a receiver can pass a TCP socket set to linger on close; sent
+    with a second fd it is rejected and closed inside accept(), which waited out its
+    linger time (30 s) before: the next real connection was not served meanwhile."""
+    port = free_port()
+    path = str(sockdir / "linger.sock")
+    server = procs.wrapped([f"in,port={port},receive={path}"], [receiver, "6", str(port), "1"])
+    read_until(server, "ready")
+    conn, listener = lingering_connection()
+    r, w = os.pipe()
+    pass_fds(path, [conn.fileno(), w])
+    conn.close()
+    os.close(w)
+    sender = Sender(path)
+    _, reply = client(sender.port, "127.0.0.7", b"", timeout=10)
+    assert reply == b"hello 1\n"
+    os.close(r)
+    listener.close()
+    sender.close()
+
+
+def test_inetd_closing_a_rejected_socket_does_not_wait(procs: Processes,
+                                                       sockdir: Path) -> None:
+    """The same lingering socket passed to unixify inetd with a second fd: closed without
+    waiting, and the next connection is served at once (it waited 30 s before)."""
+    path = str(sockdir / "inetd.sock")
+    inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--", "sh", "-c",
+                         'echo "$TCPREMOTEIP"'])
+    wait_for(lambda: os.path.exists(path), what="inetd's receiver")
+    conn, listener = lingering_connection()
+    r, w = os.pipe()
+    pass_fds(path, [conn.fileno(), w])
+    conn.close()
+    os.close(w)
+    sender = Sender(path)
+    assert client(sender.port, "127.0.0.62", b"", timeout=10)[1] == b"127.0.0.62\n"
+    os.close(r)
+    listener.close()
+    inetd.terminate()
+    assert inetd.wait(timeout=10) == 0
+    sender.close()

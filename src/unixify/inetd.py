@@ -10,6 +10,7 @@ applies.  SIGTERM or SIGINT: stop receiving and exit 0 (running children go on).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import getopt
 import ipaddress
@@ -142,9 +143,25 @@ def receive(sock: socket.socket, slot: bool) -> socket.socket | None:
             return conn
     else:
         for fd in fds:
-            os.close(fd)
+            discard(fd)
     log("a message that was not one TCP connection; closed")
     return None
+
+
+LINGER_OFF = bytes(8)  # struct linger {0, 0}
+
+
+def discard(fd: int) -> None:
+    """Close what a sender passed without waiting: lingering off first, so a TCP socket
+    set to linger with data it cannot send does not hold the loop in close()."""
+    try:
+        view = socket.socket(fileno=fd)
+    except OSError:  # not a socket
+        os.close(fd)
+        return
+    with contextlib.suppress(OSError):
+        view.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_OFF)
+    view.close()
 
 
 def tcp_connection(fd: int) -> socket.socket | None:
@@ -163,7 +180,7 @@ def tcp_connection(fd: int) -> socket.socket | None:
             return conn
     except OSError:
         pass
-    conn.close()
+    discard(conn.detach())
     return None
 
 
