@@ -16,6 +16,7 @@ from conftest import (
     compile_c,
     free_port,
     read_until,
+    run_wrapped,
     unixify_command,
     wait_for,
 )
@@ -198,3 +199,16 @@ def test_inetd_closing_a_rejected_socket_does_not_wait(procs: Processes,
     inetd.terminate()
     assert inetd.wait(timeout=10) == 0
     sender.close()
+
+
+def test_getsockopt_odd_buffers_answer_as_a_real_socket(tmp_path: Path,
+                                                        sockdir: Path) -> None:
+    """Unset options of a converted socket, asked with a short, zero, negative or NULL
+    buffer, answer as a real TCP socket beside it does: the IPv4 level gives one byte to
+    a buffer shorter than an int, a negative length is EINVAL, a NULL buffer of length 0
+    is fine.  Before, the converted socket gave 2 or 3 bytes, filled the buffer for a
+    negative length and failed the NULL one with EFAULT."""
+    probe = str(compile_c(HELPERS / "optlen.c", tmp_path / "optlen"))
+    port, other = free_port(), free_port()
+    done = run_wrapped([f"in,port={port},path={sockdir}/o.sock"], [probe, str(port), str(other)])
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -336,6 +336,8 @@ int fd_option(int fd, const struct fd_entry *e, int level, int name, struct pend
  * socket of its family and type answers (sockopt.c); as getsockopt.  sockopt_learn asks
  * the real sockets now, before a sandbox forbids it. */
 int sockopt_answer(const struct fd_entry *e, int level, int name, void *val, socklen_t *len);
+/* Hand the option value (size bytes) to a buffer of *len bytes as the kernel does. */
+void sockopt_copy_out(int level, const void *value, socklen_t size, void *val, socklen_t *len);
 void sockopt_learn(void);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
