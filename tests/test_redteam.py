@@ -3,10 +3,12 @@ failed before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,22 @@ def lingering_connection() -> tuple[socket.socket, socket.socket]:
     return conn, listener
 
 
+@contextlib.contextmanager
+def passed_lingering(path: str) -> Iterator[None]:
+    """Pass a lingering connection to the receiver at path with a pipe beside it (so it
+    is rejected), keeping only the connection's peer while the body runs."""
+    conn, listener = lingering_connection()
+    r, w = os.pipe()
+    with listener:
+        try:
+            with conn:
+                pass_fds(path, [conn.fileno(), w])
+            yield
+        finally:
+            os.close(r)
+            os.close(w)
+
+
 def test_receiver_closing_a_rejected_socket_does_not_wait(procs: Processes, sockdir: Path,
                                                           receiver: str) -> None:
     """Whoever may write to a receiver can pass a TCP socket set to linger on close; sent
@@ -166,16 +184,10 @@ def test_receiver_closing_a_rejected_socket_does_not_wait(procs: Processes, sock
     path = str(sockdir / "linger.sock")
     server = procs.wrapped([f"in,port={port},receive={path}"], [receiver, "6", str(port), "1"])
     read_until(server, "ready")
-    conn, listener = lingering_connection()
-    r, w = os.pipe()
-    pass_fds(path, [conn.fileno(), w])
-    conn.close()
-    os.close(w)
-    sender = Sender(path)
-    _, reply = client(sender.port, "127.0.0.7", b"", timeout=10)
+    with passed_lingering(path):
+        sender = Sender(path)
+        _, reply = client(sender.port, "127.0.0.7", b"", timeout=10)
     assert reply == b"hello 1\n"
-    os.close(r)
-    listener.close()
     sender.close()
 
 
@@ -187,15 +199,9 @@ def test_inetd_closing_a_rejected_socket_does_not_wait(procs: Processes,
     inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--", "sh", "-c",
                          'echo "$TCPREMOTEIP"'])
     wait_for(lambda: os.path.exists(path), what="inetd's receiver")
-    conn, listener = lingering_connection()
-    r, w = os.pipe()
-    pass_fds(path, [conn.fileno(), w])
-    conn.close()
-    os.close(w)
-    sender = Sender(path)
-    assert client(sender.port, "127.0.0.62", b"", timeout=10)[1] == b"127.0.0.62\n"
-    os.close(r)
-    listener.close()
+    with passed_lingering(path):
+        sender = Sender(path)
+        assert client(sender.port, "127.0.0.62", b"", timeout=10)[1] == b"127.0.0.62\n"
     inetd.terminate()
     assert inetd.wait(timeout=10) == 0
     sender.close()
@@ -212,3 +218,29 @@ def test_getsockopt_odd_buffers_answer_as_a_real_socket(tmp_path: Path,
     port, other = free_port(), free_port()
     done = run_wrapped([f"in,port={port},path={sockdir}/o.sock"], [probe, str(port), str(other)])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+OWN_LISTENER = """
+import socket
+l = socket.socket(socket.AF_INET6); l.bind(("::", PORT)); l.listen()
+for dest in ("::ffff:224.0.0.1", "::ffff:255.255.255.255", "ff02::1", "::1", "::ffff:127.0.0.1"):
+    c = socket.socket(socket.AF_INET6); c.settimeout(5)
+    try:
+        c.connect((dest, PORT)); print(dest, "connected")
+    except OSError as e:
+        print(dest, "errno", e.errno)
+    c.close()
+"""
+
+
+def test_connect_to_multicast_or_broadcast_is_not_our_own_listener(sockdir: Path) -> None:
+    """A wildcard listener of ours stands for the local addresses on its port, and the
+    locality probe is a bind, which takes multicast and broadcast addresses too: a
+    connect to 224.0.0.1 or 255.255.255.255 reached our listener, where TCP fails with
+    ENETUNREACH.  Now they go the way of any address no rule converts."""
+    code = OWN_LISTENER.replace("PORT", str(free_port()))
+    native = subprocess.run(["python3", "-c", code], capture_output=True, text=True,
+                            timeout=30).stdout
+    assert "::1 connected" in native and "ff02::1 errno" in native
+    done = run_wrapped([f"in,path={sockdir}/own.sock"], ["python3", "-c", code])
+    assert done.stdout == native, done.stdout + done.stderr
