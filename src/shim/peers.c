@@ -269,6 +269,7 @@ int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct
 	out->sa.sa_family = (sa_family_t)family;
 	if (look_up(stand_in, &q) == 0)
 		return 0;
+	rules_need(); /* a new stand-in asks the rules, which may still have to be read */
 	state_lock_masked();
 	if (table_ready()) {
 		r = -1;
