@@ -645,21 +645,17 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	} else if (!ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
-	if (!val || !len) {
-		errno = EFAULT;
+	/* as the kernel checks: the length first (read as an int), then the buffer */
+	if (!len || (int)*len < 0 || (!val && *len)) {
+		errno = len && (int)*len < 0 ? EINVAL : EFAULT;
 		return -1;
 	}
 	if (!o && level != SOL_SOCKET) /* never set: as a real socket answers */
 		return sockopt_answer(&e, level, optname, val, len);
-	if (o) { /* what the program set */
-		if (*len > o->len)
-			*len = o->len;
-		memcpy(val, o->value, *len);
-	} else {
-		if (*len > sizeof(answer))
-			*len = sizeof(answer);
-		memcpy(val, &answer, *len);
-	}
+	if (o) /* what the program set */
+		sockopt_copy_out(level, o->value, o->len, val, len);
+	else
+		sockopt_copy_out(level, &answer, sizeof(answer), val, len);
 	return 0;
 }
 

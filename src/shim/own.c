@@ -64,6 +64,15 @@ static int is_local(const struct ipaddr *a)
 	return r;
 }
 
+/* Multicast and broadcast: bind takes them (so the locality probe would say yes), but a
+ * TCP connect there fails (ENETUNREACH); no listener of ours stands for them. */
+static int not_unicast(const uint8_t *bytes, int v4)
+{
+	static const uint8_t broadcast[4] = { 255, 255, 255, 255 };
+
+	return v4 ? (bytes[0] & 0xf0) == 0xe0 || !memcmp(bytes, broadcast, 4) : bytes[0] == 0xff;
+}
+
 struct own_search {
 	const uint8_t *dest; /* destination address bytes (4 for IPv4 and IPv4-mapped) */
 	int dest_v4;
@@ -120,6 +129,8 @@ static int find_listener(const struct ipaddr *dest, int type, struct fd_entry *l
 	if (ipaddr_is_any(&d)) /* connecting to the unspecified address is to loopback */
 		ipaddr_loopback_like(&d, d.sa.sa_family, dest);
 	s.dest = ipaddr_bytes(&d, &s.dest_v4);
+	if (not_unicast(s.dest, s.dest_v4))
+		return -1;
 	state_lock(); /* reading entries only */
 	fd_for_each(consider, &s);
 	state_unlock();

@@ -231,6 +231,36 @@ static int stand_in(void *arg)
 	return 0;
 }
 
+#define STAND_IN_TRIES 64
+
+/*
+ * With the lock held: a stand-in for a new sender, in out.  Any local user can send to a
+ * converted client's autobound address, and from as many addresses as it likes, so a
+ * stand-in must never be an address the table pairs already (a destination a rule
+ * converted): that sender's datagrams would pass for the destination's and the
+ * program's next ones to it would go to that sender.  Nor, if it can be helped, one a
+ * rule decides (the program may send there later); a rule for every port leaves no
+ * choice.  0, or -1 when no port is left for it.
+ */
+static int new_stand_in(struct ipaddr *out, int family)
+{
+	struct sock_query q = { .dir = DIR_OUT, .type = SOCK_DGRAM, .addr = out };
+	uint16_t fallback = 0;
+
+	ipaddr_loopback(out, family);
+	for (int i = 0; i < STAND_IN_TRIES; i++) {
+		ipaddr_set_port(out, fake_port());
+		if (find_ip(out) != NO_PEER)
+			continue;
+		if (rules_match(&q) < 0)
+			return 0;
+		if (!fallback)
+			fallback = ipaddr_port(out);
+	}
+	ipaddr_set_port(out, fallback);
+	return fallback ? 0 : -1;
+}
+
 int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct ipaddr *out)
 {
 	struct unix_query q = { sun->sun_path, path_len(sun, len), NULL, out };
@@ -239,13 +269,14 @@ int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct
 	out->sa.sa_family = (sa_family_t)family;
 	if (look_up(stand_in, &q) == 0)
 		return 0;
+	rules_need(); /* a new stand-in asks the rules, which may still have to be read */
 	state_lock_masked();
 	if (table_ready()) {
 		r = -1;
 	} else if (stand_in(&q) != 0) { /* a first datagram from it */
-		ipaddr_loopback(out, family);
-		ipaddr_set_port(out, fake_port());
-		insert(q.path, q.len, out);
+		r = new_stand_in(out, family);
+		if (r == 0)
+			insert(q.path, q.len, out);
 	}
 	state_unlock();
 	return r;

@@ -55,12 +55,18 @@ static void skip_log(const char *fmt, int fd, const char *why)
 	ulog(LOG_WARN_, fmt, fd, why);
 }
 
+/* Close what a sender passed and we do not keep, without waiting: a TCP socket set to
+ * linger (SO_LINGER) with data it cannot send would hold accept() in close() for as
+ * long as the sender chose.  Lingering off, the kernel finishes it in the background. */
 static void close_all(const int *fds, int n)
 {
+	static const struct linger off = { 0 };
 	int saved = errno;
 
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
+		REAL(setsockopt)(fds[i], SOL_SOCKET, SO_LINGER, &off, sizeof(off));
 		REAL(close)(fds[i]);
+	}
 	errno = saved;
 }
 
@@ -359,10 +365,10 @@ int receive_accept(int fd, const struct fd_entry *l, struct sockaddr *addr, sock
 			break;
 		skip_log("fd %d: %s; closed", fd, "an IPv6 client cannot be reported to an IPv4 "
 			 "listener");
-		REAL(close)(conn);
+		close_all(&conn, 1);
 	}
 	if (hand_over(conn, flags)) {
-		REAL(close)(conn);
+		close_all(&conn, 1);
 		return -1;
 	}
 	forget_stale(conn);

@@ -360,6 +360,8 @@ int fd_option(int fd, const struct fd_entry *e, int level, int name, struct pend
  * socket of its family and type answers (sockopt.c); as getsockopt.  sockopt_learn asks
  * the real sockets now, before a sandbox forbids it. */
 int sockopt_answer(const struct fd_entry *e, int level, int name, void *val, socklen_t *len);
+/* Hand the option value (size bytes) to a buffer of *len bytes as the kernel does. */
+void sockopt_copy_out(int level, const void *value, socklen_t size, void *val, socklen_t *len);
 void sockopt_learn(void);
 /* Call fn for every entry referencing sockfile; with the lock held. */
 void fd_for_sockfile(int sockfile, void (*fn)(int fd, void *), void *arg);
@@ -562,7 +564,8 @@ void accepted_entry(struct fd_entry *e, const struct fd_entry *listener);
 /* ---- datagram peers (peers.c) ---- */
 /* Pair a Unix address with the IP address the program knows it by. */
 void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct ipaddr *ip);
-/* The IP stand-in for a Unix sender, made up at first sight.  -1 if out of memory. */
+/* The IP stand-in for a Unix sender, made up at first sight (never an address the table
+ * or a rule gives a destination).  -1 if out of memory or stand-ins. */
 int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct ipaddr *out);
 /* The Unix address behind ip: 0 found, 1 an unnamed sender (no reply possible), -1 none. */
 int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len);

@@ -206,21 +206,37 @@ static int tcp_info(const struct fd_entry *e, void *val, socklen_t *len)
 		ti.tcpi_snd_mss = 536;
 		ti.tcpi_rto = 1000000; /* the initial one */
 	}
-	if (*len > sizeof(ti))
-		*len = sizeof(ti);
-	memcpy(val, &ti, *len);
+	sockopt_copy_out(IPPROTO_TCP, &ti, sizeof(ti), val, len);
 	return 0;
 }
 
-static int give(const struct answer *a, void *val, socklen_t *len)
+void sockopt_copy_out(int level, const void *value, socklen_t size, void *val, socklen_t *len)
+{
+	int v;
+
+	/* The IPv4 level answers a buffer shorter than an int with one byte, if that
+	 * holds the value (ip_sockglue.c); the others truncate. */
+	if (level == IPPROTO_IP && size == sizeof(v) && *len > 0 && *len < sizeof(v)) {
+		memcpy(&v, value, sizeof(v));
+		if (v >= 0 && v <= 255) {
+			*(unsigned char *)val = (unsigned char)v;
+			*len = 1;
+			return;
+		}
+	}
+	if (*len > size)
+		*len = size;
+	if (*len) /* val may be NULL then */
+		memcpy(val, value, *len);
+}
+
+static int give(int level, const struct answer *a, void *val, socklen_t *len)
 {
 	if (a->err) {
 		errno = a->err;
 		return -1;
 	}
-	if (*len > a->len)
-		*len = a->len;
-	memcpy(val, a->value, *len);
+	sockopt_copy_out(level, a->value, a->len, val, len);
 	return 0;
 }
 
@@ -251,7 +267,7 @@ int sockopt_answer(const struct fd_entry *e, int level, int name, void *val, soc
 	if (state_answer(e, level, name, &v)) {
 		a = (struct answer){ .len = sizeof(v) };
 		memcpy(a.value, &v, sizeof(v));
-		return give(&a, val, len);
+		return give(level, &a, val, len);
 	}
 	i = known_index(level, name);
 	if (i < 0)
@@ -261,5 +277,5 @@ int sockopt_answer(const struct fd_entry *e, int level, int name, void *val, soc
 	else
 		fallback(&known[i], e->type, &a);
 	errno = saved;
-	return give(&a, val, len);
+	return give(level, &a, val, len);
 }

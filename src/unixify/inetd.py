@@ -10,6 +10,7 @@ applies.  SIGTERM or SIGINT: stop receiving and exit 0 (running children go on).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import getopt
 import ipaddress
@@ -136,22 +137,50 @@ def receive(sock: socket.socket, slot: bool) -> socket.socket | None:
         data, fds, flags = b"", [], 0
     if slot and not data and not fds:
         raise EOFError
-    conns = [socket.socket(fileno=fd) for fd in fds]
-    good = len(conns) == 1 and not flags & socket.MSG_CTRUNC and (not slot or data == CONNECTION)
-    if good:
-        conn = conns[0]
-        good = (conn.family in (socket.AF_INET, socket.AF_INET6)
+    if len(fds) == 1 and not flags & socket.MSG_CTRUNC and (not slot or data == CONNECTION):
+        conn = tcp_connection(fds[0])
+        if conn is not None:
+            return conn
+    else:
+        for fd in fds:
+            discard(fd)
+    log("a message that was not one TCP connection; closed")
+    return None
+
+
+LINGER_OFF = bytes(8)  # struct linger {0, 0}
+
+
+def discard(fd: int) -> None:
+    """Close what a sender passed without waiting: lingering off first, so a TCP socket
+    set to linger with data it cannot send does not hold the loop in close()."""
+    try:
+        view = socket.socket(fileno=fd)
+    except OSError:  # not a socket
+        os.close(fd)
+        return
+    with contextlib.suppress(OSError):
+        view.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_OFF)
+    view.close()
+
+
+def tcp_connection(fd: int) -> socket.socket | None:
+    """fd as a connected TCP socket, or None with fd closed (whoever may write to the
+    receiver may pass anything: a pipe, a listener, a Unix socket)."""
+    try:
+        conn = socket.socket(fileno=fd)
+    except OSError:  # not a socket at all
+        os.close(fd)
+        return None
+    try:
+        if (conn.family in (socket.AF_INET, socket.AF_INET6)
                 and conn.type == socket.SOCK_STREAM
-                and not conn.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    if good:
-        try:
+                and not conn.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             conn.getpeername()
             return conn
-        except OSError:
-            pass
-    for c in conns:
-        c.close()
-    log("a message that was not one TCP connection; closed")
+    except OSError:
+        pass
+    discard(conn.detach())
     return None
 
 
