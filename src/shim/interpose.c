@@ -636,12 +636,12 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 	} else if (e.kind == FD_PENDING && level == SOL_SOCKET &&
 		   (optname == SO_SNDBUF || optname == SO_RCVBUF)) {
 		/* a Unix socket's buffers are not an IP one's: ask the IP socket it stands
-		 * for, which it may well stay */
+		 * for, which it may well stay (failing that, the socket there answers) */
 		int saved = errno;
 
-		if (materialize(fd) == 0)
-			return REAL(getsockopt)(fd, level, optname, val, len);
-		errno = saved;
+		if (materialize(fd))
+			errno = saved;
+		return REAL(getsockopt)(fd, level, optname, val, len);
 	} else if (!ip_level(level)) {
 		return REAL(getsockopt)(fd, level, optname, val, len);
 	}
