@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from dispatchkit import (
     status,
     stop,
 )
+
+from unixify.shim import dispatcher_path
 
 
 def conf_text(port: int, sockdir: Path, *routes: str, extra: str = "") -> str:
@@ -475,14 +478,30 @@ def test_drop_privileges_after_the_listeners_exist(procs: Processes, sockdir: Pa
     receiver(procs, "a", f"{sockdir}/r.sock", "--tag", "low")
     os.chmod(sockdir / "r.sock", 0o666)
     conf = sockdir / "d.conf"
+    # the loop's program where only root can reach it, as under CI's install in /root
+    hidden = Path(tempfile.mkdtemp())
+    os.chmod(hidden, 0o700)
+    program = hidden / "unixify-dispatcher"
+    shutil.copy2(os.environ.get("UNIXIFY_DISPATCHER") or dispatcher_path(), program)
     out = dispatcher(procs, conf, f"listen,addr=127.0.0.1,port={low}\n"
                      f"control,path={sockdir}/ctl\ndrop,user=nobody\n"
-                     f"send={sockdir}/r.sock\n")
+                     f"send={sockdir}/r.sock\n",
+                     env={**os.environ, "UNIXIFY_DISPATCHER": str(program)})
     loop = loop_pid(out.proc.pid)
     for pid in (out.proc.pid, loop):
         uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
         assert uids == ["65534"] * 4, uids
     assert ask("127.0.0.1", low).startswith("low ")
+    # a loop that dies is started again, by the front that can no longer reach its path
+    os.kill(loop, signal.SIGKILL)
+
+    def serving_again() -> bool:
+        try:
+            return loop_pid(out.proc.pid) != loop and ask("127.0.0.1", low).startswith("low ")
+        except (AssertionError, OSError):
+            return False  # no loop at this moment, or not yet serving
+    wait_for(serving_again, what="a new loop serving")
+    shutil.rmtree(hidden)
     # a reload that needs root now fails, and says so; the running one stays
     conf.write_text(f"listen,addr=127.0.0.1,port={low}\nlisten,addr=127.0.0.1,port={low + 1}"
                     f"\ncontrol,path={sockdir}/ctl\ndrop,user=nobody\nsend={sockdir}/r.sock\n")

@@ -69,6 +69,26 @@ def program_path() -> str:
         raise StartError(str(err)) from None
 
 
+class Program:
+    """The loop's program, held open from the start: after ``drop,user=`` the front may
+    no longer reach its path (an install under root's 0700 home), yet must be able to
+    start the loop again."""
+
+    def __init__(self) -> None:
+        path = program_path()
+        try:
+            self.fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as err:
+            raise StartError(f"cannot open {path}: {err.strerror}") from None
+        self.path = path
+
+    def argv0(self) -> str:
+        """What to execute: the file held open (through /proc, which needs no search
+        permission on its directories), or its path where /proc is missing."""
+        held = f"/proc/self/fd/{self.fd}"
+        return held if os.path.exists(held) else self.path
+
+
 def notify(state: str) -> None:
     """sd_notify: tell the service manager, when there is one."""
     address = os.environ.get("NOTIFY_SOCKET", "")
@@ -248,13 +268,14 @@ def close_control(sock: socket.socket, path: str) -> None:
 class Loop:
     """The C loop and the channel to it."""
 
-    def __init__(self, verbose: int) -> None:
+    def __init__(self, program: Program, verbose: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env["UNIXIFY_VERBOSE"] = str(1 + verbose)
         try:
-            self.proc = subprocess.Popen([program_path(), str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], env=env,
+            # the held fd goes along so that /proc/self/fd/N names it in the child
+            self.proc = subprocess.Popen([program.argv0(), str(theirs.fileno())],
+                                         pass_fds=[theirs.fileno(), program.fd], env=env,
                                          stdin=subprocess.DEVNULL)
         except OSError as err:
             raise StartError(f"cannot start {PROGRAM}: {err.strerror}") from None
@@ -338,6 +359,7 @@ class Daemon:
         self.clients: dict[int, tuple[socket.socket, float]] = {}  # fd: sock, deadline
         self.regs: dict[int, tuple[int, int, socket.socket]] = {}  # fd: slot, uid, sock
         self.loop: Loop | None = None
+        self.program: Program | None = None
         self.restarts: list[float] = []
         self.poll = select.poll()
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -428,6 +450,7 @@ class Daemon:
                              f"{drop.gid}: {err.strerror}") from None
 
     def start(self) -> None:
+        self.program = Program()  # before drop,user= may take the way to it
         config = self.load_config(self.path)
         opened = self.open_listeners(config)
         self.listeners = opened
@@ -443,8 +466,8 @@ class Daemon:
         notify("READY=1\nSTATUS=dispatching")
 
     def start_loop(self) -> None:
-        assert self.config is not None
-        self.loop = Loop(self.verbose)
+        assert self.config is not None and self.program is not None
+        self.loop = Loop(self.program, self.verbose)
         self.poll.register(self.loop.channel.fileno(), select.POLLIN)
         self.loop.load([s for socks in self.listeners.values() for s in socks],
                        encode_routes(self.config.routes))

@@ -33,12 +33,12 @@ def supervisor_path() -> str:
 def matcher_path() -> str:
     """The shim's matcher alone, for ``unixify explain`` to load (never UNIXIFY_SHIM's:
     a preload list, maybe with a sanitizer runtime)."""
-    return _package_file(MATCHER_NAME)
+    return _package_file(MATCHER_NAME, "matcher")
 
 
 def dispatcher_path() -> str:
     """The dispatcher's per-connection loop, which ``unixify dispatch`` runs."""
-    return _package_file(DISPATCHER_NAME)
+    return _package_file(DISPATCHER_NAME, "dispatcher")
 
 
 def _package_file(name: str, what: str = "shim") -> str:
