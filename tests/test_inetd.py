@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from conftest import Processes, run_wrapped, unixify_command, wait_for
-from test_receive import Sender, client, pass_fds
+from test_receive import Sender, client
 
 NOBODY = 65534
 
@@ -34,6 +34,17 @@ def live(path: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def serves_then_stops(inetd: subprocess.Popen[str], path: str, source: str) -> None:
+    """inetd (running sh -c 'echo "$TCPREMOTEIP"') serves a client from source; SIGTERM
+    ends it with status 0 and its receiver file gone."""
+    sender = Sender(path)
+    assert client(sender.port, source, b"")[1] == f"{source}\n".encode()
+    inetd.terminate()
+    assert inetd.wait(timeout=10) == 0
+    assert not os.path.exists(path)
+    sender.close()
 
 
 def sticky(sockdir: Path) -> None:
@@ -82,12 +93,7 @@ def test_own_stale_file_in_a_sticky_directory_is_still_replaced(procs: Processes
     inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--", "sh", "-c",
                          'echo "$TCPREMOTEIP"'])
     wait_for(lambda: live(path), what="inetd's receiver in place of the stale file")
-    sender = Sender(path)
-    assert client(sender.port, "127.0.0.71", b"")[1] == b"127.0.0.71\n"
-    inetd.terminate()
-    assert inetd.wait(timeout=10) == 0
-    assert not os.path.exists(path)
-    sender.close()
+    serves_then_stops(inetd, path, "127.0.0.71")
 
 
 def test_inetd_never_takes_a_live_receiver_file(procs: Processes, sockdir: Path) -> None:
@@ -124,12 +130,7 @@ def test_inetd_mode_and_owner_are_set_before_the_file_appears(procs: Processes,
             continue
         seen = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
     assert seen == (0o620, NOBODY, NOBODY), (seen, inetd.poll())
-    sender = Sender(path)
-    assert client(sender.port, "127.0.0.72", b"")[1] == b"127.0.0.72\n"
-    inetd.terminate()
-    assert inetd.wait(timeout=10) == 0
-    assert not os.path.exists(path)
-    sender.close()
+    serves_then_stops(inetd, path, "127.0.0.72")
 
 
 def test_inetd_file_options_are_checked_as_in_rules(sockdir: Path) -> None:
@@ -193,33 +194,3 @@ def test_exec_without_the_shim_gets_no_inherit_variable(sockdir: Path) -> None:
             "subprocess.run(show, env=dict(os.environ))\n")
     done = run_wrapped([f"in,port=7,path={path}"], [sys.executable, "-c", code])
     assert done.stdout.split() == ["False", "True"], done
-
-
-def test_inetd_skips_a_pipe_and_a_udp_socket(procs: Processes, sockdir: Path) -> None:
-    """Passed a pipe, a UDP socket and a TCP listener, inetd closes each (the shim's
-    accept skips them) and serves the next real connection."""
-    path = str(sockdir / "junk.sock")
-    inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--", "sh", "-c",
-                         'echo "$TCPREMOTEIP"'])
-    wait_for(lambda: os.path.exists(path), what="inetd's receiver")
-    r, w = os.pipe()
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    udp.connect(("127.0.0.1", 9))
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        pass_fds(path, [r])
-        pass_fds(path, [udp.fileno()])
-        pass_fds(path, [listener.fileno()])
-    finally:
-        os.close(r)
-        os.close(w)
-        udp.close()
-        listener.close()
-    sender = Sender(path)
-    assert client(sender.port, "127.0.0.74", b"")[1] == b"127.0.0.74\n"
-    assert inetd.poll() is None
-    inetd.terminate()
-    _, err = inetd.communicate(timeout=10)
-    assert inetd.returncode == 0
-    assert "closed" in err, err

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 
 from unixify.cli import build_environment
 from unixify.encoding import LimitError, encode_checked
-from unixify.rules import Rule, RuleError, parse_group, parse_mode, parse_owner, parse_rule
+from unixify.rules import (
+    Rule,
+    RuleError,
+    escape_value,
+    parse_group,
+    parse_mode,
+    parse_owner,
+    parse_rule,
+)
 from unixify.shim import ShimError, library_path
 
 USAGE = ("usage: unixify inetd [--max-children N] [--mode OCTAL] [--owner USER] "
@@ -51,14 +59,11 @@ class Options:
     program: list[str]
 
 
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,")
-
-
 def receive_rule(path: str, values: dict[str, str]) -> Rule:
     """The rule that makes the served process's listener the receiver, checked as the
     rule language checks --mode/--owner/--group and slot=."""
-    text = f"in,tcp,addr={ADDRESS},port={PORT},receive={escape(path)}"
+    literal = escape_value(path.replace("%", "%%"))  # a path, not a template
+    text = f"in,tcp,addr={ADDRESS},port={PORT},receive={literal}"
     for key, check in (("--slot", None), ("--mode", parse_mode), ("--owner", parse_owner),
                        ("--group", parse_group)):
         if key not in values:
@@ -68,7 +73,7 @@ def receive_rule(path: str, values: dict[str, str]) -> Rule:
                 check(values[key])
             except ValueError as err:
                 raise InetdUsage(f"inetd: {key}: {err}") from None
-        text += f",{key[2:]}={escape(values[key])}"
+        text += f",{key[2:]}={escape_value(values[key])}"
     try:
         return parse_rule(text, os.getcwd())
     except RuleError as err:
