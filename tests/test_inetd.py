@@ -194,3 +194,4 @@ def test_exec_without_the_shim_gets_no_inherit_variable(sockdir: Path) -> None:
             "subprocess.run(show, env=dict(os.environ))\n")
     done = run_wrapped([f"in,port=7,path={path}"], [sys.executable, "-c", code])
     assert done.stdout.split() == ["False", "True"], done
+
