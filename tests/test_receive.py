@@ -563,7 +563,8 @@ def test_inetd_caps_children_and_leaves_the_rest_queued(procs: Processes,
 
 
 def test_inetd_slot_and_bad_arguments(procs: Processes, sockdir: Path) -> None:
-    """--slot registers at a control socket; bad arguments are one line and exit 2."""
+    """--slot registers at a control socket, and registers again when the dispatcher
+    comes back (not killed meanwhile); bad arguments are one line and exit 2."""
     path = str(sockdir / "control.sock")
     control = Control(path)
     inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--slot", "9",
@@ -571,8 +572,16 @@ def test_inetd_slot_and_bad_arguments(procs: Processes, sockdir: Path) -> None:
     assert control.registered.wait(20)
     sender = Sender(control.slots[9], CONNECTION)
     assert client(sender.port, "127.0.0.51", b"")[1] == b"127.0.0.51\n"
+    control.stop()
+    time.sleep(1.5)  # it finds its dispatcher gone and waits for it
+    assert inetd.poll() is None
+    control = Control(path)
+    assert control.registered.wait(20), "inetd did not register again"
+    sender.to = control.slots[9]
+    assert client(sender.port, "127.0.0.52", b"")[1] == b"127.0.0.52\n"
     inetd.terminate()
-    assert inetd.wait(timeout=10) == 0
+    _, err = inetd.communicate(timeout=10)
+    assert inetd.returncode == 0 and "registered slot 9" in err and "again" in err, err
     sender.close()
     control.stop()
     for args, text in ((["--", "cat"], "--receive PATH is required"),

@@ -32,23 +32,29 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_inetd_survives_a_message_passing_a_pipe(procs: Processes, sockdir: Path) -> None:
-    """Anyone who may write to inetd's receiver can pass any fd: a pipe (not a socket)
-    is closed with one log line, and inetd goes on serving (it exited before)."""
+    """Anyone who may write to inetd's receiver can pass any fd: a pipe (not a socket),
+    a UDP socket, a TCP listener are closed with a log line, and inetd goes on serving
+    (it exited before)."""
     path = str(sockdir / "inetd.sock")
     inetd = procs.start([*unixify_command(), "inetd", "--receive", path, "--", "sh", "-c",
                          'echo "$TCPREMOTEIP"'])
     wait_for(lambda: os.path.exists(path), what="inetd's receiver")
     r, w = os.pipe()
     a, b = socket.socketpair()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", 9))
+    listener = socket.create_server(("127.0.0.1", 0))
     try:
         pass_fds(path, [r])
         pass_fds(path, [w, a.fileno()])  # two fds, one not a socket
         pass_fds(path, [a.fileno()])  # a socket, but not TCP
+        pass_fds(path, [udp.fileno()])  # an IP socket, but UDP
+        pass_fds(path, [listener.fileno()])  # TCP, but not a connection
     finally:
         for fd in (r, w):
             os.close(fd)
-        a.close()
-        b.close()
+        for sock in (a, b, udp, listener):
+            sock.close()
     sender = Sender(path)
     assert client(sender.port, "127.0.0.61", b"")[1] == b"127.0.0.61\n"
     assert inetd.poll() is None

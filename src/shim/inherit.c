@@ -27,8 +27,10 @@
  * The exec calls may run in a child of a multithreaded program, so nothing here
  * allocates with malloc: the new environment is built in memory from mmap.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -179,9 +181,54 @@ static void fill_envp(char **out, size_t n_ptrs, char *const *envp,
 	*x.vars = NULL;
 }
 
-/* An environment for exec: envp without any UNIXIFY_INHERIT, plus ours if we have one.
- * Returns envp itself when there is nothing to pass; else memory to release with
- * inherit_release(). */
+/* The file name we were loaded as ("libunixify.so"), found at start-up: how an exec's
+ * LD_PRELOAD shows whether the new image loads us. */
+static char self_name[NAME_MAX + 1];
+
+static void self_name_init(void)
+{
+	Dl_info info;
+	const char *base;
+
+	if (!dladdr((void *)inherit_init, &info) || !info.dli_fname)
+		return;
+	base = strrchr(info.dli_fname, '/');
+	base = base ? base + 1 : info.dli_fname;
+	if (strlen(base) < sizeof(self_name))
+		strcpy(self_name, base);
+}
+
+/* Does some LD_PRELOAD of envp name a file called as ours?  An image that does not load
+ * us has no use for our variables (an inetd's child run plain, a program that cleans its
+ * children's environment), and should not see our socket files' paths either.  When we
+ * do not know our name, assume it does. */
+static int preloads_us(char *const *envp)
+{
+	size_t want = strlen(self_name);
+
+	if (!want)
+		return 1;
+	for (; envp && *envp; envp++) {
+		const char *v = *envp;
+
+		if (strncmp(v, "LD_PRELOAD=", 11))
+			continue;
+		for (v += 11; *v; v += strspn(v, " :")) {
+			size_t n = strcspn(v, " :"), base = n;
+
+			while (base > 0 && v[base - 1] != '/')
+				base--;
+			if (n - base == want && !memcmp(v + base, self_name, want))
+				return 1;
+			v += n;
+		}
+	}
+	return 0;
+}
+
+/* An environment for exec: envp without any UNIXIFY_INHERIT, plus ours if we have one
+ * and the new image loads us.  Returns envp itself when there is nothing to pass; else
+ * memory to release with inherit_release(). */
 static char *const *inherit_envp(char *const *envp, size_t *mapped)
 {
 	struct growbuf files = { 0 }, fds = { 0 };
@@ -190,6 +237,8 @@ static char *const *inherit_envp(char *const *envp, size_t *mapped)
 	int saved = errno;
 
 	*mapped = 0;
+	if (!preloads_us(envp))
+		return envp;
 	sockfile_list(&files);
 	state_lock_masked();
 	fd_for_each(collect, &fds);
@@ -630,6 +679,7 @@ void inherit_init(void)
 	char name[PART_NAME_MAX];
 	struct sock_item *it;
 
+	self_name_init();
 	if (!getenv("UNIXIFY_INHERIT"))
 		return;
 	if (!inherit_pass(&im) && (im.pass = 2, !inherit_pass(&im))) {

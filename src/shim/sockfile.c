@@ -405,14 +405,38 @@ static int lost(const char *path, const char *how)
 	return -1;
 }
 
-/* The file in the way at path: 0 when it is a stale socket file (st its lstat), else -1
- * with errno EADDRINUSE and a log line, or ENOENT when it is gone. */
+/* Is the file st at path another user's in a sticky directory (/tmp), where entries
+ * belong to their owners?  Root could remove it, but it is not ours to take. */
+static int others_in_sticky(const char *path, const struct stat *st)
+{
+	struct stat dir;
+	const char *base;
+	int fd, r, saved = errno;
+
+	if (st->st_uid == geteuid())
+		return 0;
+	fd = open_parent(path, &base);
+	r = fd < 0 || fstat(fd, &dir) || (dir.st_mode & S_ISVTX); /* unknown: not ours */
+	if (fd >= 0)
+		REAL(close)(fd);
+	errno = saved;
+	return r;
+}
+
+/* The file in the way at path: 0 when it is a stale socket file of ours to replace (st
+ * its lstat), else -1 with errno EADDRINUSE and a log line, or ENOENT when it is gone. */
 static int judge_stale(const char *path, struct stat *st)
 {
 	if (lstat(path, st))
 		return -1;
 	if (!S_ISSOCK(st->st_mode)) {
 		ulog(LOG_WARN_, "%s exists and is not a socket; not replacing it", path);
+		errno = EADDRINUSE;
+		return -1;
+	}
+	if (others_in_sticky(path, st)) {
+		ulog(LOG_WARN_, "%s belongs to uid %u in a sticky directory; not replacing it",
+		     path, (unsigned)st->st_uid);
 		errno = EADDRINUSE;
 		return -1;
 	}

@@ -13,7 +13,7 @@ import stat
 import sys
 from typing import NoReturn
 
-from unixify import __version__, inetd
+from unixify import __version__
 from unixify.encoding import (
     ENV_RULES,
     ENV_VERBOSE,
@@ -32,7 +32,8 @@ usage: unixify [-v...] [-p] [--mode OCTAL] [--backend B] (-r RULE | -f FILE)... 
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp ADDRESS PORT
        unixify explain [--program PROG] (-r RULE | -f FILE)... [--] in|out tcp|udp
                        unix PATH|abstract NAME
-       unixify inetd [--max-children N] --receive PATH [--slot N] -- PROGRAM [ARGS...]
+       unixify inetd [--max-children N] [--mode OCTAL] [--owner USER] [--group GROUP]
+                     --receive PATH [--slot N] -- PROGRAM [ARGS...]
        unixify dispatch [-v] FILE | --check FILE | --status FILE | --from-socketbox FILE
        unixify --lib | --version | --help
 
@@ -341,7 +342,9 @@ def run(argv: list[str]) -> int:
     if argv[:1] == ["env"]:
         return run_env(argv[1:])
     if argv[:1] == ["inetd"]:
-        return inetd.main(argv[1:])
+        from unixify.inetd import main as inetd_main
+
+        return inetd_main(argv[1:])
     if argv[:1] == ["dispatch"]:
         from unixify.dispatch import main as dispatch_main
 

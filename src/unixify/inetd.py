@@ -1,35 +1,50 @@
 """``unixify inetd``: one program per connection a dispatcher passes, socket on stdin and
 stdout, with the UCSPI variables (as tcpserver sets them).
 
-Connections arrive at a protocol A receiver (a Unix datagram socket at PATH) or, with
-``--slot``, through a slot registered at a dispatcher's control socket (protocol B; the
-registration is made again when the dispatcher restarts).  At ``--max-children``
-nothing more is received, so connections wait queued and the dispatcher's backpressure
-applies.  SIGTERM or SIGINT: stop receiving and exit 0 (running children go on).
+The receiving is the shim's (receive.c): ``unixify inetd`` checks its arguments, then
+runs itself again (``python -m unixify.inetd``) with the shim preloaded and one rule,
+``in,tcp,addr=::1,port=1,receive=PATH[,slot=N][,mode=..,owner=..,group=..]``.  That
+process binds, listens and accepts as any TCP server does: the shim makes its listener
+the receiver (the socket file's handling, protocol B's registration and re-registration
+are the shim's) and accept() gives the passed TCP sockets with their real peers, skipping
+anything else passed.  The children run plain: the environment of the first process,
+without the shim.  At ``--max-children`` nothing more is accepted, so connections wait
+queued and the dispatcher's backpressure applies.  SIGTERM or SIGINT: stop accepting and
+exit 0 (running children go on); closing the listener removes the receiver file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import getopt
 import ipaddress
 import os
 import select
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
-USAGE = ("usage: unixify inetd [--max-children N] --receive PATH [--slot N] -- "
-         "PROGRAM [ARGS...]\n")
-REGISTER = b"\1\0\0\0"
-REGISTERED = b"\x80\0\0\0"
-CONNECTION = b"\3\0\0\0"
-MAX_FDS = 8
+from unixify.cli import build_environment
+from unixify.encoding import LimitError, encode_checked
+from unixify.rules import (
+    Rule,
+    RuleError,
+    escape_value,
+    parse_group,
+    parse_mode,
+    parse_owner,
+    parse_rule,
+)
+from unixify.shim import ShimError, library_path
+
+USAGE = ("usage: unixify inetd [--max-children N] [--mode OCTAL] [--owner USER] "
+         "[--group GROUP] --receive PATH [--slot N] -- PROGRAM [ARGS...]\n")
+# The listener the served process binds: the rule makes it the receiver, so this port
+# never opens (and the served process refuses to bind without the shim).
+ADDRESS, PORT = "::1", 1
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class InetdUsage(Exception):
@@ -39,81 +54,59 @@ class InetdUsage(Exception):
 @dataclass
 class Options:
     path: str
-    slot: int | None
+    rule: Rule
     max_children: int
     program: list[str]
 
 
+def receive_rule(path: str, values: dict[str, str]) -> Rule:
+    """The rule that makes the served process's listener the receiver, checked as the
+    rule language checks --mode/--owner/--group and slot=."""
+    literal = escape_value(path.replace("%", "%%"))  # a path, not a template
+    text = f"in,tcp,addr={ADDRESS},port={PORT},receive={literal}"
+    for key, check in (("--slot", None), ("--mode", parse_mode), ("--owner", parse_owner),
+                       ("--group", parse_group)):
+        if key not in values:
+            continue
+        if check is not None:
+            try:
+                check(values[key])
+            except ValueError as err:
+                raise InetdUsage(f"inetd: {key}: {err}") from None
+        text += f",{key[2:]}={escape_value(values[key])}"
+    try:
+        return parse_rule(text, os.getcwd())
+    except RuleError as err:
+        raise InetdUsage(f"inetd: {err.message} (from --receive {path!r}"
+                         + "".join(f" {k} {values[k]!r}" for k in
+                                   ("--slot", "--mode", "--owner", "--group") if k in values)
+                         + ")") from None
+
+
 def parse(argv: list[str]) -> Options:
     try:
-        options, rest = getopt.getopt(argv, "", ["max-children=", "receive=", "slot="])
+        options, rest = getopt.getopt(argv, "", ["max-children=", "receive=", "slot=",
+                                                 "mode=", "owner=", "group="])
     except getopt.GetoptError as err:
         raise InetdUsage(f"inetd: {err.msg}") from None
     values = dict(options)
     if "--receive" not in values:
         raise InetdUsage("inetd: --receive PATH is required")
-    path = values["--receive"]
-    if not path or len(os.fsencode(path)) > 107:
-        raise InetdUsage(f"inetd: --receive {path!r} is not a Unix socket path")
-    numbers: dict[str, int] = {}
     for key, low in (("--max-children", 1), ("--slot", 0)):
-        if key in values:
-            text = values[key]
-            if not text.isascii() or not text.isdigit() or not low <= int(text) < 2**32:
-                raise InetdUsage(f"inetd: {key} {text!r} is not a number "
-                                 f"from {low} to 4294967295")
-            numbers[key] = int(text)
+        text = values.get(key)
+        if text is not None and (not text.isascii() or not text.isdigit()
+                                 or not low <= int(text) < 2**32):
+            raise InetdUsage(f"inetd: {key} {text!r} is not a number from {low} to "
+                             "4294967295")
+    rule = receive_rule(values["--receive"], values)
     if not rest:
         raise InetdUsage("inetd: no program to run")
-    return Options(path, numbers.get("--slot"), numbers.get("--max-children", 64), rest)
+    return Options(values["--receive"], rule, int(values.get("--max-children", "64")), rest)
 
 
 def log(message: str) -> None:
     sys.stderr.write(f"unixify inetd[{os.getpid()}]: {message}\n")
     sys.stderr.flush()
-
-
-def bind_receiver(path: str) -> socket.socket:
-    """A datagram socket at path; a stale socket file there is replaced, a live one (or
-    anything else) never."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind(path)
-        return sock
-    except OSError as err:
-        if err.errno != errno.EADDRINUSE:
-            sock.close()
-            raise
-    info = os.lstat(path)
-    if not stat.S_ISSOCK(info.st_mode):
-        sock.close()
-        raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            pass  # stale: nobody is bound there
-        else:
-            sock.close()
-            raise OSError(errno.EADDRINUSE, f"{path} is in use")
-    os.unlink(path)
-    sock.bind(path)
-    return sock
-
-
-def register(path: str, slot: int) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.settimeout(5)
-        sock.connect(path)
-        sock.send(REGISTER + slot.to_bytes(4, "big"))
-        if sock.recv(16) != REGISTERED:
-            raise OSError(errno.EACCES, f"the dispatcher refused slot {slot}")
-        sock.settimeout(None)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
 
 
 def ucspi(conn: socket.socket) -> dict[str, str]:
@@ -128,74 +121,35 @@ def ucspi(conn: socket.socket) -> dict[str, str]:
     return env
 
 
-def receive(sock: socket.socket, slot: bool) -> socket.socket | None:
-    """The next passed TCP socket; None when the message was not one (closed) or, for a
-    slot, when the dispatcher went away (EOF)."""
+def plain_environment() -> dict[str, str]:
+    """This process's environment as it was before the launcher preloaded the shim
+    (cli.build_environment): no UNIXIFY_* variable, the caller's own LD_PRELOAD only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIXIFY_")}
+    preload = env.pop("LD_PRELOAD", "")
+    library = library_path()
+    rest = preload[len(library):] if preload.startswith(library) else preload
+    if rest.strip():
+        env["LD_PRELOAD"] = rest.strip()
+    return env
+
+
+def shim_loaded() -> bool:
+    """Is the shim mapped in this process?  Without it the bind would open a real port."""
     try:
-        data, fds, flags, _ = socket.recv_fds(sock, 16, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
-    except ConnectionResetError:
-        data, fds, flags = b"", [], 0
-    if slot and not data and not fds:
-        raise EOFError
-    if len(fds) == 1 and not flags & socket.MSG_CTRUNC and (not slot or data == CONNECTION):
-        conn = tcp_connection(fds[0])
-        if conn is not None:
-            return conn
-    else:
-        for fd in fds:
-            discard(fd)
-    log("a message that was not one TCP connection; closed")
-    return None
-
-
-LINGER_OFF = bytes(8)  # struct linger {0, 0}
-
-
-def discard(fd: int) -> None:
-    """Close what a sender passed without waiting: lingering off first, so a TCP socket
-    set to linger with data it cannot send does not hold the loop in close()."""
-    try:
-        view = socket.socket(fileno=fd)
-    except OSError:  # not a socket
-        os.close(fd)
-        return
-    with contextlib.suppress(OSError):
-        view.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_OFF)
-    view.close()
-
-
-def tcp_connection(fd: int) -> socket.socket | None:
-    """fd as a connected TCP socket, or None with fd closed (whoever may write to the
-    receiver may pass anything: a pipe, a listener, a Unix socket)."""
-    try:
-        conn = socket.socket(fileno=fd)
-    except OSError:  # not a socket at all
-        os.close(fd)
-        return None
-    try:
-        if (conn.family in (socket.AF_INET, socket.AF_INET6)
-                and conn.type == socket.SOCK_STREAM
-                and not conn.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-            conn.getpeername()
-            return conn
-    except OSError:
-        pass
-    discard(conn.detach())
-    return None
+        ours = os.path.realpath(library_path().split()[-1])
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any(line.rstrip("\n").endswith(" " + ours) for line in maps)
+    except (OSError, ShimError, IndexError):
+        return False
 
 
 class Server:
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, listener: socket.socket) -> None:
         self.options = options
+        self.listener = listener
+        self.env = plain_environment()
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
-        self.sock: socket.socket | None = None
-        self.file: tuple[int, int] | None = None  # the receiver file we made
-
-    def connect(self) -> socket.socket:
-        if self.options.slot is None:
-            return bind_receiver(self.options.path)
-        return register(self.options.path, self.options.slot)
 
     def reap(self) -> None:
         for pid, child in list(self.children.items()):
@@ -203,97 +157,96 @@ class Server:
                 del self.children[pid]
 
     def spawn(self, conn: socket.socket) -> None:
-        env = dict(os.environ)
         try:
-            env.update(ucspi(conn))
             child = subprocess.Popen(self.options.program, stdin=conn.fileno(),
-                                     stdout=conn.fileno(), env=env)
+                                     stdout=conn.fileno(), env={**self.env, **ucspi(conn)})
             self.children[child.pid] = child
         except OSError as err:
-            log(f"cannot run {self.options.program[0]}: {err.strerror}")
+            log(f"cannot run {self.options.program[0]}: {err.strerror or err}")
         except ValueError as err:
             log(f"connection closed: {err}")
         finally:
             conn.close()
 
-    def rejoin(self) -> None:
-        """The dispatcher went away: register again, once a second, until stopped."""
-        assert self.sock is not None
-        self.sock.close()
-        log(f"dispatcher at {self.options.path} gone; registering slot "
-            f"{self.options.slot} again")
-        while not self.stopping:
-            try:
-                self.sock = self.connect()
-                log(f"registered slot {self.options.slot} again")
-                return
-            except OSError:
-                self.wait(1.0)
-        self.sock = None
-
     def wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.1, deadline - time.monotonic()))
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
             self.reap()
 
     def serve(self) -> int:
-        self.sock = self.connect()
-        if self.options.slot is None:
-            info = os.lstat(self.options.path)
-            self.file = (info.st_dev, info.st_ino)
-        log(f"receiving connections at {self.options.path}"
-            + (f" for slot {self.options.slot}" if self.options.slot is not None else ""))
         while not self.stopping:
             self.reap()
             if len(self.children) >= self.options.max_children:
-                self.wait(0.05)  # at the cap: leave connections queued
+                self.wait(0.05)  # at the cap: leave connections queued in the receiver
                 continue
-            ready, _, _ = select.select([self.sock], [], [], 0.2)
+            ready, _, _ = select.select([self.listener], [], [], 0.2)
             if not ready or self.stopping:
                 continue
             try:
-                conn = receive(self.sock, self.options.slot is not None)
-            except EOFError:
-                self.rejoin()
-                if self.sock is None:
-                    break
+                taken, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # nothing usable was queued (the shim skipped it), or a retry
+            except OSError as err:
+                log(f"accept: {err.strerror or err}")
+                self.wait(1.0)
                 continue
-            except BlockingIOError:
-                continue
-            if conn is not None:
-                self.spawn(conn)
+            # as the socket it is (accept() labels it with the listener's family)
+            self.spawn(socket.socket(fileno=taken.detach()))
         return 0
 
     def stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
 
-    def cleanup(self) -> None:
-        if self.sock is None:
-            return
-        if self.file is not None:
-            try:
-                info = os.lstat(self.options.path)
-                if (info.st_dev, info.st_ino) == self.file:
-                    os.unlink(self.options.path)
-            except OSError:
-                pass
-        self.sock.close()
+
+def serve(argv: list[str]) -> int:
+    """The loop, in the process started under the shim."""
+    options = parse(argv)
+    if not shim_loaded():
+        sys.stderr.write("unixify: inetd: the shim is not loaded in the receiving process; "
+                         "refusing to bind\n")
+        return 1
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server = Server(options, listener)
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by main()
+    try:
+        listener.bind((ADDRESS, PORT))
+        listener.listen()
+        listener.setblocking(False)
+    except OSError as err:
+        sys.stderr.write(f"unixify: inetd: {options.path}: {err.strerror or err}\n")
+        listener.close()
+        return 1
+    with listener:  # closing it removes the receiver file (the shim's)
+        return server.serve()
 
 
 def main(argv: list[str]) -> int:
+    """Check the arguments, then run the loop under the shim (serve)."""
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE)
+        return 0
     try:
         options = parse(argv)
+        env = build_environment([options.rule], encode_checked([options.rule]), 0)
     except InetdUsage as err:
         sys.stderr.write(f"unixify: {err}\n")
         return 2
-    server = Server(options)
-    signal.signal(signal.SIGTERM, server.stop)
-    signal.signal(signal.SIGINT, server.stop)
-    try:
-        return server.serve()
-    except OSError as err:
-        sys.stderr.write(f"unixify: inetd: {options.path}: {err.strerror or err}\n")
+    except (ShimError, LimitError) as err:
+        sys.stderr.write(f"unixify: inetd: {err}\n")
         return 1
-    finally:
-        server.cleanup()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # held until serve() has its handlers: a stop meanwhile must not leave the file
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "unixify.inetd", *argv], env)
+    except OSError as err:
+        sys.stderr.write(f"unixify: inetd: cannot run {sys.executable}: {err.strerror}\n")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1:]))

@@ -293,6 +293,11 @@ def _check_template(value: str, what: str) -> None:
         i = value.find("%", i + 2)
 
 
+def escape_value(text: str) -> str:
+    """text as a value inside a rule (the inverse of the splitting's escapes)."""
+    return text.replace("\\", "\\\\").replace(",", "\\,")
+
+
 def _absolute(path: str, cwd: str) -> str:
     return path if path.startswith("/") else os.path.normpath(os.path.join(cwd, path))
 

@@ -19,7 +19,7 @@ import ipaddress
 from typing import NamedTuple
 
 from unixify.dispatchconf import MAX_ROUTES
-from unixify.rules import MAX_PATH, parse_address
+from unixify.rules import MAX_PATH, escape_value, parse_address
 
 KEYWORDS = ("max-maps", "max-rules", "rule-set", "map-set", "size", "ip", "rip", "port",
             "rport", "jump-unix", "jump-fd", "jump-rule", "jump-map", "fail", "match-lip",
@@ -251,10 +251,6 @@ def _networks(address: int, mask: int) -> list[str] | None:
     return [str(network), "0.0.0.0/0"]
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(",", "\\,")
-
-
 class _Writer:
     def __init__(self, sets: dict[tuple[str, int], Set], origin: str) -> None:
         self.sets = sets
@@ -297,7 +293,7 @@ class _Writer:
             if not target.startswith("/"):
                 self.notes.append(f"{self.origin}:{line}: relative path {target!r} is "
                                   "taken from the dispatcher's working directory")
-            self.route(match, "send=" + _escape(target.replace("%", "%%")), line)
+            self.route(match, "send=" + escape_value(target.replace("%", "%%")), line)
         elif action.kind == "jump-fd":
             self.unsupported(line, f"jump-fd:{action.value} sends to an inherited fd; "
                              "name the receiver with send=PATH instead", match)
