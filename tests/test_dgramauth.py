@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Processes, require_tool
+from conftest import HELPERS, Processes, compile_c, require_tool
 
 NOBODY = 65534
 OTHER = 65533
@@ -47,8 +47,9 @@ except OSError as e:
 """
 
 # The wrapped client: how it talks (sendto/connect), whether it asks for SO_PASSCRED
-# after its first datagram (never/after/off: turned on, then off again) and how it reads (recvfrom, or recvmsg with a
-# control buffer of that many bytes).  It reads until the real reply or a timeout.
+# after its first datagram (never/after/off: turned on, then off again) and how it
+# reads (recvfrom, or recvmsg with a control buffer of that many bytes).  It reads
+# until the real reply or a timeout.
 CLIENT = """
 import socket, struct, sys
 how, cred, read = sys.argv[1:4]
@@ -94,7 +95,11 @@ def as_user(uid: int) -> Callable[[], None] | None:
     return switch if uid else None
 
 
-def exchange(procs: Processes, sockdir: Path, server_uid: int, client_args: list[str],
+def python_client(how: str, cred: str, read: str) -> list[str]:
+    return ["python3", "-c", CLIENT, how, cred, read]
+
+
+def exchange(procs: Processes, sockdir: Path, server_uid: int, program: list[str],
              forger_uid: int | None = None) -> tuple[Seen, str, int]:
     """The client's first datagram reaches the server; the forger (if any) sends to the
     client from the server's path in its own mount namespace, then the server replies.
@@ -105,10 +110,10 @@ def exchange(procs: Processes, sockdir: Path, server_uid: int, client_args: list
                          stdin=subprocess.PIPE, preexec_fn=as_user(server_uid))
     assert server.stdout is not None and server.stdin is not None
     assert server.stdout.readline() == "ready\n"
-    client = procs.wrapped([RULE.format(sockdir)], ["python3", "-c", CLIENT, *client_args],
-                           stdin=subprocess.PIPE)
+    client = procs.wrapped([RULE.format(sockdir)], program, stdin=subprocess.PIPE)
     assert client.stdout is not None and client.stdin is not None
-    assert client.stdout.readline() == f"sent {int(client_args[1] == 'after')}\n"
+    # the program's SO_PASSCRED as it reads it back
+    assert client.stdout.readline() == f"sent {int('after' in program)}\n"
     address = server.stdout.readline().strip()
     forged = ""
     if forger_uid is not None:
@@ -137,9 +142,13 @@ def test_forged_reply_from_another_mount_namespace(procs: Processes, sockdir: Pa
     reported as from an unknown sender, not as 127.0.0.53 port 53; the real reply, from a
     server of root or of another user, still is.  (The old code: the forged datagram
     came from ('127.0.0.53', 53).)"""
-    seen, forged, _ = exchange(procs, sockdir, server_uid, ["sendto", "never", read],
-                               forger_uid)
+    seen, forged, _ = exchange(procs, sockdir, server_uid,
+                               python_client("sendto", "never", read), forger_uid)
     assert forged == "sent", forged
+    check_forgery_unknown(seen)
+
+
+def check_forgery_unknown(seen: Seen) -> None:
     assert [d for d, *_ in seen] == [b"forged", b"real"], seen
     (_, fake, anc, _), (_, real, anc2, _) = seen
     assert real == ("127.0.0.53", 53)
@@ -147,10 +156,20 @@ def test_forged_reply_from_another_mount_namespace(procs: Processes, sockdir: Pa
     assert anc == anc2 == [], "credentials the program did not ask for"
 
 
+def test_forged_reply_to_recvmmsg(procs: Processes, sockdir: Path, tmp_path: Path) -> None:
+    """The same through recvmmsg, each message with a control buffer of its own.  (The
+    old code: the forged datagram came from ('127.0.0.53', 53).)"""
+    client = str(compile_c(HELPERS / "mmsgclient.c", tmp_path / "mmsgclient"))
+    seen, forged, _ = exchange(procs, sockdir, 0, [client, "127.0.0.53", "53"], NOBODY)
+    assert forged == "sent", forged
+    check_forgery_unknown(seen)
+
+
 def test_connected_client_hears_only_the_server(procs: Processes, sockdir: Path) -> None:
     """connect() found the server's socket by its path in the client's mount namespace;
     the kernel refuses the forger's datagram (EPERM), whatever path it is bound to."""
-    seen, forged, _ = exchange(procs, sockdir, 0, ["connect", "never", "recvfrom"], NOBODY)
+    seen, forged, _ = exchange(procs, sockdir, 0, python_client("connect", "never", "recvfrom"),
+                              NOBODY)
     assert forged == "errno 1", forged
     assert seen == [(b"real", ("127.0.0.53", 53), [], [])], seen
 
@@ -160,7 +179,7 @@ def test_program_asking_for_credentials_gets_them(procs: Processes, sockdir: Pat
                                                   read: str) -> None:
     """A program that sets SO_PASSCRED on its converted socket reads it back as 1 and
     gets the sender's SCM_CREDENTIALS, as a Unix socket gives them."""
-    seen, _, pid = exchange(procs, sockdir, NOBODY, ["sendto", "after", read])
+    seen, _, pid = exchange(procs, sockdir, NOBODY, python_client("sendto", "after", read))
     scm = (1, 2)  # SOL_SOCKET, SCM_CREDENTIALS
     assert seen == [(b"real", ("127.0.0.53", 53), [scm], [(pid, NOBODY, NOBODY)])], seen
 
@@ -168,5 +187,6 @@ def test_program_asking_for_credentials_gets_them(procs: Processes, sockdir: Pat
 def test_program_turning_credentials_off(procs: Processes, sockdir: Path) -> None:
     """Asked for and turned off again: SO_PASSCRED reads 0 and no credentials come,
     though the library keeps them on for itself."""
-    seen, _, _ = exchange(procs, sockdir, 0, ["sendto", "off", "64"])
+    seen, _, _ = exchange(procs, sockdir, 0, python_client("sendto", "off", "64"))
     assert seen == [(b"real", ("127.0.0.53", 53), [], [])], seen
+
