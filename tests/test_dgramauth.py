@@ -100,10 +100,10 @@ def python_client(how: str, cred: str, read: str) -> list[str]:
 
 
 def exchange(procs: Processes, sockdir: Path, server_uid: int, program: list[str],
-             forger_uid: int | None = None) -> tuple[Seen, str, int]:
+             forger_uid: int | None = None) -> tuple[Seen, str, int, str]:
     """The client's first datagram reaches the server; the forger (if any) sends to the
     client from the server's path in its own mount namespace, then the server replies.
-    What the client saw, what the forger said, the server's pid."""
+    What the client saw, what the forger said, the server's pid, the client's stderr."""
     sockdir.chmod(0o755)
     os.chown(sockdir, server_uid, server_uid)
     server = procs.start([PYTHON, "-c", SERVER, f"{sockdir}/srv.sock"],
@@ -130,7 +130,8 @@ def exchange(procs: Processes, sockdir: Path, server_uid: int, program: list[str
     client.stdin.write("\n")
     client.stdin.flush()
     seen: Seen = ast.literal_eval(client.stdout.readline())
-    return seen, forged, server.pid
+    assert client.stderr is not None and client.wait(timeout=10) == 0
+    return seen, forged, server.pid, client.stderr.read()
 
 
 @pytest.mark.parametrize("server_uid,forger_uid", [(0, NOBODY), (NOBODY, OTHER)])
@@ -142,10 +143,11 @@ def test_forged_reply_from_another_mount_namespace(procs: Processes, sockdir: Pa
     reported as from an unknown sender, not as 127.0.0.53 port 53; the real reply, from a
     server of root or of another user, still is.  (The old code: the forged datagram
     came from ('127.0.0.53', 53).)"""
-    seen, forged, _ = exchange(procs, sockdir, server_uid,
+    seen, forged, _, err = exchange(procs, sockdir, server_uid,
                                python_client("sendto", "never", read), forger_uid)
     assert forged == "sent", forged
     check_forgery_unknown(seen)
+    assert err.count("is reported as from an unknown sender") == 1, err
 
 
 def check_forgery_unknown(seen: Seen) -> None:
@@ -160,7 +162,7 @@ def test_forged_reply_to_recvmmsg(procs: Processes, sockdir: Path, tmp_path: Pat
     """The same through recvmmsg, each message with a control buffer of its own.  (The
     old code: the forged datagram came from ('127.0.0.53', 53).)"""
     client = str(compile_c(HELPERS / "mmsgclient.c", tmp_path / "mmsgclient"))
-    seen, forged, _ = exchange(procs, sockdir, 0, [client, "127.0.0.53", "53"], NOBODY)
+    seen, forged, _, _ = exchange(procs, sockdir, 0, [client, "127.0.0.53", "53"], NOBODY)
     assert forged == "sent", forged
     check_forgery_unknown(seen)
 
@@ -168,7 +170,7 @@ def test_forged_reply_to_recvmmsg(procs: Processes, sockdir: Path, tmp_path: Pat
 def test_connected_client_hears_only_the_server(procs: Processes, sockdir: Path) -> None:
     """connect() found the server's socket by its path in the client's mount namespace;
     the kernel refuses the forger's datagram (EPERM), whatever path it is bound to."""
-    seen, forged, _ = exchange(procs, sockdir, 0, python_client("connect", "never", "recvfrom"),
+    seen, forged, _, _ = exchange(procs, sockdir, 0, python_client("connect", "never", "recvfrom"),
                               NOBODY)
     assert forged == "errno 1", forged
     assert seen == [(b"real", ("127.0.0.53", 53), [], [])], seen
@@ -179,7 +181,7 @@ def test_program_asking_for_credentials_gets_them(procs: Processes, sockdir: Pat
                                                   read: str) -> None:
     """A program that sets SO_PASSCRED on its converted socket reads it back as 1 and
     gets the sender's SCM_CREDENTIALS, as a Unix socket gives them."""
-    seen, _, pid = exchange(procs, sockdir, NOBODY, python_client("sendto", "after", read))
+    seen, _, pid, _ = exchange(procs, sockdir, NOBODY, python_client("sendto", "after", read))
     scm = (1, 2)  # SOL_SOCKET, SCM_CREDENTIALS
     assert seen == [(b"real", ("127.0.0.53", 53), [scm], [(pid, NOBODY, NOBODY)])], seen
 
@@ -187,6 +189,6 @@ def test_program_asking_for_credentials_gets_them(procs: Processes, sockdir: Pat
 def test_program_turning_credentials_off(procs: Processes, sockdir: Path) -> None:
     """Asked for and turned off again: SO_PASSCRED reads 0 and no credentials come,
     though the library keeps them on for itself."""
-    seen, _, _ = exchange(procs, sockdir, 0, python_client("sendto", "off", "64"))
+    seen, _, _, _ = exchange(procs, sockdir, 0, python_client("sendto", "off", "64"))
     assert seen == [(b"real", ("127.0.0.53", 53), [], [])], seen
 

@@ -150,9 +150,11 @@ static int sender_genuine(const struct fd_entry *e, const struct sockaddr_un *su
 			   ? len - offsetof(struct sockaddr_un, sun_path) : 0;
 	struct stat st;
 
+	if (!n || !sun->sun_path[0])
+		return 1;
 	if (!(e->auth & AUTH_CHECK) || uid == NO_UID)
 		return 0; /* nothing tells who sent it */
-	if (uid == 0 || uid == geteuid() || !n || !sun->sun_path[0])
+	if (uid == 0 || uid == geteuid())
 		return 1;
 	if (n > sizeof(sun->sun_path))
 		n = sizeof(sun->sun_path);
@@ -176,7 +178,7 @@ static void report_sender(int fd, const struct fd_entry *e, const struct sockadd
 	else if ((r = peers_to_ip(sun, sunlen, e->family, &ip)) < 0)
 		ipaddr_loopback(&ip, e->family);
 	else if (r == 1 && !sender_genuine(e, sun, sunlen, uid)) {
-		skip_log("fd %d: a datagram from %s, sent by another user than the one owning "
+		skip_log("fd %d: a datagram from %.108s, not sent by root, us or the owner of "
 			 "that socket file, is reported as from an unknown sender", fd,
 			 sun->sun_path);
 		if (peers_unknown(e->family, &ip))
