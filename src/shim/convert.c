@@ -788,6 +788,12 @@ int convert_sender(int fd, const struct fd_entry *old)
 		return -1;
 	new_entry(&e, old, ROLE_NONE);
 	client_local(&e.local, old->family, &old->local);
+	if (dgram_check_senders(sock, &e)) {
+		ulog(LOG_ERR_, "fd %d: cannot ask for datagram senders' credentials: %s", fd,
+		     strerror(errno));
+		discard(fd, sock);
+		return -1;
+	}
 	if (install(fd, sock, &flags, &e))
 		return -1;
 	ulog(LOG_INFO_, "fd %d: datagram socket converted for sending", fd);

@@ -13,13 +13,19 @@
  * answer a UDP port.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "shim.h"
 
 #define RECV_BATCH 32
+#define CRED_SPACE CMSG_SPACE(sizeof(struct ucred))
+#define CTL_SLOT 128 /* a program's control buffer up to CTL_SLOT - CRED_SPACE is copied */
+#define NO_UID ((uid_t)-1)
 
 /*
  * An autobound abstract address (man 7 unix): the kernel picks a free name in this
@@ -126,19 +132,175 @@ int dgram_connect(int fd, const struct ipaddr *a)
 	return 0;
 }
 
-/* Tell the program who sent a datagram: the IP stand-in for the Unix sender. */
-static void report_sender(const struct fd_entry *e, const struct sockaddr_un *sun,
-			  socklen_t sunlen, struct sockaddr *addr, socklen_t *alen)
+/*
+ * Is the sender of a datagram from the Unix path of a destination the program sent to
+ * really the socket there?  A path names a file in our mount namespace only: another
+ * user may bind the same path in a mount namespace of its own (unshare -Urm, a tmpfs
+ * over the directory) and, sharing the network namespace, send to our autobound
+ * address.  UDP would never let it pass for the server's address, so its credentials
+ * (SO_PASSCRED, which it cannot forge) must be root's, ours, or those of the owner of
+ * the socket file at that path here.  An abstract name is per network namespace, like
+ * a port, and needs no check.
+ */
+static int sender_genuine(const struct fd_entry *e, const struct sockaddr_un *sun,
+			  socklen_t len, uid_t uid)
+{
+	char path[sizeof(sun->sun_path) + 1];
+	size_t n = len > offsetof(struct sockaddr_un, sun_path)
+			   ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+	struct stat st;
+
+	if (!n || !sun->sun_path[0])
+		return 1;
+	if (!(e->auth & AUTH_CHECK) || uid == NO_UID)
+		return 0; /* nothing tells who sent it */
+	if (uid == 0 || uid == geteuid())
+		return 1;
+	if (n > sizeof(sun->sun_path))
+		n = sizeof(sun->sun_path);
+	memcpy(path, sun->sun_path, n);
+	path[n] = 0;
+	return lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_uid == uid;
+}
+
+/* Tell the program who sent a datagram: the IP stand-in for the Unix sender; uid is the
+ * sender's (NO_UID if unknown).  A sender that would pass for a destination without
+ * being the socket there is reported as an unknown one: a reply is matched by its
+ * source address (a resolver's, say), and so ignored. */
+static void report_sender(int fd, const struct fd_entry *e, const struct sockaddr_un *sun,
+			  socklen_t sunlen, uid_t uid, struct sockaddr *addr, socklen_t *alen)
 {
 	struct ipaddr ip;
-	int saved = errno;
+	int saved = errno, r;
 
 	if (e->role == ROLE_CLIENT) /* a connected socket hears only from its peer */
 		ip = e->peer;
-	else if (peers_to_ip(sun, sunlen, e->family, &ip))
+	else if ((r = peers_to_ip(sun, sunlen, e->family, &ip)) < 0)
 		ipaddr_loopback(&ip, e->family);
+	else if (r == 1 && !sender_genuine(e, sun, sunlen, uid)) {
+		skip_log("fd %d: a datagram from %.108s, not sent by root, us or the owner of "
+			 "that socket file, is reported as from an unknown sender", fd,
+			 sun->sun_path);
+		if (peers_unknown(e->family, &ip))
+			ipaddr_loopback(&ip, e->family);
+	}
 	copy_out_addr(&ip, ipaddr_len(&ip), addr, alen);
 	errno = saved;
+}
+
+int dgram_check_senders(int sock, struct fd_entry *e)
+{
+	int on = 1, was = 0;
+	socklen_t len = sizeof(was);
+
+	/* the program's own SO_PASSCRED came along with its options */
+	if (REAL(getsockopt)(sock, SOL_SOCKET, SO_PASSCRED, &was, &len) ||
+	    REAL(setsockopt)(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)))
+		return -1;
+	e->auth = (uint8_t)(AUTH_CHECK | (was ? AUTH_WANTED : 0));
+	return 0;
+}
+
+int dgram_passcred_set(int fd, const void *val, socklen_t len)
+{
+	struct fd_entry *e;
+	int on, r = 1;
+
+	if (!fd_tracked(fd))
+		return 1;
+	state_lock(); /* this fd's entry only */
+	e = fd_get(fd, 0);
+	if (e && e->auth & AUTH_CHECK) {
+		r = -1;
+		if (!val || len < sizeof(int)) {
+			errno = val ? EINVAL : EFAULT;
+		} else {
+			memcpy(&on, val, sizeof(on));
+			e->auth = (uint8_t)(on ? e->auth | AUTH_WANTED : e->auth & ~AUTH_WANTED);
+			r = 0;
+		}
+	}
+	state_unlock();
+	return r;
+}
+
+/*
+ * A socket checking its senders gets their credentials in every datagram, which the
+ * program must see only if it asked for them.  The kernel gets a control buffer of our
+ * own, the program's size plus room for them, and the rest is copied to the program's
+ * (a program's buffer larger than CTL_SLOT is used in place, one credentials message
+ * less of it for the rest).
+ */
+struct ctl_slot {
+	union {
+		struct cmsghdr align;
+		char buf[CTL_SLOT];
+	} u;
+	void *control; /* the program's */
+	size_t cap;
+};
+
+static void ctl_prepare(const struct fd_entry *e, struct msghdr *h, struct ctl_slot *s)
+{
+	s->control = h->msg_control;
+	s->cap = h->msg_control ? h->msg_controllen : 0;
+	if (!(e->auth & AUTH_CHECK) || s->cap + CRED_SPACE > sizeof(s->u.buf))
+		return;
+	h->msg_control = s->u.buf;
+	h->msg_controllen = s->cap + CRED_SPACE;
+}
+
+/* Descriptors passed in a message the program has no room for, as the kernel would. */
+static void close_passed(const struct cmsghdr *c)
+{
+	size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+	int fd;
+
+	if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+		REAL(close)(fd);
+	}
+}
+
+/* After the kernel filled h (prepared by ctl_prepare): the sender's uid, NO_UID if none
+ * came; the program's control buffer holds the rest of what came, as it asked. */
+static uid_t ctl_finish(const struct fd_entry *e, struct msghdr *h, struct ctl_slot *s)
+{
+	char *from = h->msg_control, *to = s->control;
+	size_t used = h->msg_control ? h->msg_controllen : 0, out = 0, off = 0;
+	uid_t uid = NO_UID;
+
+	if (!(e->auth & AUTH_CHECK))
+		return NO_UID;
+	while (off + sizeof(struct cmsghdr) <= used) {
+		struct cmsghdr *c = (struct cmsghdr *)(from + off);
+		size_t len = c->cmsg_len, next = off + CMSG_ALIGN(len);
+		int creds = c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS;
+
+		if (len < sizeof(struct cmsghdr) || len > used - off)
+			break;
+		if (creds && len >= CMSG_LEN(sizeof(struct ucred))) {
+			struct ucred u;
+
+			memcpy(&u, CMSG_DATA(c), sizeof(u));
+			uid = u.uid;
+		}
+		if (!creds || e->auth & AUTH_WANTED) {
+			if (out + len > s->cap) {
+				h->msg_flags |= MSG_CTRUNC;
+				close_passed(c);
+			} else {
+				memmove(to + out, c, len);
+				out += CMSG_ALIGN(len) < s->cap - out ? CMSG_ALIGN(len) : s->cap - out;
+			}
+		}
+		off = next;
+	}
+	h->msg_control = s->control;
+	h->msg_controllen = out;
+	return uid;
 }
 
 static int option_on(int fd, const struct fd_entry *e, int level, int name)
@@ -209,7 +371,10 @@ API ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *ad
 		     socklen_t *alen)
 {
 	struct sockaddr_un sun;
-	socklen_t sunlen = sizeof(sun);
+	struct iovec iov = { .iov_base = buf, .iov_len = n };
+	struct msghdr m = { .msg_name = &sun, .msg_namelen = sizeof(sun), .msg_iov = &iov,
+			    .msg_iovlen = 1 };
+	struct ctl_slot slot;
 	struct fd_entry e;
 	ssize_t r;
 
@@ -222,9 +387,10 @@ API ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *ad
 			*alen = 0;
 		return r;
 	}
-	r = REAL(recvfrom)(fd, buf, n, flags, (struct sockaddr *)&sun, &sunlen);
+	ctl_prepare(&e, &m, &slot);
+	r = REAL(recvmsg)(fd, &m, flags);
 	if (r >= 0)
-		report_sender(&e, &sun, sunlen, addr, alen);
+		report_sender(fd, &e, &sun, m.msg_namelen, ctl_finish(&e, &m, &slot), addr, alen);
 	return r;
 }
 
@@ -250,21 +416,26 @@ static ssize_t received(ssize_t r, struct msghdr *msg)
 API ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
 	struct sockaddr_un sun;
+	struct ctl_slot slot;
 	struct msghdr copy;
 	struct fd_entry e;
 	ssize_t r;
+	uid_t uid;
 
 	if (!msg || (!msg->msg_name && !msg->msg_control) || !translating(fd, &e))
 		return received(REAL(recvmsg)(fd, msg, flags), msg);
 	copy = *msg;
 	copy.msg_name = msg->msg_name && e.type == SOCK_DGRAM ? &sun : NULL;
 	copy.msg_namelen = copy.msg_name ? sizeof(sun) : 0;
+	if (e.type == SOCK_DGRAM)
+		ctl_prepare(&e, &copy, &slot);
 	r = REAL(recvmsg)(fd, &copy, flags);
 	if (r < 0)
 		return r;
 	if (e.type == SOCK_DGRAM) {
+		uid = ctl_finish(&e, &copy, &slot);
 		if (msg->msg_name)
-			report_sender(&e, &sun, copy.msg_namelen, msg->msg_name,
+			report_sender(fd, &e, &sun, copy.msg_namelen, uid, msg->msg_name,
 				      &msg->msg_namelen);
 		add_pktinfo(fd, &e, &copy, msg->msg_controllen);
 	} else {
@@ -280,6 +451,7 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 		 struct timespec *timeout)
 {
 	struct sockaddr_un names[RECV_BATCH];
+	struct ctl_slot slots[RECV_BATCH];
 	void *orig[RECV_BATCH];
 	socklen_t origlen[RECV_BATCH];
 	size_t cap[RECV_BATCH];
@@ -302,14 +474,23 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 		cap[i] = h->msg_controllen;
 		h->msg_name = orig[i] && e.type == SOCK_DGRAM ? &names[i] : NULL;
 		h->msg_namelen = h->msg_name ? sizeof(names[i]) : 0;
+		if (e.type == SOCK_DGRAM)
+			ctl_prepare(&e, h, &slots[i]);
 	}
 	r = REAL(recvmmsg)(fd, vec, vlen, flags, timeout);
 	for (unsigned i = 0; i < vlen; i++) {
 		struct msghdr *h = &vec[i].msg_hdr;
 		socklen_t got = h->msg_namelen;
+		uid_t uid = NO_UID;
 
 		h->msg_name = orig[i];
 		h->msg_namelen = origlen[i];
+		if (e.type == SOCK_DGRAM && (int)i >= r) {
+			h->msg_control = slots[i].control;
+			h->msg_controllen = cap[i];
+		} else if (e.type == SOCK_DGRAM) {
+			uid = ctl_finish(&e, h, &slots[i]);
+		}
 		if ((int)i >= r)
 			continue;
 		received(0, h);
@@ -318,7 +499,7 @@ API int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 			continue;
 		}
 		if (orig[i])
-			report_sender(&e, &names[i], got, orig[i], &h->msg_namelen);
+			report_sender(fd, &e, &names[i], got, uid, orig[i], &h->msg_namelen);
 		add_pktinfo(fd, &e, h, cap[i]);
 	}
 	return r;

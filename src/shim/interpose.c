@@ -571,6 +571,10 @@ API int setsockopt(int fd, int level, int optname, const void *val, socklen_t le
 
 	if (!fd_tracked(fd))
 		return REAL(setsockopt)(fd, level, optname, val, len);
+	/* a client checking its senders keeps SO_PASSCRED on; the program's wish is kept */
+	if (level == SOL_SOCKET && optname == SO_PASSCRED &&
+	    (r = dgram_passcred_set(fd, val, len)) <= 0)
+		return r;
 	if (settle_for_option(fd, level, optname, val, len))
 		return -1;
 	state_lock();
@@ -629,6 +633,8 @@ API int getsockopt(int fd, int level, int optname, void *val, socklen_t *len)
 				    (optname == SO_ACCEPTCONN && e.paused))) {
 		answer = optname == SO_DOMAIN ? e.family : optname == SO_ACCEPTCONN ? 0
 			 : e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
+	} else if (level == SOL_SOCKET && optname == SO_PASSCRED && e.auth & AUTH_CHECK) {
+		answer = !!(e.auth & AUTH_WANTED); /* not ours, which is always on */
 	} else if (level == SOL_SOCKET && receive_sockopt(&e, optname, &answer)) {
 		/* a receiver answers as the TCP listener it stands for */
 	} else if (fd_option(fd, &e, level, optname, &set) == 0) {

@@ -30,6 +30,7 @@ struct peer {
 	unsigned stamp;             /* the clock when it was recorded */
 	int16_t next_ip, next_unix; /* hash chains */
 	uint8_t used;
+	uint8_t dest;               /* a destination the program sent to, not a sender */
 	uint8_t len;                /* bytes of path used; 0: an unnamed socket */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
@@ -132,7 +133,7 @@ static void forget(int idx)
 }
 
 /* With the lock held: record path <-> ip, replacing older pairings of either. */
-static void insert(const char *path, size_t len, const struct ipaddr *ip)
+static void insert(const char *path, size_t len, const struct ipaddr *ip, int dest)
 {
 	int idx;
 	struct peer *e;
@@ -150,6 +151,7 @@ static void insert(const char *path, size_t len, const struct ipaddr *ip)
 	e->len = (uint8_t)len;
 	memcpy(e->path, path, len);
 	e->used = 1;
+	e->dest = (uint8_t)dest;
 	e->next_ip = table->head_ip[hash_ip(ip)];
 	table->head_ip[hash_ip(ip)] = (int16_t)idx;
 	e->next_unix = table->head_unix[hash_unix(path, len, ip->sa.sa_family)];
@@ -204,7 +206,7 @@ static int recorded(void *arg)
 	int idx = find_unix(q->path, q->len, q->ip->sa.sa_family);
 
 	return idx != NO_PEER && ip_equal(&table->peers[idx].ip, q->ip) &&
-	       find_ip(q->ip) == idx &&
+	       table->peers[idx].dest && find_ip(q->ip) == idx &&
 	       table->clock - table->peers[idx].stamp < MAX_PEERS / 2 ? 0 : -1;
 }
 
@@ -216,7 +218,7 @@ void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct i
 		return; /* the common case: the same destination again */
 	state_lock_masked();
 	if (table_ready() == 0)
-		insert(q.path, q.len, ip);
+		insert(q.path, q.len, ip, 1);
 	state_unlock();
 }
 
@@ -228,7 +230,7 @@ static int stand_in(void *arg)
 	if (idx == NO_PEER)
 		return -1;
 	*q->out = table->peers[idx].ip;
-	return 0;
+	return table->peers[idx].dest;
 }
 
 #define STAND_IN_TRIES 64
@@ -267,17 +269,28 @@ int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct
 	int r = 0;
 
 	out->sa.sa_family = (sa_family_t)family;
-	if (look_up(stand_in, &q) == 0)
-		return 0;
+	if ((r = look_up(stand_in, &q)) >= 0)
+		return r;
 	rules_need(); /* a new stand-in asks the rules, which may still have to be read */
 	state_lock_masked();
 	if (table_ready()) {
 		r = -1;
-	} else if (stand_in(&q) != 0) { /* a first datagram from it */
+	} else if ((r = stand_in(&q)) < 0) { /* a first datagram from it */
 		r = new_stand_in(out, family);
 		if (r == 0)
-			insert(q.path, q.len, out);
+			insert(q.path, q.len, out, 0);
 	}
+	state_unlock();
+	return r;
+}
+
+int peers_unknown(int family, struct ipaddr *out)
+{
+	int r;
+
+	rules_need();
+	state_lock_masked();
+	r = table_ready() ? -1 : new_stand_in(out, family);
 	state_unlock();
 	return r;
 }

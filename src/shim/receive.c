@@ -40,7 +40,7 @@ static int sockopt_int(int fd, int name)
 }
 
 /* At most one line a second, so a peer sending junk cannot flood the log. */
-static void skip_log(const char *fmt, int fd, const char *why)
+void skip_log(const char *fmt, int fd, const char *why)
 {
 	static _Atomic time_t last;
 	struct timespec now;

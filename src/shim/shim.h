@@ -79,6 +79,8 @@ enum { LOG_ERR_ = 0, LOG_WARN_ = 1, LOG_INFO_ = 2, LOG_DEBUG_ = 3 };
 extern int log_verbosity;
 void log_init(void);
 void ulog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A warning (fmt takes fd, then why) at most once a second, whoever triggers it. */
+void skip_log(const char *fmt, int fd, const char *why);
 
 /* ---- memory from mmap that grows (mem.c) ---- */
 /* old (old_size bytes, or NULL) resized to at least new_size bytes, contents kept; the
@@ -311,6 +313,7 @@ struct fd_entry {
 				failed with this errno: it must not bind implicitly */
 	uint8_t claim_dir;   /* DIR_IN or DIR_OUT: which call the rule claimed */
 	uint8_t paused;      /* a listener paused by connect(AF_UNSPEC), its file released */
+	uint8_t auth;        /* AUTH_*: datagram senders' credentials (dgram.c) */
 	int32_t sockfile; /* index into the socket file table, or -1 */
 	uint32_t opts_set; /* SOL_SOCKET options the program set before conversion */
 	uint32_t spill;   /* which spilled records at this fd number are ours, or 0 */
@@ -565,12 +568,21 @@ void accepted_entry(struct fd_entry *e, const struct fd_entry *listener);
 /* Pair a Unix address with the IP address the program knows it by. */
 void peers_remember(const struct sockaddr_un *sun, socklen_t len, const struct ipaddr *ip);
 /* The IP stand-in for a Unix sender, made up at first sight (never an address the table
- * or a rule gives a destination).  -1 if out of memory or stand-ins. */
+ * or a rule gives a destination).  1 when it is a destination's (the sender's Unix
+ * address is where the program sent to), 0 another, -1 if out of memory or stand-ins. */
 int peers_to_ip(const struct sockaddr_un *sun, socklen_t len, int family, struct ipaddr *out);
+/* A stand-in for a sender we will not name (recorded nowhere): 0, or -1. */
+int peers_unknown(int family, struct ipaddr *out);
 /* The Unix address behind ip: 0 found, 1 an unnamed sender (no reply possible), -1 none. */
 int peers_to_unix(const struct ipaddr *ip, struct sockaddr_un *sun, socklen_t *len);
 
 /* ---- datagram sockets (dgram.c) ---- */
+/* fd_entry.auth: we set SO_PASSCRED to check senders; the program asked for it too */
+enum { AUTH_CHECK = 1, AUTH_WANTED = 2 };
+/* Turn on the credentials check for sock, a converted client: 0, or -1 with errno. */
+int dgram_check_senders(int sock, struct fd_entry *e);
+/* setsockopt(SO_PASSCRED) on fd: 0 or -1 as setsockopt, or 1 if not ours to answer. */
+int dgram_passcred_set(int fd, const void *val, socklen_t len);
 /* Bind sock to a fresh abstract name for replies to reach it: 0, or -1 with errno. */
 int dgram_autobind(int sock);
 /* sendmsg() on an IP or converted datagram socket with a destination in msg. */
