@@ -5,6 +5,7 @@ master-worker reloads, Node's cluster), paused and resumed around a reload (HAPr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -154,6 +155,21 @@ def test_received_forged_names_stay_unix(procs: Processes, sockdir: Path, name: 
     kind = "moved" if name == "l.sock" else "unix"
     [got], _ = hand_over(procs, sockdir, rules, kind, str(sockdir / name), wrapped=False)
     assert got["family"] == "AF_UNIX", got
+
+
+def test_resume_where_no_rule_gives_the_path_fails(sockdir: Path) -> None:
+    """A port-0 listener under a rule for port 0 only reports a port no rule gives a
+    path for: resuming it must fail with an error, not crash the program."""
+    script = ("import socket,sys\n"
+              "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n"
+              "import ctypes; libc=ctypes.CDLL(None, use_errno=True)\n"
+              "sa=(ctypes.c_ushort*8)(0)  # AF_UNSPEC\n"
+              "print('pause', libc.connect(s.fileno(), sa, 16), flush=True)\n"
+              "try:\n s.listen()\nexcept OSError as e:\n print('resume', e.errno)\n"
+              "else:\n print('resume 0')\n")
+    out = run_wrapped([f"in,port=0,path={sockdir}/zero.sock"], [sys.executable, "-c", script])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["pause 0", f"resume {errno.EADDRNOTAVAIL}"], out
 
 
 def test_pause_and_resume_listener(procs: Processes, sockdir: Path,

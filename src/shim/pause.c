@@ -91,6 +91,11 @@ int listener_resume(int fd, const struct fd_entry *e, int backlog)
 	idx = rules_match(&q);
 	if (idx >= 0)
 		r = rule_at(idx); /* the file's mode and owner */
+	if (!r || r->action != ACT_PATH) { /* the rules no longer say this path */
+		ulog(LOG_WARN_, "fd %d: cannot resume listening on %s: no rule gives it", fd, path);
+		errno = EADDRNOTAVAIL;
+		return -1;
+	}
 	while (!lstat(path, &st) && S_ISSOCK(st.st_mode) && socket_file_live(path, &st)) {
 		if (++tries >= RESUME_TRIES) {
 			ulog(LOG_WARN_, "fd %d: cannot resume listening: %s is in use by a live "
