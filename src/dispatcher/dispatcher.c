@@ -45,7 +45,7 @@
 #define DRAIN_SECONDS 10
 #define IDLE_RECEIVERS 1024   /* connected receivers kept without traffic waiting */
 
-enum watch_kind { W_CHANNEL, W_SIGNAL, W_LISTENER, W_RECEIVER, W_REG, W_TIMER };
+enum watch_kind { W_CHANNEL, W_SIGNAL, W_LISTENER, W_RECEIVER, W_REG, W_TIMER, W_GONE };
 struct watch {
 	int kind;
 	void *obj;
@@ -107,6 +107,34 @@ struct listener {
 };
 
 static int epfd, channel, sigfd, timerfd;
+
+/*
+ * Objects let go of while one epoll batch is handled: a later event of the same batch
+ * may still name them (a registration whose send failed while a listener was served,
+ * a listener a reload closed), so they are marked gone and freed after the batch.
+ */
+static void **graveyard;
+static int n_graves, cap_graves;
+
+static void bury(struct watch *w, void *obj)
+{
+	w->kind = W_GONE;
+	if (n_graves == cap_graves) {
+		void **more = realloc(graveyard, (size_t)(cap_graves * 2 + 16) * sizeof(*more));
+
+		if (!more)
+			return; /* kept for good rather than freed too early */
+		graveyard = more;
+		cap_graves = cap_graves * 2 + 16;
+	}
+	graveyard[n_graves++] = obj;
+}
+
+static void empty_graveyard(void)
+{
+	while (n_graves)
+		free(graveyard[--n_graves]);
+}
 static struct receiver *ready_list;
 static int tick_set;
 static struct table *table;
@@ -579,8 +607,8 @@ static void reg_remove(struct reg *g)
 			break;
 		}
 	}
-	close(g->fd);
-	free(g);
+	close(g->fd); /* leaves epoll with it */
+	bury(&g->w, g);
 	ulog(LOG_INFO_, "a receiver of slot %u left (%d registered)", s->id, s->n_regs);
 }
 
@@ -813,7 +841,7 @@ static void accept_from(struct listener *l)
 static void listener_close(struct listener *l)
 {
 	close(l->fd); /* leaves epoll with it */
-	free(l);
+	bury(&l->w, l);
 }
 
 /* The staged fds become the listener set: a socket we listen on already keeps its
@@ -1106,6 +1134,8 @@ static void event(struct watch *w, uint32_t events)
 	case W_REG:
 		reg_event(w->obj, events);
 		break;
+	case W_GONE: /* let go of earlier in this batch */
+		break;
 	}
 	check_budget();
 }
@@ -1192,6 +1222,7 @@ int main(int argc, char **argv)
 			return 2;
 		for (int i = 0; i < n; i++)
 			event(evs[i].data.ptr, evs[i].events);
+		empty_graveyard();
 		now(&ts);
 		if (resume_at.tv_sec && after(&ts, &resume_at)) {
 			resume_at.tv_sec = 0;
