@@ -41,9 +41,26 @@ def require_tool(name: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing uses on 127.0.0.1 or ::1, for TCP or UDP, at this moment (tests
+    bind it in either family; the kernel's pick for one family says nothing of the
+    other)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if all(_bindable(family, kind, port) for family in (socket.AF_INET, socket.AF_INET6)
+               for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+            return port
+    raise AssertionError("no port free in both families")
+
+
+def _bindable(family: int, kind: int, port: int) -> bool:
+    with socket.socket(family, kind) as s:
+        try:
+            s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def tcp_port_open(port: int, host: str = "127.0.0.1") -> bool:
