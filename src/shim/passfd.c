@@ -142,37 +142,10 @@ static void identify(int fd)
 	ulog(LOG_DEBUG_, "fd %d: received as a converted socket", fd);
 }
 
-void passfd_received(struct msghdr *msg)
+/* fn for each fd msg passes (SCM_RIGHTS), until it returns non-zero: that, or 0. */
+static int each_passed_fd(const struct msghdr *msg, int (*fn)(int fd))
 {
-	int saved = errno;
-
-	if (!msg->msg_control || msg->msg_controllen < sizeof(struct cmsghdr))
-		return;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
-		size_t n;
-
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		rules_need();
-		if (rules_state != RULES_OK)
-			break;
-		n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < n; i++) {
-			int fd;
-
-			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
-			identify(fd);
-		}
-	}
-	errno = saved;
-}
-
-/* The fds msg passes (SCM_RIGHTS) that are still pending become their IP sockets: -1
- * with errno when one cannot (the send fails then, rather than pass a Unix socket the
- * receiver would take for an IP one). */
-int passfd_sending(const struct msghdr *msg)
-{
-	struct fd_entry e;
+	int r;
 
 	if (!msg || !msg->msg_control || msg->msg_controllen < sizeof(struct cmsghdr))
 		return 0;
@@ -186,12 +159,47 @@ int passfd_sending(const struct msghdr *msg)
 			int fd;
 
 			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
-			if (!fd_tracked(fd))
-				continue;
-			fd_snapshot(fd, &e);
-			if (e.kind == FD_PENDING && materialize(fd))
-				return -1;
+			r = fn(fd);
+			if (r)
+				return r;
 		}
 	}
 	return 0;
+}
+
+/* A received fd, looked at once the rules are known; 1 stops: no rules to go by. */
+static int received_fd(int fd)
+{
+	rules_need();
+	if (rules_state != RULES_OK)
+		return 1;
+	identify(fd);
+	return 0;
+}
+
+void passfd_received(struct msghdr *msg)
+{
+	int saved = errno;
+
+	each_passed_fd(msg, received_fd);
+	errno = saved;
+}
+
+/* A pending fd about to be sent: 0, or -1 when it cannot become its IP socket. */
+static int sending_fd(int fd)
+{
+	struct fd_entry e;
+
+	if (!fd_tracked(fd))
+		return 0;
+	fd_snapshot(fd, &e);
+	return e.kind == FD_PENDING && materialize(fd) ? -1 : 0;
+}
+
+/* The fds msg passes (SCM_RIGHTS) that are still pending become their IP sockets: -1
+ * with errno when one cannot (the send fails then, rather than pass a Unix socket the
+ * receiver would take for an IP one). */
+int passfd_sending(const struct msghdr *msg)
+{
+	return each_passed_fd(msg, sending_fd);
 }
